@@ -44,7 +44,8 @@ lint: $(BASE)
 bench: $(BASE) $(ENVS)
 	$(PY) bench/bench_envs.py
 	$(PY) bench/bench_logprobs.py
-	$(PY) bench/bench_rollout.py
+	$(PY) bench/bench_rollout.py --write
+	$(PY) bench/bench_update.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -13,21 +13,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import random
 import shlex
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
+from common import DOC, machine_info, write_section
 from epo.envs import get_spec
 from epo.envs.pool import EnvPool
 
 SECTION = "## Environments"
-DOC = Path(__file__).resolve().parents[1] / "docs" / "BENCHMARKS.md"
 
 
 def single_env(name: str, kwargs: dict, task_ids: list[str], steps: int, max_turns: int) -> dict[str, float]:
@@ -104,31 +101,6 @@ def best_of(repeats: int, run: Callable[..., dict[str, float]], *args: Any) -> d
     return {k: (max if "per_s" in k or k == "expert_won" else min)(r[k] for r in runs) for k in runs[0]}
 
 
-def machine_info() -> str:
-    cpu = platform.processor() or platform.machine()
-    if Path("/proc/cpuinfo").exists():
-        names = [
-            ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines() if "model name" in ln
-        ]
-        cpu = names[0] if names else cpu
-    load = " / ".join(f"{x:.1f}" for x in os.getloadavg())
-    return (f"{cpu}, {os.cpu_count()} logical CPUs, Python {platform.python_version()}, {platform.system()} "
-            f"{platform.release()}; load average at start {load} (shared machine: numbers are indicative)")  # fmt: skip
-
-
-def write_section(text: str) -> None:
-    """Replace (or append) only our section of docs/BENCHMARKS.md."""
-    doc = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
-    start = doc.find(SECTION + "\n")
-    if start < 0:
-        doc = doc.rstrip("\n") + "\n\n" + text
-    else:
-        end = doc.find("\n## ", start + len(SECTION))
-        doc = doc[:start] + text + (doc[end + 1 :] if end >= 0 else "")
-    DOC.parent.mkdir(parents=True, exist_ok=True)
-    DOC.write_text(doc.rstrip("\n") + "\n")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("envs", nargs="*", default=["quest"])
@@ -142,7 +114,7 @@ def main() -> None:
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
     command = shlex.join(["python", "bench/bench_envs.py", *sys.argv[1:]])
-    lines = [SECTION, "", f"Command: `{command}`", "", f"Machine: {machine_info()}", "",
+    lines = [SECTION, "", f"Command: `{command}`", "", machine_info(), "",
              "Steps/s count env steps (one slot, one action) with uniformly random admissible actions. A process "
              "pool adds a pickle + pipe round trip per batch and per worker: it pays off when env steps cost "
              "milliseconds (ALFWorld, ScienceWorld); for quest's ~20-50 us steps it mostly measures that overhead, "
@@ -172,7 +144,7 @@ def main() -> None:
     text = "\n".join(lines) + "\n"
     print(text)
     if not args.no_write:
-        write_section(text)
+        write_section(SECTION, text[len(SECTION) :])
         print(f"wrote the {SECTION!r} section of {DOC}")
 
 

@@ -19,7 +19,6 @@ import contextlib
 import ctypes
 import gc
 import os
-import platform
 import sys
 import threading
 import time
@@ -28,7 +27,9 @@ from pathlib import Path
 
 import torch
 
+from common import machine_info, write_section
 from epo.models import (
+    enable_activation_checkpointing,
     load_model_and_tokenizer,
     position_ids_from_mask,
     reference_response_logprobs,
@@ -172,7 +173,7 @@ def step_fn(method: str, model, micro_batches, saved: dict[str, float]) -> Calla
 
     def run():
         if method == "ours+ckpt":  # HF activation checkpointing in the backbone: memory for time
-            (getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable)()
+            enable_activation_checkpointing(model)
         try:
             run_micro_batches()
         finally:
@@ -262,34 +263,6 @@ def bench_adamw(model, repeats: int) -> list[str]:
     return lines + [""]
 
 
-def machine_info(args) -> str:
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-    return (
-        f"Machine: {cpu}, {os.cpu_count()} logical CPUs (capability {torch.backends.cpu.get_cpu_capability()}), "
-        f"torch {torch.__version__}, {torch.get_num_threads()} torch thread(s), Python {platform.python_version()}; "
-        f"load average at start {load} (shared machine: compare ratios within this run, not absolute times)"
-    )
-
-
-def write_section(path: Path, body: str) -> None:
-    """Replace our section (header to the next '## ' header) in the benchmarks page, or append it."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    section = f"{SECTION}\n\n{body.strip()}\n"
-    start = text.find(SECTION)
-    if start < 0:
-        text = text.rstrip() + "\n\n" + section
-    else:
-        end = text.find("\n## ", start + len(SECTION))
-        text = text[:start] + section + (text[end:] if end >= 0 else "")
-    path.write_text(text)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="embedded", help="embedded | tiny | HF dir | .gguf")
@@ -317,7 +290,10 @@ def main() -> None:
         print(f"embedded model unavailable ({error}); falling back to the tiny model", file=sys.stderr)
         model_name = "tiny"
         model, _ = load_model_and_tokenizer(model_name)
-    info = machine_info(args)
+    info = machine_info(
+        f"capability {torch.backends.cpu.get_cpu_capability()}, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} torch thread(s)"
+    )
     print(info, flush=True)
     lines = [f"Command: `python {' '.join(sys.argv)}`", "", info, ""]
     lines.append(
@@ -342,7 +318,7 @@ def publish(args, lines: list[str], done: bool) -> None:
     body = "\n".join(lines + ([] if done else ["_(run in progress or interrupted: later parts missing)_"]))
     print(body, flush=True)
     if not args.no_write:
-        write_section(Path(args.out), body)
+        write_section(SECTION, body, Path(args.out))
         print(f"wrote section '{SECTION}' of {args.out}", flush=True)
 
 

@@ -10,14 +10,11 @@ docs/BENCHMARKS.md.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
-import sys
 import time
-from pathlib import Path
 
 import torch
 
+from common import machine_info, write_section
 from epo.config import load_config
 from epo.rollout.backend import HFBackend
 from epo.rollout.types import SamplingParams
@@ -94,7 +91,7 @@ def main() -> None:
     table = _table(rows, args, first_prompts)
     print(table)
     if args.write:
-        _write(table)
+        write_section(SECTION, table[len(SECTION) :])
 
 
 def _table(rows, args, prompts) -> str:
@@ -102,8 +99,9 @@ def _table(rows, args, prompts) -> str:
     lines = [
         SECTION,
         "",
-        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads. Model: {args.model}. {args.envs} parallel quest episodes, "
+        machine_info(f"torch {torch.__version__}, {torch.get_num_threads()} torch thread(s)"),
+        "",
+        f"Model: {args.model}. {args.envs} parallel quest episodes, "
         f"{args.turns} turns, max {args.new_tokens} new tokens, mean prompt {mean_prompt:.0f} tokens.",
         "",
         f"Command: `python bench/bench_rollout.py --model {args.model} --envs {args.envs} --turns {args.turns} "
@@ -125,19 +123,3 @@ def _table(rows, args, prompts) -> str:
         "",
     ]
     return "\n".join(lines)
-
-
-def _write(table: str) -> None:
-    path = Path(__file__).resolve().parents[1] / "docs" / "BENCHMARKS.md"
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    start = text.find(SECTION)
-    if start >= 0:
-        end = text.find("\n## ", start + len(SECTION))
-        text = text[:start] + table + ("\n" + text[end + 1 :] if end >= 0 else "")
-    else:
-        text = text.rstrip() + "\n\n" + table
-    path.write_text(text)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -11,6 +11,8 @@ from epo.cli import app
 runner = CliRunner()
 TINY = [
     "model.path=tiny",
+    "model.trainable_layers=1",
+    "train.eval_at_start=true",
     "env.pool_mode=inline",
     "env.kwargs.difficulty=easy",
     "env.max_turns=2",
@@ -74,6 +76,10 @@ def test_train_eval_report_round_trip(tmp_path):
     result = runner.invoke(app, ["train", "--config", "quest_demo_cpu", "--run-dir", str(run), *TINY])
     assert result.exit_code == 0, result.output
     assert (run / "metrics.jsonl").is_file() and (run / "report").is_dir()
+    gains = json.loads((run / "before_after.json").read_text())["iid"]
+    assert gains["end_of_rl"]["episodes"] == 2 and 0.0 <= gains["p_rl_gain"] <= 1.0
+    assert "RL gain" in result.output
+    assert "## Before and after training" in (run / "report" / "summary.md").read_text()
     out = tmp_path / "eval.json"
     result = runner.invoke(
         app, ["eval", "--config", "quest_demo_cpu", *TINY, "--split", "iid", "-n", "2", "--out", str(out)]

@@ -109,3 +109,30 @@ def test_wilson_interval_by_hand():
     lo, hi = wilson_interval(50, 100)
     assert lo == pytest.approx(0.5 - 0.0961, abs=1e-3) and hi == pytest.approx(0.5 + 0.0961, abs=1e-3)
     assert wilson_interval(0, 10)[0] == 0.0 and wilson_interval(0, 10)[1] > 0.2
+
+
+def test_fisher_one_sided_matches_hand_computed_tails():
+    from epo.rollout.evaluate import fisher_one_sided
+
+    assert fisher_one_sided(0, 8, 3, 8) == pytest.approx(56 / 560)  # C(8,3) / C(16,3)
+    assert fisher_one_sided(0, 16, 6, 16) == pytest.approx(8008 / 906192)
+    assert fisher_one_sided(1, 10, 6, 10) == pytest.approx((210 * 10 + 120) / 77520)  # scipy: 0.02864
+    assert fisher_one_sided(3, 8, 3, 8) > 0.5  # no difference: not significant
+    assert fisher_one_sided(0, 8, 0, 8) == 1.0
+
+
+def test_oracle_samples_match_what_the_collector_builds_on_the_same_actions(pool, tiny):
+    """Behaviour cloning trains on exactly the (prompt, response) pairs RL sees: token for token."""
+    from epo.rollout.oracle import collect_oracle
+
+    tokenizer = tiny[1]
+    cfg = AgentConfig(action_prefix=True, max_prompt_tokens=1024, prompt_style="compact", thinking=False)
+    tasks = get_spec("quest").splits(difficulty="easy")["train"][:2]
+    collector = _expert_collector(pool, tokenizer, cfg)
+    rl = collector.collect(tasks, group_size=1, params=SamplingParams()).samples
+    oracle, _ = collect_oracle(pool, collector.prompts, tokenizer, tasks, max_turns=40)
+    key = lambda s: (s.traj_id, s.turn_idx)  # noqa: E731
+    assert len(rl) == len(oracle) > 10
+    for a, b in zip(sorted(rl, key=key), sorted(oracle, key=key)):
+        assert a.prompt_ids == b.prompt_ids, tokenizer.decode(a.prompt_ids) + "\n---\n" + tokenizer.decode(b.prompt_ids)
+        assert a.response_ids == b.response_ids

@@ -8,7 +8,13 @@ import pytest
 import torch
 from torch import nn
 
-from epo.models import apply_lora, build_tiny_model, reference_response_logprobs, response_logprobs
+from epo.models import (
+    apply_lora,
+    build_tiny_model,
+    enable_activation_checkpointing,
+    reference_response_logprobs,
+    response_logprobs,
+)
 from epo.models.logprobs import _ChunkedHeadStats, position_ids_from_mask, run_backbone, token_stats
 
 VOCAB = 49152
@@ -244,9 +250,8 @@ def test_gradient_checkpointing_on_a_lora_model_keeps_adapter_gradients():
         for name, param in model.named_parameters():
             if "lora_B" in name:
                 nn.init.normal_(param, std=0.1)
-        if checkpointing:  # transformers 5 renamed gradient_checkpointing_enable
-            enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
-            enable()
+        if checkpointing:
+            enable_activation_checkpointing(model)
         model.train()
         results.append(grads(model, loss_of(response_logprobs(model, ids, attention, response))))
     assert_grads_close(results[1], results[0], rtol=1e-5)

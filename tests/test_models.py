@@ -220,3 +220,27 @@ def test_gguf_conversion_runs_once_per_file_version(tmp_path, monkeypatch):
     assert not [p for p in first.parent.iterdir() if p.name.startswith(".")]  # no temp dirs left behind
     gguf.write_bytes(b"GGUF v2, longer")  # a new file version gets its own conversion
     assert loading._cached_conversion(gguf, "tokenizer") != first and len(calls) == 2
+
+
+def test_freeze_to_top_layers_trains_only_the_top_blocks_and_final_norm():
+    from epo.config import load_config
+    from epo.models import freeze_to_top_layers, response_logprobs
+    from epo.trainer.setup import make_optimizer
+
+    cfg = load_config(None, ["model.path=tiny"])
+    model, _ = load_model_and_tokenizer("tiny")  # 2 blocks
+    freeze_to_top_layers(model, 1)
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all(".layers.1." in name or name.endswith("model.norm.weight") for name in trainable)
+    assert "model.norm.weight" in trainable
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    ids = torch.randint(5, 300, (2, 9))
+    response = torch.zeros(2, 9)
+    response[:, 6:] = 1
+    optimizer = make_optimizer(model.parameters(), 1e-2, cfg)
+    response_logprobs(model, ids, torch.ones_like(ids), response).logprobs.sum().backward()
+    optimizer.step()
+    for name, p in model.named_parameters():
+        assert torch.equal(p, before[name]) != (name in trainable), name
+    with pytest.raises(ValueError, match="has 2 blocks"):
+        freeze_to_top_layers(load_model_and_tokenizer("tiny")[0], 3)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from collections import deque
+from dataclasses import replace
 
 import pytest
 
@@ -224,3 +225,67 @@ def test_splits_kwargs_and_errors():
         SPEC.make(rooms=[5, 2])
     with pytest.raises(ValueError, match="bad task id"):
         make().reset(options={"task_id": "test/1"})
+
+
+def _explorer_run(world: World, max_steps: int = 80) -> list[str]:
+    from epo.envs.quest.explorer import explorer_action
+
+    actions = []
+    while not world.won and len(actions) < max_steps:
+        action = explorer_action(world)
+        _, valid = world.act(action)
+        assert valid, action
+        actions.append(action)
+    return actions
+
+
+@pytest.mark.parametrize("difficulty", ["easy", "medium", "hard"])
+def test_explorer_wins_every_sampled_game_with_valid_actions(difficulty):
+    env = make(difficulty=difficulty, expert="explorer")
+    for k in range(40):
+        env.reset(options={"task_id": f"iid/{k:05d}"})
+        exact = len(solver.plan(env.world.copy()))
+        actions = _explorer_run(env.world)
+        assert env.world.won, (difficulty, k, actions)
+        assert len(actions) >= exact  # it can only be as short as the shortest plan
+
+
+def _first_difference(game_a: Game, game_b: Game, policy) -> tuple[int, World]:
+    """Play `policy` in both games in lockstep; return the step where the actions first differ, and world a."""
+    a, b = World(game_a), World(game_b)
+    for step in range(80):
+        if a.won:
+            return step, a
+        act_a, act_b = policy(a), policy(b)
+        if act_a != act_b:
+            return step, a
+        a.act(act_a)
+        b.act(act_b)
+    return 80, a
+
+
+def test_explorer_acts_only_on_what_it_has_seen():
+    """Swap the contents of two containers: the explorer must act identically until it looks into one of them.
+
+    The exact solver (which knows where everything is) fails the same check on some games, so the check has teeth."""
+    from epo.envs.quest.explorer import explorer_action
+
+    config = parse_kwargs(difficulty="medium")
+    exact_leaks = checked = 0
+    for k in range(30):
+        game = make(difficulty="medium")._game(f"train/{k:05d}")
+        # keys stay put (moving one behind its own lock would make the game unsolvable)
+        full = sorted({where for item, where in game.items.items() if isinstance(where, str) and "key" not in item})
+        if len(full) < 2:
+            continue
+        c1, c2 = full[0], full[1]
+        swap = {c1: c2, c2: c1}
+        items = {item: where if "key" in item else swap.get(where, where) for item, where in game.items.items()}
+        swapped = replace(game, items=items)
+        checked += 1
+        step, world = _first_difference(game, swapped, explorer_action)
+        assert c1 in world.looked_in or c2 in world.looked_in or world.won, (k, step)
+        step, world = _first_difference(game, swapped, lambda w: solver.plan(w)[0])
+        exact_leaks += not (c1 in world.looked_in or c2 in world.looked_in or world.won)
+    assert checked >= 10 and exact_leaks > 0
+    assert config.expert == "exact"  # the default expert stays the shortest-plan one

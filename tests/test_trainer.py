@@ -42,6 +42,8 @@ METHODS = {
     "grpo_entropy_kl": ["algo.name=grpo", "algo.entropy_coef=0.01", "algo.kl_coef=0.01"],
     "ppo_epo": ["algo.name=ppo", "rollout.group_size=1", "epo.mode=on"],
     "ppo_shared_critic": ["algo.name=ppo", "model.value_model=shared", "epo.mode=off"],
+    "grpo_epo_single_pass": ["algo.name=grpo", "epo.mode=on", "train.mini_batch_size=64"],
+    "grpo_epo_top_layer": ["algo.name=grpo", "epo.mode=on", "model.trainable_layers=1"],
 }
 QUIET = Console(quiet=True)
 
@@ -78,6 +80,10 @@ def test_two_rl_steps(method, tmp_path):
             assert math.isfinite(row["critic/vf_loss"])
         if cfg.algo.kl_coef > 0:
             assert math.isfinite(row["actor/kl_ref"])
+    if cfg.epo.mode == "on":  # H̄ holds past steps only: no history, no smoothing penalty at the first step
+        assert rows[0]["epo/P"] == 0.0
+        assert all(h is None or math.isnan(h) for h in rows[0]["epo/hbar_per_turn"])
+        assert any(h is not None and math.isfinite(h) for h in rows[1]["epo/hbar_per_turn"])
     assert len(list_checkpoints(tmp_path / method)) == cfg.train.keep_last
     assert (tmp_path / method / "config.yaml").is_file()
     assert (tmp_path / method / "eval").is_dir()
@@ -103,3 +109,10 @@ def test_resume_gives_the_same_metrics_as_an_uninterrupted_run(method, tmp_path)
     assert [r["step"] for r in a] == [r["step"] for r in b]
     assert a == b
     assert torch.equal(_params(full.policy), _params(resumed.policy))
+
+
+def test_eval_at_start_off_evaluates_only_at_the_end(tmp_path):
+    cfg = load_config(None, BASE + METHODS["grpo_epo"] + ["train.eval_at_start=false"])
+    result = Trainer(cfg, tmp_path / "run", console=QUIET).train()
+    assert sorted(result.evals) == [2]
+    assert sorted(p.name for p in (tmp_path / "run" / "eval").iterdir()) == ["step_000002_iid.json"]

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from epo.models.loading import build_tiny_model, find_embedded_gguf, load_embedded_tokenizer, load_model_and_tokenizer
+from epo.models.loading import (
+    build_tiny_model,
+    enable_activation_checkpointing,
+    find_embedded_gguf,
+    freeze_to_top_layers,
+    load_embedded_tokenizer,
+    load_model_and_tokenizer,
+)
 from epo.models.logprobs import (
     ResponseStats,
     position_ids_from_mask,
@@ -18,7 +25,9 @@ __all__ = [
     "ValueModel",
     "apply_lora",
     "build_tiny_model",
+    "enable_activation_checkpointing",
     "find_embedded_gguf",
+    "freeze_to_top_layers",
     "load_embedded_tokenizer",
     "load_model_and_tokenizer",
     "merge_and_save",

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -188,3 +189,31 @@ def _set_pad_token(model: Any, tokenizer: Any) -> None:
 def _one_line(error: BaseException) -> str:
     text = str(error).strip().splitlines()
     return f"{type(error).__name__}: {text[0] if text else ''}"[:300]
+
+
+def enable_activation_checkpointing(model: Any) -> None:
+    """HF activation checkpointing; transformers 5 renamed `gradient_checkpointing_enable` (the old name warns)."""
+    enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+    enable()
+
+
+def freeze_to_top_layers(model: Any, n: int) -> None:
+    """Keep trainable only the parameters (already trainable) of the top n decoder blocks and those after them
+    (the final norm); embeddings, LM head and lower blocks are frozen. n = 0 leaves the model as it is."""
+    if n <= 0:
+        return
+    layer_of = re.compile(r"\.layers\.(\d+)\.")
+    indices = {int(m.group(1)) for name, _ in model.named_parameters() if (m := layer_of.search(name))}
+    if not indices:
+        raise ValueError("model.trainable_layers: this model has no '.layers.N.' blocks to keep")
+    if n > len(indices):
+        raise ValueError(f"model.trainable_layers={n}, but the model has {len(indices)} blocks")
+    lowest = max(indices) + 1 - n
+    for name, param in model.named_parameters():
+        m = layer_of.search(name)
+        if m is None:
+            keep = "embed" not in name and "lm_head" not in name and "wte" not in name
+        else:
+            keep = int(m.group(1)) >= lowest
+        if not keep:
+            param.requires_grad_(False)

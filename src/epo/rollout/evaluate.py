@@ -41,6 +41,10 @@ class EvalResult:
             f"{p}/invalid_rate": self.invalid_rate,
         }
 
+    @property
+    def wins(self) -> int:
+        return round(self.success * self.episodes)
+
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(asdict(self), indent=1))
 
@@ -61,6 +65,19 @@ def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, flo
     center = (p + z * z / (2 * n)) / denom
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
     return max(0.0, center - half), min(1.0, center + half)
+
+
+def fisher_one_sided(wins_a: int, n_a: int, wins_b: int, n_b: int) -> float:
+    """P-value of Fisher's exact test that B's success rate is higher than A's (one-sided).
+
+    The probability, with the margins fixed, of B winning at least wins_b of the wins_a + wins_b total
+    (hypergeometric tail). Exact at any n, so it is meaningful for the small evals a CPU run can afford."""
+    wins = wins_a + wins_b
+    total = math.comb(n_a + n_b, wins)
+    if total == 0:
+        return 1.0
+    tail = sum(math.comb(n_b, k) * math.comb(n_a, wins - k) for k in range(wins_b, min(wins, n_b) + 1))
+    return tail / total
 
 
 def eval_task_ids(all_ids: list[str], n: int, seed: int = 1234) -> list[str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 import torch
@@ -10,8 +11,9 @@ from rich.console import Console
 from rich.table import Table
 
 from epo.config import Config
-from epo.rollout.evaluate import EvalResult, eval_task_ids, evaluate
+from epo.rollout.evaluate import EvalResult, eval_task_ids, evaluate, fisher_one_sided
 from epo.trainer import setup
+from epo.trainer.report_data import BEFORE_AFTER_FILE
 from epo.trainer.trainer import Trainer, TrainResult, default_run_dir
 
 
@@ -34,35 +36,65 @@ def train_pipeline(
         cfg = dataclasses.replace(cfg, init_from=str(run_dir / "sft"))
     console.rule("reinforcement learning")
     result = Trainer(cfg, run_dir, resume=resume, console=console).train()
+    _print_before_after(console, sft_result, result)
     if cfg.train.report:
         from epo.trainer.report import write_report
 
         path = write_report([result.run_dir], result.run_dir / "report")
         console.print(f"report: {path}")
-    _print_before_after(console, sft_result, result)
     return result
 
 
 def _print_before_after(console: Console, sft_result, result: TrainResult) -> None:
+    """Zero-shot -> start of RL -> end of RL, each with its Wilson CI, and one-sided Fisher p-values of the gains.
+
+    Also written to RUN_DIR/before_after.json, so the numbers outlive the terminal."""
     if not result.evals:
         return
     first, last = min(result.evals), max(result.evals)
-    table = Table(title="success rate (95% Wilson CI)")
+    zero_shot = sft_result.before if sft_result is not None else {}
+    starts = result.evals[first] if first != last else {}  # train.eval_at_start=false: no start-of-RL eval
+    table = Table(title="success rate, 95% Wilson CI; p = one-sided Fisher exact test of the gain")
     table.add_column("split")
-    if sft_result is not None and sft_result.before:
+    if zero_shot:
         table.add_column("zero-shot")
-    table.add_column(f"start of RL (step {first})")
+    if starts:
+        table.add_column(f"start of RL (step {first})")
     table.add_column(f"end of RL (step {last})")
-    table.add_column("change")
+    if starts:
+        table.add_column("RL gain")
+    if zero_shot:
+        table.add_column("total gain")
+    rows = {}
     for split, end in result.evals[last].items():
-        start = result.evals[first].get(split)
-        row = [split]
-        if sft_result is not None and sft_result.before:
-            row.append(_fmt(sft_result.before.get(split)))
-        row += [_fmt(start), _fmt(end)]
-        row.append(f"{100 * (end.success - start.success):+.1f} pts" if start else "-")
+        start, before = starts.get(split), zero_shot.get(split)
+        row = [split] + ([_fmt(before)] if zero_shot else []) + ([_fmt(start)] if starts else []) + [_fmt(end)]
+        if starts:
+            row.append(_gain(start, end))
+        if zero_shot:
+            row.append(_gain(before, end))
         table.add_row(*row)
+        rows[split] = {
+            name: {"wins": r.wins, "episodes": r.episodes, "success": r.success, "ci": [r.ci_low, r.ci_high]}
+            for name, r in (("zero_shot", before), ("start_of_rl", start), ("end_of_rl", end))
+            if r is not None
+        }
+        rows[split]["p_rl_gain"] = _p_gain(start, end)
+        rows[split]["p_total_gain"] = _p_gain(before, end)
     console.print(table)
+    (result.run_dir / BEFORE_AFTER_FILE).write_text(json.dumps(rows, indent=1))
+
+
+def _p_gain(before: EvalResult | None, after: EvalResult | None) -> float | None:
+    if before is None or after is None:
+        return None
+    return fisher_one_sided(before.wins, before.episodes, after.wins, after.episodes)
+
+
+def _gain(before: EvalResult | None, after: EvalResult) -> str:
+    if before is None:
+        return "-"
+    return f"{100 * (after.success - before.success):+.1f} pts (p={_p_gain(before, after):.3f})"
 
 
 def _fmt(res: EvalResult | None) -> str:

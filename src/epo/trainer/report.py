@@ -134,11 +134,44 @@ def render_summary(runs: list[RunData], splits: list[str], figures: list[Path], 
         row += [_pct(n["train_success"]), _num(n["entropy_mean"]), _num(n["entropy_var_final"], ".2e")]
         rows.append(row + [warnings_text(run)])
     lines += _table(header, rows)
+    lines += _before_after_section(runs)
     lines += ["", *_config_section(runs), "", *_warnings_section(runs), "", "## Figures", ""]
     lines += [f"![{p.stem}]({p.name})" for p in figures]
     if skipped:
         lines += ["", f"Not plotted (no run logged these metrics): {', '.join(skipped)}."]
     return "\n".join(lines) + "\n"
+
+
+def _before_after_section(runs: list[RunData]) -> list[str]:
+    """The pipeline's zero-shot -> start of RL -> end of RL table (runs without before_after.json are left out)."""
+    stages = (("zero_shot", "zero-shot"), ("start_of_rl", "start of RL"), ("end_of_rl", "end of RL"))
+    rows = []
+    for run in runs:
+        for split, res in sorted(run.before_after.items()):
+            cells = [run.label, split]
+            for key, _ in stages:
+                r = res.get(key)
+                cells.append(
+                    f"{100 * r['success']:.1f} [{100 * r['ci'][0]:.0f}-{100 * r['ci'][1]:.0f}] n={r['episodes']}"
+                    if r
+                    else "—"
+                )
+            cells += [_p(res.get("p_rl_gain")), _p(res.get("p_total_gain"))]
+            rows.append(cells)
+    if not rows:
+        return []
+    head = [
+        "",
+        "## Before and after training",
+        "",
+        "Success in % with its 95% Wilson interval; p = one-sided Fisher exact test that the later success is higher.",
+        "",
+    ]
+    return head + _table(["run", "split", *(name for _, name in stages), "p (RL gain)", "p (total gain)"], rows)
+
+
+def _p(x: float | None) -> str:
+    return "—" if x is None else f"{x:.3f}"
 
 
 def _config_section(runs: list[RunData]) -> list[str]:

@@ -1,7 +1,8 @@
-"""What `epo report` reads from a run dir: metrics.jsonl, warnings.jsonl and config.yaml."""
+"""What `epo report` reads from a run dir: metrics.jsonl, warnings.jsonl, config.yaml, before_after.json."""
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import warnings
@@ -14,6 +15,7 @@ from omegaconf import OmegaConf
 
 from epo.trainer.metrics import METRICS_FILE, read_metrics, read_warnings
 
+BEFORE_AFTER_FILE = "before_after.json"
 _EVAL_SUCCESS = re.compile(r"^eval/([^/]+)/success$")
 # Other names the same quantity has been logged under (older runs, other code paths); first match wins.
 ALIASES = {
@@ -30,6 +32,8 @@ class RunData:
     warnings: list[dict[str, Any]] = field(default_factory=list)
     config: dict[str, Any] = field(default_factory=dict)
     """Flattened config.yaml (dotted keys); empty when the run has none."""
+    before_after: dict[str, Any] = field(default_factory=dict)
+    """before_after.json of `epo train` (zero-shot / start / end of RL per split); empty when absent."""
 
     def has(self, key: str) -> bool:
         return len(self.series(key)[0]) > 0
@@ -68,7 +72,23 @@ def load_run(path: str | Path, label: str | None = None) -> RunData:
     if not (path / METRICS_FILE).is_file():
         raise ValueError(f"{path}: no {METRICS_FILE} (is this a run directory?)")
     records = sorted(read_metrics(path), key=lambda r: r.get("step", 0))
-    return RunData(path, label or path.name, records, read_warnings(path), _read_config(path / "config.yaml"))
+    return RunData(
+        path,
+        label or path.name,
+        records,
+        read_warnings(path),
+        _read_config(path / "config.yaml"),
+        _read_json(path / BEFORE_AFTER_FILE),
+    )
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text()) if path.is_file() else {}
+    except (OSError, ValueError):
+        warnings.warn(f"{path}: unreadable; ignoring it", RuntimeWarning, stacklevel=2)
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 def _read_config(path: Path) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from epo.agent import PromptBuilder
 from epo.config import Config
 from epo.envs import get_spec
 from epo.envs.pool import EnvPool
-from epo.models import apply_lora, load_model_and_tokenizer
+from epo.models import apply_lora, enable_activation_checkpointing, freeze_to_top_layers, load_model_and_tokenizer
 from epo.rollout.backend import HFBackend
 from epo.rollout.collector import Collector
 
@@ -53,8 +53,9 @@ def load_policy(cfg: Config, device: torch.device):
     if cfg.model.lora.enabled:
         lc = cfg.model.lora
         model = apply_lora(model, r=lc.r, alpha=lc.alpha, dropout=lc.dropout, target_modules=list(lc.target_modules))
+    freeze_to_top_layers(model, cfg.model.trainable_layers)
     if cfg.model.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
+        enable_activation_checkpointing(model)
     return model.to(device), tokenizer
 
 

@@ -96,7 +96,7 @@ class Trainer:
         ):
             collector = setup.make_collector(cfg, pool, self.policy, self.tokenizer)
             collector.on_turn = progress.turn
-            if self.step == 0:
+            if self.step == 0 and cfg.train.eval_at_start:
                 result.evals[0] = self._evaluate(collector, progress, logger)
             while self.step < cfg.train.total_steps:
                 metrics = self._rl_step(collector, progress)
@@ -142,10 +142,11 @@ class Trainer:
         t1 = time.perf_counter()
         progress.phase("update", 0)
         data = prepare_step(self.policy, rollout.samples, self.pad_id, cfg, self.reference, self.critic)
-        # H̄ includes this rollout's entropies, as in the reference code (updated before the policy update).
-        turn_entropy = self._update_history(data)
-        hbar = self.history.as_dict()
-        turns = range(max(turn_entropy) + 1)
+        # H̄ is the mean of *past* steps' entropies (EPO_SPEC; P = 0 before any history), so this rollout enters it
+        # after the update. "reference" mode adds it before, as the reference code does.
+        history_first = cfg.epo.mode == "reference"
+        turn_entropy = self._update_history(data) if history_first else {}
+        hbar = self.history.as_dict()  # the band centres this step's loss uses
         self.policy.train()
         shared = isinstance(self.critic, SharedValueHead)
         metrics = update_policy(
@@ -166,6 +167,9 @@ class Trainer:
                     update_critic(self.critic, self.critic_optimizer, data, cfg, self.pad_id, self.shuffle_rng)
                 )
             self.critic_scheduler.step()
+        if not history_first:
+            turn_entropy = self._update_history(data)
+        turns = range(max(turn_entropy) + 1)
         metrics["actor/lr"] = self.scheduler.get_last_lr()[0]
         self.scheduler.step()
         entropy_mean = _mean_entropy(data)

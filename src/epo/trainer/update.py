@@ -1,7 +1,9 @@
 """One RL step's math, wired: old log-probs -> advantages -> PPO/GRPO(+EPO) updates.
 
     prepare_step:   no-grad pass over all turn samples: old log-probs, entropies (EPO history input), ref log-probs
-                    (KL), critic values (PPO); then advantages (GRPO group-normalised, or GAE)
+                    (KL), critic values (PPO); then advantages (GRPO group-normalised, or GAE). Skipped for the
+                    policy when the update is a single on-policy pass (see `single_pass`): the loss's own forward
+                    then gives old log-probs (detached, so ratio = 1 exactly) and the entropies, as TRL does.
     update_policy:  ppo_epochs x shuffled mini-batches x micro-batches packed by tokens, gradient accumulation
     update_critic:  PPO's clipped value loss on the separate critic
 
@@ -37,8 +39,9 @@ from epo.trainer.batching import MicroBatch, collate, pack_by_tokens
 @dataclass
 class StepData:
     samples: list[TurnSample]
-    old_logprobs: list[torch.Tensor]  # per sample [R]
-    entropy: list[torch.Tensor]  # per sample [R], at rollout weights (EPO history input, logging)
+    old_logprobs: list[torch.Tensor] | None  # per sample [R]; None: single-pass update, taken from its forward
+    entropy: list[torch.Tensor] | None  # per sample [R], at rollout weights (EPO history input); filled by the
+    # single-pass update when None
     advantages: list[torch.Tensor]  # per sample [R]
     ref_logprobs: list[torch.Tensor] | None = None
     old_values: list[torch.Tensor] | None = None
@@ -115,10 +118,25 @@ def critic_values(critic, samples: list[TurnSample], pad_id: int, cfg: Config) -
     return out
 
 
+def single_pass(cfg: Config, num_samples: int, critic=None) -> bool:
+    """True when the policy is updated once, on the whole batch, at the rollout weights: then the old log-probs and
+    entropies equal the loss forward's own (detached) ones and the separate no-grad pass is wasted work (~1/4 of an
+    update). Not for a shared value head (GAE needs its values first) nor EPO "reference" mode (its history takes
+    the current batch before the update)."""
+    return (
+        cfg.train.ppo_epochs == 1
+        and num_samples <= cfg.train.mini_batch_size
+        and not isinstance(critic, SharedValueHead)
+        and cfg.epo.mode != "reference"
+    )
+
+
 def prepare_step(policy, samples: list[TurnSample], pad_id: int, cfg: Config, ref_policy=None, critic=None) -> StepData:
     """critic: a separate ValueModel, a SharedValueHead on the policy's hidden states, or None (GRPO)."""
     shared = isinstance(critic, SharedValueHead)
-    if shared:
+    if single_pass(cfg, len(samples), critic):
+        old_logprobs = entropy = None
+    elif shared:
         old_logprobs, entropy, old_values = forward_pass(policy, samples, pad_id, cfg, True, value_head=critic)
     else:
         old_logprobs, entropy = forward_pass(policy, samples, pad_id, cfg, with_entropy=True)
@@ -177,11 +195,15 @@ def update_policy(
     value_head: SharedValueHead | None = None,
     value_optimizer=None,
 ) -> dict[str, float]:
-    """value_head/value_optimizer: PPO's shared-backbone critic head, trained by the same backward."""
+    """value_head/value_optimizer: PPO's shared-backbone critic head, trained by the same backward.
+
+    When prepare_step left old_logprobs None (single pass), this fills data.entropy from the loss forward."""
     means = MetricMeans()
     params = [p for p in policy.parameters() if p.requires_grad]
     optimizers = [optimizer] + ([value_optimizer] if value_head is not None else [])
     samples = data.samples
+    if data.old_logprobs is None:
+        data.entropy = [torch.empty(0)] * len(samples)
     for _epoch in range(cfg.train.ppo_epochs):
         for mini in mini_batches(len(samples), cfg.train.mini_batch_size, rng):
             num_tokens = float(sum(len(samples[i].response_ids) for i in mini))
@@ -224,9 +246,15 @@ def micro_batch_loss(
     stats = model_stats(policy, mb, cfg, with_entropy=True, return_hidden=value_head is not None)
     mask = mb.response_mask
     algo = cfg.algo
+    if data.old_logprobs is None:  # single pass: this forward is at the rollout weights
+        old_logprobs = stats.logprobs.detach()
+        for i, h in zip(mb.index, mb.gather_tokens(stats.entropy)):
+            data.entropy[i] = h
+    else:
+        old_logprobs = mb.scatter_tokens(data.old_logprobs)
     pg, metrics = policy_loss(
         stats.logprobs,
-        mb.scatter_tokens(data.old_logprobs),
+        old_logprobs,
         mb.scatter_tokens(data.advantages),
         mask,
         clip_low=algo.clip_low,

@@ -88,6 +88,7 @@ class QuestConfig:
     num_iid: int = 200
     num_ood: int = 200
     difficulty: str = "medium"
+    expert: str = "exact"  # "exact": shortest plan, knows everything; "explorer": acts on what was observed
 
     def params(self, split: str) -> LevelParams:
         return self.ood if split == "ood" else self.base
@@ -98,6 +99,7 @@ class QuestConfig:
 
 _RANGE_FIELDS = tuple(f.name for f in fields(LevelParams) if f.name != "task_types")
 _SIZE_FIELDS = ("num_train", "num_iid", "num_ood")
+EXPERTS = ("exact", "explorer")
 
 
 def _as_range(name: str, value: Any) -> tuple[int, int]:
@@ -117,6 +119,9 @@ def parse_kwargs(**kwargs: Any) -> QuestConfig:
     difficulty = kwargs.pop("difficulty", "medium")
     if difficulty not in PRESETS:
         raise ValueError(f"quest: unknown difficulty {difficulty!r}; choose one of {', '.join(PRESETS)}")
+    expert = kwargs.pop("expert", "exact")
+    if expert not in EXPERTS:
+        raise ValueError(f"quest: unknown expert {expert!r}; choose one of {', '.join(EXPERTS)}")
     sizes = {k: kwargs.pop(k) for k in _SIZE_FIELDS if k in kwargs}
     for name, n in sizes.items():
         if not (isinstance(n, int) and n >= 0):
@@ -131,11 +136,11 @@ def parse_kwargs(**kwargs: Any) -> QuestConfig:
                 raise ValueError(f"quest: task_types must be a non-empty subset of {TASK_TYPES}, got {types!r}")
             overrides[name] = types
     if kwargs:
-        known = ", ".join(("difficulty", *_SIZE_FIELDS, *_RANGE_FIELDS, "task_types"))
+        known = ", ".join(("difficulty", "expert", *_SIZE_FIELDS, *_RANGE_FIELDS, "task_types"))
         raise ValueError(f"quest: unknown env kwargs {sorted(kwargs)}; known: {known}")
     base = replace(PRESETS[difficulty], **overrides)
     _check_limits(base, harder(base))
-    return QuestConfig(base=base, ood=harder(base), difficulty=difficulty, **sizes)
+    return QuestConfig(base=base, ood=harder(base), difficulty=difficulty, expert=expert, **sizes)
 
 
 def _check_limits(base: LevelParams, ood: LevelParams) -> None:

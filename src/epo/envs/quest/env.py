@@ -8,6 +8,7 @@ from typing import Any
 from epo.envs.base import StepOutput
 from epo.envs.quest import solver
 from epo.envs.quest.config import QuestConfig, parse_kwargs
+from epo.envs.quest.explorer import explorer_action
 from epo.envs.quest.generator import generate
 from epo.envs.quest.world import Game, World
 
@@ -77,6 +78,8 @@ class QuestEnv:
     def expert_action(self) -> str | None:
         if self._world is None or self._world.won:
             return None
+        if self.config.expert == "explorer":
+            return explorer_action(self._world)
         if not self._plan:
             self._plan = solver.plan(self._world)
         return self._plan[0]

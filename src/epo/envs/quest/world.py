@@ -108,6 +108,9 @@ class World:
         self.opened: set[str] = set()
         self.loc: dict[str, Location] = dict(game.items)
         self.won = False
+        # what the player has observed (for the fair expert): rooms entered, containers ever opened
+        self.visited: set[int] = {game.start}
+        self.looked_in: set[str] = set()
         self._refresh()
 
     def copy(self) -> World:
@@ -115,6 +118,7 @@ class World:
         other = World.__new__(World)
         other.game, other.room, other.won = self.game, self.room, self.won
         other.unlocked, other.opened, other.loc = set(self.unlocked), set(self.opened), dict(self.loc)
+        other.visited, other.looked_in = set(self.visited), set(self.looked_in)
         other._refresh()  # the action table holds bound methods of its own world
         return other
 
@@ -133,6 +137,13 @@ class World:
 
     def container_room(self, where: Location) -> int:
         return where if isinstance(where, int) else self.game.containers[where].room
+
+    def knows_location(self, item: str) -> bool:
+        """Has the player seen where the item is? (Nothing moves unless the player moves it.)"""
+        where = self.loc[item]
+        if where == INVENTORY:
+            return True
+        return where in self.visited if isinstance(where, int) else where in self.looked_in
 
     # ---- text ----------------------------------------------------------------------------------------------
     def describe(self) -> str:
@@ -212,6 +223,7 @@ class World:
 
     def _go(self, room: int, direction: str) -> str:
         self.room = room
+        self.visited.add(room)
         return f"You go {direction}."
 
     def _take(self, item: str) -> str:
@@ -220,6 +232,7 @@ class World:
 
     def _open(self, name: str) -> str:
         self.opened.add(name)
+        self.looked_in.add(name)
         return f"You open the {name}."
 
     def _close(self, name: str) -> str:
