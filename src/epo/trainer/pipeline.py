@@ -68,19 +68,19 @@ def _print_before_after(console: Console, sft_result, result: TrainResult) -> No
     rows = {}
     for split, end in result.evals[last].items():
         start, before = starts.get(split), zero_shot.get(split)
+        p_rl, p_total = _p_gain(start, end), _p_gain(before, end)
         row = [split] + ([_fmt(before)] if zero_shot else []) + ([_fmt(start)] if starts else []) + [_fmt(end)]
         if starts:
-            row.append(_gain(start, end))
+            row.append(_gain(start, end, p_rl))
         if zero_shot:
-            row.append(_gain(before, end))
+            row.append(_gain(before, end, p_total))
         table.add_row(*row)
         rows[split] = {
             name: {"wins": r.wins, "episodes": r.episodes, "success": r.success, "ci": [r.ci_low, r.ci_high]}
             for name, r in (("zero_shot", before), ("start_of_rl", start), ("end_of_rl", end))
             if r is not None
         }
-        rows[split]["p_rl_gain"] = _p_gain(start, end)
-        rows[split]["p_total_gain"] = _p_gain(before, end)
+        rows[split]["p_rl_gain"], rows[split]["p_total_gain"] = p_rl, p_total
     console.print(table)
     (result.run_dir / BEFORE_AFTER_FILE).write_text(json.dumps(rows, indent=1))
 
@@ -91,10 +91,10 @@ def _p_gain(before: EvalResult | None, after: EvalResult | None) -> float | None
     return fisher_one_sided(before.wins, before.episodes, after.wins, after.episodes)
 
 
-def _gain(before: EvalResult | None, after: EvalResult) -> str:
+def _gain(before: EvalResult | None, after: EvalResult, p: float | None) -> str:
     if before is None:
         return "-"
-    return f"{100 * (after.success - before.success):+.1f} pts (p={_p_gain(before, after):.3f})"
+    return f"{100 * (after.success - before.success):+.1f} pts (p={p:.3f})"
 
 
 def _fmt(res: EvalResult | None) -> str:

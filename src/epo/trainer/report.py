@@ -156,7 +156,7 @@ def _before_after_section(runs: list[RunData]) -> list[str]:
                     if r
                     else "—"
                 )
-            cells += [_p(res.get("p_rl_gain")), _p(res.get("p_total_gain"))]
+            cells += [_num(res.get("p_rl_gain")), _num(res.get("p_total_gain"))]
             rows.append(cells)
     if not rows:
         return []
@@ -168,10 +168,6 @@ def _before_after_section(runs: list[RunData]) -> list[str]:
         "",
     ]
     return head + _table(["run", "split", *(name for _, name in stages), "p (RL gain)", "p (total gain)"], rows)
-
-
-def _p(x: float | None) -> str:
-    return "—" if x is None else f"{x:.3f}"
 
 
 def _config_section(runs: list[RunData]) -> list[str]:
