@@ -13,7 +13,7 @@ Per-token arrays are kept per sample as 1-D tensors of the response length (see 
 from __future__ import annotations
 
 import random
-from collections import defaultdict
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -25,6 +25,7 @@ from epo.algos import (
     gae_token,
     grpo_advantages,
     kl_penalty,
+    merge_metrics,
     policy_loss,
     trajectory_sample_weights,
     value_loss,
@@ -49,25 +50,20 @@ class StepData:
 
 
 class MetricMeans:
-    """Weighted means of per-micro-batch metrics (max for '*_max' keys)."""
+    """Accumulates per-micro-batch metrics; `result()` merges them with `merge_metrics` (the one merge rule:
+    weighted mean, max for '*_max' keys, NaN entries skipped so one constant-return micro-batch's NaN explained
+    variance does not turn the step's metric into NaN)."""
 
     def __init__(self) -> None:
-        self.sums: dict[str, float] = defaultdict(float)
-        self.weights: dict[str, float] = defaultdict(float)
-        self.maxes: dict[str, float] = {}
+        self.metrics: list[dict[str, float]] = []
+        self.weights: list[float] = []
 
     def add(self, metrics: dict[str, float], weight: float) -> None:
-        for k, v in metrics.items():
-            if k.endswith("_max"):
-                self.maxes[k] = max(self.maxes.get(k, float("-inf")), v)
-            else:
-                self.sums[k] += v * weight
-                self.weights[k] += weight
+        self.metrics.append(dict(metrics))
+        self.weights.append(float(weight))
 
     def result(self) -> dict[str, float]:
-        out = {k: self.sums[k] / self.weights[k] for k in self.sums if self.weights[k] > 0}
-        out.update(self.maxes)
-        return out
+        return merge_metrics(self.metrics, self.weights)
 
 
 def _device(model) -> torch.device:
@@ -88,9 +84,31 @@ def model_stats(model, mb: MicroBatch, cfg: Config, with_entropy: bool, return_h
     )
 
 
+@contextmanager
+def eval_mode(*modules):
+    """Dropout off while computing what must equal the sampling policy's numbers (old and reference log-probs,
+    critic values): with LoRA dropout > 0 a train-mode pass would make the first update's ratio != 1. Every
+    submodule's own train/eval flag is restored afterwards."""
+    flags = [(sub, sub.training) for m in modules if m is not None for sub in m.modules()]
+    for m in modules:
+        if m is not None:
+            m.eval()
+    try:
+        yield
+    finally:
+        for sub, training in flags:
+            sub.training = training
+
+
 @torch.no_grad()
 def forward_pass(model, samples: list[TurnSample], pad_id: int, cfg: Config, with_entropy: bool, value_head=None):
-    """Per-sample response log-probs (and entropies, and shared-head values) with the training numerics, no grad."""
+    """Per-sample response log-probs (and entropies, and shared-head values) with the training numerics, no grad,
+    in eval mode (see `eval_mode`)."""
+    with eval_mode(model, value_head):
+        return _forward_pass(model, samples, pad_id, cfg, with_entropy, value_head)
+
+
+def _forward_pass(model, samples: list[TurnSample], pad_id: int, cfg: Config, with_entropy: bool, value_head):
     logps: list[torch.Tensor | None] = [None] * len(samples)
     ents: list[torch.Tensor | None] = [None] * len(samples)
     values: list[torch.Tensor | None] = [None] * len(samples)
@@ -110,11 +128,13 @@ def forward_pass(model, samples: list[TurnSample], pad_id: int, cfg: Config, wit
 
 @torch.no_grad()
 def critic_values(critic, samples: list[TurnSample], pad_id: int, cfg: Config) -> list[torch.Tensor]:
+    """The separate critic's per-token values [R] per sample, in eval mode (see `eval_mode`)."""
     out: list[torch.Tensor | None] = [None] * len(samples)
-    for micro in pack_by_tokens(list(range(len(samples))), samples, cfg.train.micro_batch_tokens):
-        mb = collate(samples, micro, pad_id).to(_device(critic))
-        for i, v in zip(micro, mb.gather_tokens(critic(mb.input_ids, mb.attention_mask))):
-            out[i] = v
+    with eval_mode(critic):
+        for micro in pack_by_tokens(list(range(len(samples))), samples, cfg.train.micro_batch_tokens):
+            mb = collate(samples, micro, pad_id).to(_device(critic))
+            for i, v in zip(micro, mb.gather_tokens(critic(mb.input_ids, mb.attention_mask))):
+                out[i] = v
     return out
 
 
