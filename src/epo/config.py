@@ -232,7 +232,8 @@ class TrainConfig:
     eval_temperature: float = 0.4
     """Sampling temperature in evaluation (0 = greedy)."""
     save_every: int = 10
-    """Checkpoint every m RL steps (and at the end)."""
+    """Checkpoint every m RL steps, at the end and on a stop signal (Ctrl-C/SIGTERM); 0 = only at the end and on a
+    stop signal."""
     keep_last: int = 2
     """Checkpoints kept."""
     seed: int = 0

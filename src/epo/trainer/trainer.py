@@ -113,7 +113,7 @@ class Trainer:
                     self.console.print(f"[yellow]monitor:[/] {w.message}")
                 progress.step_done(summary_line(metrics, self.step))
                 stop_now = stop.requested or self.step == stop_after
-                if self.step % max(cfg.train.save_every, 1) == 0 or self.step == cfg.train.total_steps or stop_now:
+                if checkpoint_due(self.step, cfg.train.save_every, cfg.train.total_steps) or stop_now:
                     self._save()
                 if stop_now:
                     result.interrupted = True
@@ -285,6 +285,12 @@ class Trainer:
         restore_rng_state(ckpt.rng)
         self.console.print(f"resumed from {ckpt.path} (step {self.step})")
         return self.step
+
+
+def checkpoint_due(step: int, save_every: int, total_steps: int) -> bool:
+    """Periodic checkpoints every `save_every` steps (0: none) and always at the last step; a stop signal (Ctrl-C,
+    SIGTERM) checkpoints on its own."""
+    return (save_every > 0 and step % save_every == 0) or step == total_steps
 
 
 def _mean_entropy(data: StepData) -> float:
