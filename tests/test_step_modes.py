@@ -6,12 +6,13 @@ import copy
 import math
 import random
 
+import pytest
 import torch
 
 from epo.config import load_config
 from epo.rollout.types import TurnSample
 from epo.trainer import setup
-from epo.trainer.update import MetricMeans, critic_values, forward_pass, prepare_step
+from epo.trainer.update import MetricMeans, _gae, critic_values, forward_pass, prepare_step, turn_rewards
 
 
 def _samples(n: int = 6) -> list[TurnSample]:
@@ -84,3 +85,46 @@ def test_critic_values_in_eval_mode():
     assert critic.seen and not any(critic.seen)
     assert all(torch.equal(v, torch.ones_like(v)) for v in values)  # no dropout applied
     assert critic.training
+
+
+def _three_turn_trajectory() -> tuple[list[TurnSample], list[torch.Tensor]]:
+    """A won episode (R = 10) whose first turn was invalid (penalty 0.1), listed out of order; critic values per
+    token, constant within a turn: V = 1, 2, 4 for turns 0, 1, 2."""
+    turns = [(2, 10.0, 0.0, 4.0), (0, 9.9, -0.1, 1.0), (1, 10.0, 0.0, 2.0)]  # (turn, reward, shaping, V)
+    samples = [
+        TurnSample([5, 6], [7, 8, 9], turn_idx=t, traj_id=3, group_id=0, reward=r, shaping=sh) for t, r, sh, _ in turns
+    ]
+    return samples, [torch.full((3,), v) for *_, v in turns]
+
+
+def test_turn_rewards_put_the_return_on_the_final_turn_only():
+    samples, _ = _three_turn_trajectory()
+    other = TurnSample([1], [2], turn_idx=0, traj_id=4, group_id=0, reward=-0.1, shaping=-0.1)  # lost, one turn
+    assert turn_rewards(samples + [other]).tolist() == pytest.approx([10.0, -0.1, 0.0, -0.1])
+
+
+def test_turn_level_gae_by_hand():
+    cfg = load_config(None, ["algo.name=ppo", "algo.gae_level=turn", "algo.gamma=0.9", "algo.lam=0.8",
+                             "algo.whiten_advantages=false"])  # fmt: skip
+    samples, values = _three_turn_trajectory()
+    adv, ret = _gae(samples, values, cfg)
+    # own rewards r = (-0.1, 0, 10), V = (1, 2, 4), gamma lam = 0.72, terminal after turn 2:
+    # A2 = 10 - 4 = 6;  A1 = 0 + 0.9*4 - 2 + 0.72*6 = 5.92;  A0 = -0.1 + 0.9*2 - 1 + 0.72*5.92 = 4.9624
+    by_turn = {s.turn_idx: (a, r) for s, a, r in zip(samples, adv, ret)}
+    for turn, a_t, v_t in [(0, 4.9624, 1.0), (1, 5.92, 2.0), (2, 6.0, 4.0)]:
+        a, r = by_turn[turn]
+        assert a.tolist() == pytest.approx([a_t] * 3, abs=1e-5)  # the turn's advantage on every response token
+        assert r.tolist() == pytest.approx([a_t + v_t] * 3, abs=1e-5)
+
+
+def test_gae_level_changes_the_advantages():
+    samples, values = _three_turn_trajectory()
+    out = {}
+    for level in ("token", "turn"):
+        overrides = ["algo.name=ppo", f"algo.gae_level={level}", "algo.gamma=0.9", "algo.whiten_advantages=false"]
+        out[level] = torch.cat(_gae(samples, values, load_config(None, overrides))[0])
+    # token level: each turn is its own episode with its whole reward at the last token: A = r - V there
+    assert out["token"][2].item() == pytest.approx(10.0 - 4.0)
+    assert out["token"][5].item() == pytest.approx(9.9 - 1.0)
+    assert out["turn"][5].item() == pytest.approx(-0.1 + 0.9 * 2 - 1 + 0.9 * (0.9 * 4 - 2 + 0.9 * 6))
+    assert not torch.allclose(out["token"], out["turn"])

@@ -137,7 +137,8 @@ class AlgoConfig:
     lam: float = 1.0
     """GAE lambda."""
     gae_level: str = "token"
-    """token: GAE within each turn's response tokens (reference); turn: GAE across turns of a trajectory."""
+    """token: GAE within each turn's response tokens (reference); turn: GAE across turns of a trajectory, each turn
+    rewarded with its own penalty/bonus and the episode return on its final turn only."""
     whiten_advantages: bool = True
     """PPO: whiten advantages over the batch."""
     clip_low: float = 0.2

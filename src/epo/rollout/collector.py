@@ -143,6 +143,7 @@ class Collector:
             for sample in s.samples:
                 bonus = -self.cfg.invalid_penalty if sample.invalid else self.cfg.format_bonus
                 sample.reward = s.traj.episode_return + bonus
+                sample.shaping = bonus
             if s.samples:
                 s.samples[-1].done = True
             samples.extend(s.samples)

@@ -23,6 +23,7 @@ class TurnSample:
     traj_id: int
     group_id: int  # same task instance => same group (GRPO)
     reward: float = 0.0  # at the last response token: episode return R + this turn's own invalid penalty/bonus
+    shaping: float = 0.0  # this turn's own part of `reward` (its invalid penalty / format bonus); reward - shaping = R
     invalid: bool = False
     done: bool = False  # this turn ended the episode (won, or the env ended it)
 

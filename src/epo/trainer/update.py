@@ -23,6 +23,7 @@ from epo.algos import (
     aggregate,
     epo_loss,
     gae_token,
+    gae_turn,
     grpo_advantages,
     kl_penalty,
     merge_metrics,
@@ -179,8 +180,21 @@ def prepare_step(policy, samples: list[TurnSample], pad_id: int, cfg: Config, re
     return data
 
 
+def turn_rewards(samples: list[TurnSample]) -> torch.Tensor:
+    """Each turn's own reward [N] for turn-level GAE: its shaping (invalid penalty / format bonus) on every turn,
+    plus the episode return R = reward - shaping on the trajectory's final turn only. (`reward` carries R on every
+    turn, which summed over a trajectory would count R once per turn.)"""
+    last_turn: dict[int, int] = {}
+    for s in samples:
+        last_turn[s.traj_id] = max(last_turn.get(s.traj_id, -1), s.turn_idx)
+    own = [s.shaping + (s.reward - s.shaping if s.turn_idx == last_turn[s.traj_id] else 0.0) for s in samples]
+    return torch.tensor(own, dtype=torch.float32)
+
+
 def _gae(samples: list[TurnSample], values: list[torch.Tensor], cfg: Config):
-    """Token-level GAE within each turn (reward at its last response token), whitened over the batch."""
+    """GAE whitened over the batch. gae_level=token: within each turn, its reward at the last response token (the
+    reference); turn: across a trajectory's turns with each turn's own reward (`turn_rewards`), V_t read at the
+    turn's first response token, A_t on all its tokens."""
     width = max(len(s.response_ids) for s in samples)
     rewards = torch.zeros(len(samples), width)
     vals = torch.zeros(len(samples), width)
@@ -190,8 +204,14 @@ def _gae(samples: list[TurnSample], values: list[torch.Tensor], cfg: Config):
         rewards[b, n - 1] = s.reward
         vals[b, :n] = v
         mask[b, :n] = 1
-    adv, ret = gae_token(rewards, vals, mask, gamma=cfg.algo.gamma, lam=cfg.algo.lam)
-    if cfg.algo.whiten_advantages:
+    algo = cfg.algo
+    if algo.gae_level == "turn":
+        turn_idx = torch.tensor([s.turn_idx for s in samples])
+        traj_ids = [s.traj_id for s in samples]
+        adv, ret = gae_turn(turn_rewards(samples), vals, mask, traj_ids, turn_idx, gamma=algo.gamma, lam=algo.lam)
+    else:
+        adv, ret = gae_token(rewards, vals, mask, gamma=algo.gamma, lam=algo.lam)
+    if algo.whiten_advantages:
         adv = whiten(adv, mask)
     lens = [len(s.response_ids) for s in samples]
     return [adv[b, :n].clone() for b, n in enumerate(lens)], [ret[b, :n].clone() for b, n in enumerate(lens)]
