@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from epo.config import Config
-from epo.rollout.evaluate import EvalResult, eval_task_ids, evaluate, fisher_one_sided
+from epo.rollout.evaluate import EvalResult, eval_task_ids, evaluate, gain_test
 from epo.trainer import setup
 from epo.trainer.report_data import BEFORE_AFTER_FILE
 from epo.trainer.trainer import Trainer, TrainResult, default_run_dir
@@ -46,7 +46,8 @@ def train_pipeline(
 
 
 def _print_before_after(console: Console, sft_result, result: TrainResult) -> None:
-    """Zero-shot -> start of RL -> end of RL, each with its Wilson CI, and one-sided Fisher p-values of the gains.
+    """Zero-shot -> start of RL -> end of RL, each with its Wilson CI, and one-sided exact p-values of the gains:
+    McNemar's test when both evals ran the same tasks (paired), Fisher's otherwise; each p says which.
 
     Also written to RUN_DIR/before_after.json, so the numbers outlive the terminal."""
     if not result.evals:
@@ -54,7 +55,7 @@ def _print_before_after(console: Console, sft_result, result: TrainResult) -> No
     first, last = min(result.evals), max(result.evals)
     zero_shot = sft_result.before if sft_result is not None else {}
     starts = result.evals[first] if first != last else {}  # train.eval_at_start=false: no start-of-RL eval
-    table = Table(title="success rate, 95% Wilson CI; p = one-sided Fisher exact test of the gain")
+    table = Table(title="success rate, 95% Wilson CI; p = one-sided exact test of the gain (McNemar: same tasks)")
     table.add_column("split")
     if zero_shot:
         table.add_column("zero-shot")
@@ -80,21 +81,23 @@ def _print_before_after(console: Console, sft_result, result: TrainResult) -> No
             for name, r in (("zero_shot", before), ("start_of_rl", start), ("end_of_rl", end))
             if r is not None
         }
-        rows[split]["p_rl_gain"], rows[split]["p_total_gain"] = p_rl, p_total
+        rows[split]["p_rl_gain"], rows[split]["test_rl_gain"] = p_rl or (None, None)
+        rows[split]["p_total_gain"], rows[split]["test_total_gain"] = p_total or (None, None)
     console.print(table)
     (result.run_dir / BEFORE_AFTER_FILE).write_text(json.dumps(rows, indent=1))
 
 
-def _p_gain(before: EvalResult | None, after: EvalResult | None) -> float | None:
+def _p_gain(before: EvalResult | None, after: EvalResult | None) -> tuple[float, str] | None:
+    """(p, test name) of the gain, see `gain_test`."""
     if before is None or after is None:
         return None
-    return fisher_one_sided(before.wins, before.episodes, after.wins, after.episodes)
+    return gain_test(before, after)
 
 
-def _gain(before: EvalResult | None, after: EvalResult, p: float | None) -> str:
-    if before is None:
+def _gain(before: EvalResult | None, after: EvalResult, p: tuple[float, str] | None) -> str:
+    if before is None or p is None:
         return "-"
-    return f"{100 * (after.success - before.success):+.1f} pts (p={p:.3f})"
+    return f"{100 * (after.success - before.success):+.1f} pts (p={p[0]:.3f}, {p[1]})"
 
 
 def _fmt(res: EvalResult | None) -> str:
