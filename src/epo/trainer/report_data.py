@@ -19,7 +19,7 @@ BEFORE_AFTER_FILE = "before_after.json"
 _EVAL_SUCCESS = re.compile(r"^eval/([^/]+)/success$")
 # Other names the same quantity has been logged under (older runs, other code paths); first match wins.
 ALIASES = {
-    "critic/explained_var": ("critic/explained_var",),
+    "critic/explained_var": ("critic/explained_variance",),
     "epo/penalty_term": ("epo/smoothing_term",),
 }
 

@@ -305,7 +305,7 @@ def _rollout_metrics(rollout) -> dict[str, float]:
     turns = max(sum(t.length for t in trajs), 1)
     return {
         "rollout/success_rate": sum(t.won for t in trajs) / n,
-        "rollout/return_mean": sum(t.episode_return for t in trajs) / n,
+        "rollout/return_mean": sum(t.episode_return for t in trajs) / n,  # R = win_reward·won: no penalties
         "rollout/episode_len": sum(t.length for t in trajs) / n,
         "rollout/invalid_rate": sum(t.invalid_turns for t in trajs) / turns,
         "rollout/truncated_rate": sum(t.truncated for t in trajs) / n,
