@@ -47,10 +47,17 @@ HELP_GRAMMAR_START = "\naction help {"
 
 
 # ---- where the games are ----
+GET_DATA = (
+    "run `alfworld-download` (pip install alfworld; it fills $ALFWORLD_DATA, default ~/.cache/alfworld), or pass "
+    "env kwarg data_dir / set ALFWORLD_DATA to the folder holding json_2.1.1/"
+)
+
+
 def find_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
-    """The folder holding `json_2.1.1/`: `data_dir` if given, else the first of $ALFWORLD_DATA and
-    ../shared/data/alfworld next to the working directory or the repository that has one. ($ALFWORLD_DATA is only
-    a candidate: importing alfworld sets it to ~/.cache/alfworld when unset.)"""
+    """The folder holding `json_2.1.1/`: `data_dir` if given, else the first of $ALFWORLD_DATA, ~/.cache/alfworld
+    (where `alfworld-download` puts it by default) and ../shared/data/alfworld next to the working directory or the
+    repository that has one. ($ALFWORLD_DATA is only a candidate: importing alfworld sets it to ~/.cache/alfworld
+    when unset.) The repository's tests use a small fixture subset (tests/fixtures/alfworld) through `data_dir`."""
     if data_dir is not None:
         path = Path(data_dir).expanduser()
         if not (path / JSON_DIR).is_dir():
@@ -59,6 +66,7 @@ def find_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
     repo = Path(__file__).resolve().parents[3]
     candidates = [
         os.environ.get("ALFWORLD_DATA"),
+        "~/.cache/alfworld",
         Path.cwd() / "../shared/data/alfworld",
         repo / "../shared/data/alfworld",
     ]
@@ -67,8 +75,7 @@ def find_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
         if (path / JSON_DIR).is_dir():
             return path.resolve()
     raise FileNotFoundError(
-        f"ALFWorld data not found (no {JSON_DIR}/ in {', '.join(map(str, tried))}): pass env kwarg data_dir or set "
-        "ALFWORLD_DATA to the folder holding it"
+        f"ALFWorld data not found (no {JSON_DIR}/ in {', '.join(map(str, tried))}): {GET_DATA}"
     )
 
 
