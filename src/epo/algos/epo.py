@@ -1,4 +1,5 @@
 """EPO (arXiv 2509.22576): trajectory-level entropy, entropy smoothing against a per-turn history, phase weight β.
+The equations, normalisers and reference-code deviations are written out in docs/METHOD.md.
 
 Nothing else in the codebase knows how EPO works. The trainer, per RL step:
     history = EntropyHistory.from_config(cfg.epo, max_turns)                  # once
@@ -7,9 +8,9 @@ Nothing else in the codebase knows how EPO works. The trainer, per RL step:
                                       num_tokens=minibatch_tokens, num_seqs=minibatch_samples)[0]
     after the update: history.update_from_tensors(rollout_entropy, mask, turn_idx)  # entropies at rollout weights
     once per step: EntropyTrend.update(batch entropy mean) for the variance / |ΔH| logs.
-H̄ is the mean of *past* steps' batch-mean entropies (EPO_SPEC: "before any history exists, P = 0"), so the current
-rollout enters the history after the policy update. The reference code adds it before (H̄ then includes the batch
-being penalised); "reference" mode keeps that order too.
+H̄ is the mean of *past* steps' batch-mean entropies (docs/METHOD.md §4: "before any history exists, P = 0"), so
+the current rollout enters the history after the policy update. The reference code adds it before (H̄ then
+includes the batch being penalised); "reference" mode keeps that order too.
 
 Total loss: L = L_PG + epo_loss + c_KL KL, with epo_loss = -λ (L_H - β_k α P) = -λ L_H + λ α β_k P
 (or -λ L_H + smoothing_coef β_k P when cfg.smoothing_coef is set, so the tiny λα product can be swept).

@@ -4,7 +4,7 @@
     turn t: prompts of all active slots -> backend.generate -> parse -> pool.step -> TurnSamples
 
 Finished envs stop generating. Rewards are assigned when the episode ends: every turn sample of a trajectory gets the
-episode return R = win_reward·won, plus its own invalid-action penalty / format bonus (EPO_SPEC "Setting").
+episode return R = win_reward·won, plus its own invalid-action penalty / format bonus (docs/METHOD.md §1).
 """
 
 from __future__ import annotations

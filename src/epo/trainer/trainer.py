@@ -142,7 +142,7 @@ class Trainer:
         t1 = time.perf_counter()
         progress.phase("update", 0)
         data = prepare_step(self.policy, rollout.samples, self.pad_id, cfg, self.reference, self.critic)
-        # H̄ is the mean of *past* steps' entropies (EPO_SPEC; P = 0 before any history), so this rollout enters it
+        # H̄ is the mean of *past* steps' entropies (docs/METHOD.md §4; P = 0 before any history), so this rollout enters it
         # after the update. "reference" mode adds it before, as the reference code does.
         history_first = cfg.epo.mode == "reference"
         turn_entropy = self._update_history(data) if history_first else {}
