@@ -129,7 +129,8 @@ class AlgoConfig:
     name: str = "grpo"
     """grpo | ppo."""
     grpo_stats: str = "turn"
-    """GRPO statistics over all turn samples of the group ('turn', reference) or one value per trajectory."""
+    """GRPO statistics over all turn samples of the group ('turn', reference) or with every trajectory weighing the
+    same ('trajectory'; definition in docs/METHOD.md §2)."""
     grpo_norm_std: bool = True
     """Divide GRPO advantages by the group std."""
     gamma: float = 1.0
