@@ -18,9 +18,11 @@ PENDING lists the only (key, value) pairs allowed to have no distinct outcome ye
 
 from __future__ import annotations
 
+import atexit
 import copy
 import functools
 import random
+import shutil
 import tempfile
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
@@ -58,6 +60,7 @@ def _checkpoints() -> tuple[str, str]:
     """A float32 and a bfloat16 copy of the tiny model as HF dirs (model.dtype=auto keeps the file's dtype)."""
     model, tokenizer = _tiny()
     root = tempfile.mkdtemp(prefix="epo-choices-")
+    atexit.register(shutil.rmtree, root, ignore_errors=True)
     dirs = []
     for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
         path = f"{root}/{name}"
