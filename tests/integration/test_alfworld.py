@@ -22,6 +22,7 @@ from epo.envs.alfworld_games import (
     list_task_ids,
     task_type,
 )
+from epo.envs.testing import check_env
 
 FAKE_HELP = '\naction help {\n    template :: "help";\n}\n'
 # two games per split: a "look" and a "pick" game, the task types the hand-coded expert solves reliably
@@ -159,3 +160,9 @@ def test_registry_make_with_no_kwargs(tmp_path, monkeypatch):
     assert info["task"] and info["admissible_actions"]
     assert list((tmp_path / "epo" / "alfworld").glob(f"*/valid_train/*/*/{GAME_FILE}"))
     env.close()
+
+
+@pytest.mark.integration
+def test_passes_the_public_conformance_check(tmp_path):
+    report = check_env(SPEC, {"cache_dir": str(tmp_path)}, task_ids=[ONE_GAME])
+    assert report.expert_wins == report.expert_episodes == 1

@@ -9,6 +9,7 @@ import pytest
 
 from epo.envs import make_env
 from epo.envs.sciworld import SPEC, SciWorldEnv, compact_actions, parse_task_id, sciworld_splits
+from epo.envs.testing import check_env
 
 PLAYED = {  # split -> a variation with a short gold path
     "train": "find-animal/0",
@@ -132,3 +133,9 @@ def test_close_stops_the_jvm():
     env.close()
     assert process.poll() is not None
     env.close()  # twice is fine
+
+
+@pytest.mark.integration
+def test_passes_the_public_conformance_check():
+    report = check_env(SPEC, task_ids=[PLAYED["iid"]])
+    assert report.expert_wins == report.expert_episodes == 1
