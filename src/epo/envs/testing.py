@@ -131,7 +131,9 @@ def _reset(spec: EnvSpec, env: Any, task_id: str) -> tuple[str, dict]:
 
 def _step(spec: EnvSpec, env: Any, action: str, where: str) -> tuple[str, float, bool, bool, dict]:
     out = env.step(action)
-    _require(isinstance(out, tuple) and len(out) == 5, f"{where}: step must return 5 values (obs, r, term, trunc, info)")
+    _require(
+        isinstance(out, tuple) and len(out) == 5, f"{where}: step must return 5 values (obs, r, term, trunc, info)"
+    )
     obs, reward, terminated, truncated, info = out
     _require(isinstance(obs, str), f"{where}: the observation must be str")
     _require(isinstance(reward, (int, float)) and not isinstance(reward, bool), f"{where}: the reward must be a number")
