@@ -41,6 +41,12 @@ def test_score_reward_uses_the_final_partial_score():
     assert score_reward(_episode(True, [(False, True)], scores=[100]), AGENT).episode_return == 10.0
     failed = score_reward(_episode(False, [(False, True), (False, True)], scores=[50, -100]), AGENT)
     assert failed.episode_return == 0.0  # a failed ScienceWorld task scores < 0: no credit
+    crashed = _episode(False, [(False, True), (False, True)], scores=[30, 0])
+    crashed.turns[-1].info = {"error": "worker crashed"}  # the pool's info for a crashed worker has no score
+    assert score_reward(crashed, AGENT).episode_return == pytest.approx(3.0)
+    crashed.turns[0].info = {"error": "worker crashed"}
+    crashed.turns = crashed.turns[:1]
+    assert score_reward(crashed, AGENT).episode_return == 0.0
     with pytest.raises(RuntimeError, match="no info\\['score'\\]"):
         score_reward(_episode(False, [(False, True)]), AGENT)
 

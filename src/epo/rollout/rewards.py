@@ -10,7 +10,8 @@ the episode return R = 10·won, plus the turn's own invalid-action penalty (EPO_
 Built-in (`BUILTIN`):
     paper   R = win_reward·won; each turn R - invalid_penalty if invalid else R + format_bonus (the default)
     score   R = win_reward·max(0, final info["score"])/100 (ScienceWorld's 0-100 partial score, negative on a
-            failed task: counted as 0); turns as `paper`. An env without info["score"] is an error.
+            failed task: counted as 0; the last turn that has a score counts, so a worker crash keeps the score
+            reached); turns as `paper`. An env without info["score"] is an error.
     format  R = win_reward·won; each turn R + format_bonus if its output is in the <action>...</action> format
             (admissible or not), R - invalid_penalty if it is not (needs agent.format_bonus > 0)
 Anything else is 'package.module:function' with the signature of `RewardFn`; it is imported at config load.
@@ -76,7 +77,7 @@ def paper_reward(episode: Episode, agent: AgentConfig) -> Rewards:
 
 def score_reward(episode: Episode, agent: AgentConfig) -> Rewards:
     scores = [t.info["score"] for t in episode.turns if "score" in t.info]
-    if episode.turns and not scores:
+    if not scores and any("error" not in t.info for t in episode.turns):  # a crashed worker's info has no score
         raise RuntimeError("agent.reward=score: this env reports no info['score'] (ScienceWorld does); use paper")
     final = 100.0 if episode.trajectory.won else float(scores[-1]) if scores else 0.0
     return Rewards.broadcast(agent.win_reward * max(0.0, min(final, 100.0)) / 100.0, episode, agent)
