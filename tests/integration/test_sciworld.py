@@ -149,7 +149,7 @@ def test_score_reward_reads_the_partial_score_the_env_reports(env):
 
     env.reset(options={"task_id": PLAYED["train"]})
     turns = []
-    while not turns or not 0 < turns[-1].info["score"]:  # follow the gold path until it has partial credit
+    while not turns or turns[-1].info["score"] <= 0:  # follow the gold path until it has partial credit
         obs, reward, terminated, _, info = env.step(env.expert_action())
         turns.append(TurnRecord(len(turns), "", "", False, True, reward, scalar_info(info)))
         assert not terminated and len(turns) < 20
