@@ -49,3 +49,15 @@ def test_offline_id_in_cache_loads_from_it(hub_cache):
     assert len(loaded_tok) == len(tokenizer)
     for (name, a), b in zip(model.state_dict().items(), loaded.state_dict().values()):
         assert torch.equal(a, b), name
+
+
+def test_cli_eval_with_an_uncached_hub_id_is_one_red_line(hub_cache):
+    from typer.testing import CliRunner
+
+    from epo.cli import app
+
+    args = ["eval", "--config", "quest_demo_cpu", "--model", "no-such-org/no-such-model", "env.pool_mode=inline"]
+    result = CliRunner().invoke(app, args)
+    lines = [line for line in result.output.strip().splitlines() if line.strip()]
+    assert result.exit_code == 2 and len(lines) == 1, result.output
+    assert lines[0].startswith("error: model path not found: no-such-org/no-such-model"), lines[0]
