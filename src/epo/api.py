@@ -9,7 +9,8 @@
 
 Every function takes a `Config`, a preset name or a YAML path (`config`), plus optional dot-list `overrides`
 (the CLI's syntax), and validates the result: a bad value raises `ConfigError` naming the key. For a custom loop,
-`epo.Trainer(cfg, run_dir).train(stop_after=n)` is the RL loop alone. Plug-ins: `epo.register_env(spec)` (or
+`epo.Trainer(epo.as_config(cfg), run_dir).train(stop_after=n)` is the RL loop alone (no warm start, no report;
+Trainer takes the config as given, so validate it first). Plug-ins: `epo.register_env(spec)` (or
 `env.name=module:SPEC`), `agent.reward=module:function` (see `epo.Episode`, `epo.Rewards`), and
 `epo.envs.testing.check_env`. docs/ENVIRONMENTS.md has the contracts.
 """
