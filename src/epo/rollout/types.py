@@ -36,7 +36,7 @@ class Trajectory:
     task_type: str
     length: int = 0  # turns played
     won: bool = False
-    episode_return: float = 0.0  # R = win_reward * won
+    episode_return: float = 0.0  # R, from the agent.reward function (paper: win_reward * won)
     invalid_turns: int = 0
     truncated: bool = False
     truncated_reason: str = ""  # "" | "max_turns" | "worker_crash" | "timeout" | "env_error" | env's own reason
