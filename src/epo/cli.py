@@ -130,7 +130,50 @@ def report(
     def go():
         from epo import api
 
+<<<<<<< HEAD
         console.print(f"report: {api.report(list(run_dirs), out)}")
+=======
+        if len(run_dirs) == 1 and (run_dirs[0] / "sweep.yaml").is_file():  # a sweep dir: aggregate over seeds
+            from epo.sweep import write_sweep_report
+
+            console.print(f"report: {write_sweep_report(run_dirs[0], out)}")
+            return
+        for d in run_dirs:
+            if not (d / "metrics.jsonl").is_file():
+                raise FileNotFoundError(f"{d}: no metrics.jsonl (not a run dir)")
+        target = out or (run_dirs[0] / "report" if len(run_dirs) == 1 else Path("report"))
+        path = write_report(list(run_dirs), target)
+        console.print(f"report: {path}")
+>>>>>>> wip/sweep
+
+    _guard(go)
+
+
+@app.command()
+def sweep(
+    grid: Path = typer.Argument(..., help="GRID.yaml: base preset, overrides, methods (overrides each) and seeds."),
+    out: Path = typer.Option(None, "--out", help="Sweep dir (default sweeps/<grid name>)."),
+    ray: bool = typer.Option(False, "--ray", help="Run the runs as Ray tasks (RAY_ADDRESS or a local instance)."),
+    cpus_per_run: float = typer.Option(1.0, "--cpus-per-run", help="CPUs Ray reserves for each run."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the runs' commands; run nothing."),
+):
+    """Run a grid of (method overrides x seeds) resumably, then write the aggregated report (`epo report DIR`)."""
+
+    def go():
+        from epo.sweep import load_grid, run_sweep, write_sweep_report
+        from epo.sweep.runner import train_command
+
+        g = load_grid(grid)
+        target = out or Path("sweeps") / grid.stem
+        if dry_run:
+            for run in g.runs():
+                console.print(" ".join(train_command(g, run, target)[1:]), soft_wrap=True, highlight=False)
+            return
+        status = run_sweep(g, target, ray=ray, cpus_per_run=cpus_per_run, echo=console.print)
+        console.print(f"report: {write_sweep_report(target)}")
+        failed = sorted(k for k, v in status.items() if v["state"] != "done")
+        if failed:
+            _fail(f"{len(failed)} run(s) failed: {', '.join(failed)} (logs in {target}); rerun to retry them")
 
     _guard(go)
 

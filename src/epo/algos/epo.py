@@ -350,6 +350,13 @@ def beta(
     raise ValueError(f"epo.beta_schedule: '{schedule}' is not one of paper, reference, constant")
 
 
+def turn_decay_weights(turn_idx: torch.Tensor, decay: float) -> torch.Tensor:
+    """[B] weight decay**t of each sample's entropy bonus (EPO-Decay ablation; all ones when decay = 1)."""
+    if decay == 1.0:
+        return torch.ones(turn_idx.shape, dtype=torch.float32, device=turn_idx.device)
+    return torch.pow(torch.tensor(float(decay), device=turn_idx.device), turn_idx.float())
+
+
 def epo_loss(
     entropy: torch.Tensor,
     mask: torch.Tensor,
@@ -370,7 +377,8 @@ def epo_loss(
         return torch.zeros((), dtype=entropy.dtype, device=entropy.device), {}
     if cfg.mode not in ("on", "reference"):
         raise ValueError(f"epo.mode: '{cfg.mode}' is not one of off, on, reference")
-    entropy_term = entropy_objective(entropy, mask, sample_weight, cfg.entropy_level, num_tokens)
+    bonus_entropy = entropy * turn_decay_weights(turn_idx, cfg.turn_decay).to(entropy).unsqueeze(-1)  # [B, T]
+    entropy_term = entropy_objective(bonus_entropy, mask, sample_weight, cfg.entropy_level, num_tokens)
     if cfg.mode == "on":
         penalty, metrics = smoothing_penalty(
             entropy, mask, turn_idx, history, cfg.kappa_low, cfg.kappa_high, cfg.smoothing_level, num_tokens, num_seqs

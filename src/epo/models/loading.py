@@ -50,16 +50,16 @@ def cache_root() -> Path:
 
 
 def load_model_and_tokenizer(path: str, dtype: str = "float32", device: str = "cpu") -> tuple[Any, Any]:
-    """Return ``(model, tokenizer)`` for ``path``: "embedded", "tiny", a local HF model dir, a local .gguf file, or
-    a hub id "org/name" (see the module docstring).
+    """Return ``(model, tokenizer)`` for ``path``: "embedded", "tiny", "small", a local HF model dir, a local .gguf
+    file, or a hub id "org/name" (see the module docstring).
 
     ``dtype`` is "float32", "bfloat16" or "auto" (the checkpoint's own dtype). The tokenizer always has a pad token.
     """
     if dtype not in DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}; expected one of {sorted(DTYPES)}")
-    if path == "tiny":
+    if path in BUILT_IN_SIZES:
         tokenizer = load_embedded_tokenizer()
-        model = build_tiny_model(tokenizer)
+        model = build_tiny_model(tokenizer, path)
         if dtype == "bfloat16":
             model = model.to(torch.bfloat16)
     elif is_hub_id(path):
@@ -107,16 +107,22 @@ def load_embedded_tokenizer() -> Any:
     return tokenizer
 
 
-def build_tiny_model(tokenizer: Any = None) -> Any:
-    """A 2-layer, 64-wide random Llama with the embedded tokenizer's vocabulary; weights follow the torch seed."""
+# Random Llamas built in code with the embedded tokenizer: "tiny" for unit tests (~3.2M parameters, almost all
+# in the tied 49k-token embedding), "small" for the fast experiment tier (4 blocks, 128 wide: ~7M parameters).
+BUILT_IN_SIZES: dict[str, dict[str, int]] = {
+    "tiny": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2},
+    "small": {"hidden_size": 128, "intermediate_size": 384, "num_hidden_layers": 4},
+}
+
+
+def build_tiny_model(tokenizer: Any = None, size: str = "tiny") -> Any:
+    """A random Llama (BUILT_IN_SIZES[size]) with the embedded tokenizer's vocabulary; weights follow the torch seed."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     tokenizer = tokenizer or load_embedded_tokenizer()
     config = LlamaConfig(
         vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
+        **BUILT_IN_SIZES[size],
         num_attention_heads=4,
         num_key_value_heads=2,
         max_position_embeddings=4096,
