@@ -120,10 +120,15 @@ def evaluate(
 
 
 def report(run_dirs: list[str | Path] | str | Path, out: str | Path | None = None) -> Path:
-    """Plots (PNG) and summary.md comparing runs; returns the summary's path."""
+    """Plots (PNG) and summary.md comparing runs; returns the summary's path. One sweep dir (`epo sweep` output,
+    holding sweep.yaml) is aggregated over seeds instead (epo.sweep.write_sweep_report)."""
     from epo.trainer.report import write_report
 
     dirs = [Path(run_dirs)] if isinstance(run_dirs, (str, Path)) else [Path(d) for d in run_dirs]
+    if len(dirs) == 1 and (dirs[0] / "sweep.yaml").is_file():
+        from epo.sweep import write_sweep_report
+
+        return write_sweep_report(dirs[0], out)
     for d in dirs:
         if not (d / "metrics.jsonl").is_file():
             raise FileNotFoundError(f"{d}: no metrics.jsonl (not a run dir)")

