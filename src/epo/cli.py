@@ -24,20 +24,31 @@ PRESET_HELP = "Preset name (see `epo presets`) or a YAML file."
 OVERRIDES_HELP = "Dot-list overrides, e.g. epo.mode=on rollout.group_size=4."
 
 
+_DEBUG = {"on": False}
+
+
+@app.callback()
+def main(debug: bool = typer.Option(False, "--debug", help="Show the full traceback of every error.")) -> None:
+    _DEBUG["on"] = debug
+
+
 def _fail(message: str) -> None:
-    console.print(f"[red]error:[/] {message}", soft_wrap=True, markup=True, highlight=False)
+    from rich.markup import escape
+
+    console.print(f"[red]error:[/] {escape(message)}", soft_wrap=True, markup=True, highlight=False)
     raise typer.Exit(2)
 
 
 def _guard(fn):
-    """Known error types become one red line and exit code 2 (tracebacks are for bugs)."""
-    from epo.config import ConfigError
-    from epo.envs import UnknownEnvError
-    from epo.trainer.checkpoint import CheckpointError
+    """The project's own errors (`epo.errors.EpoError`: bad input or a bad state on disk) become one line and exit
+    code 2. Anything else (out of memory, CUDA errors, bugs) keeps its traceback; `epo --debug` shows it for all."""
+    from epo.errors import EpoError
 
+    if _DEBUG["on"]:
+        return fn()
     try:
         return fn()
-    except (ConfigError, UnknownEnvError, CheckpointError, FileNotFoundError, ValueError, RuntimeError) as e:
+    except EpoError as e:
         _fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
 
 
@@ -49,26 +60,45 @@ def _load(preset: str | None, overrides: list[str] | None):
 
 @app.command()
 def train(
-    config: str = typer.Option("quest_demo_cpu", "--config", "-c", help=PRESET_HELP),
+    config: str = typer.Option(None, "--config", "-c", help=PRESET_HELP + " [default: quest_demo_cpu]"),
     overrides: list[str] = typer.Argument(None, help=OVERRIDES_HELP),
-    resume: Path = typer.Option(None, "--resume", help="Continue this run dir from its last valid checkpoint."),
+    resume: Path = typer.Option(
+        None, "--resume", help="Continue this run dir from its last valid checkpoint, with its saved config."
+    ),
     run_dir: Path = typer.Option(None, "--run-dir", help="Where to write the run (default runs/<preset>-<time>)."),
 ):
-    """Train with PPO/GRPO (+EPO); optional behaviour-cloning warm start; report at the end."""
+    """Train with PPO/GRPO (+EPO); optional behaviour-cloning warm start; report at the end.
+
+    Exit codes: 0 done, 2 an error (one line), 130/143 stopped by SIGINT/SIGTERM after a checkpoint (resumable)."""
 
     def go():
+        from epo.errors import RunDirError
         from epo.trainer.pipeline import train_pipeline
 
-        cfg = _load(config, overrides)
-        if resume is not None:
-            saved = resume / "config.yaml"
-            if not saved.is_file():
-                raise FileNotFoundError(f"--resume {resume}: no config.yaml there (not a run dir)")
-            cfg_resumed = _load(str(saved), overrides)
-            return train_pipeline(cfg_resumed, resume, resume=True, console=console)
-        return train_pipeline(cfg, run_dir, preset_name=Path(config).stem, console=console)
+        if resume is None:
+            preset = config or "quest_demo_cpu"
+            return train_pipeline(_load(preset, overrides), run_dir, preset_name=Path(preset).stem, console=console)
+        if config is not None or run_dir is not None:
+            flag = "--config" if config is not None else "--run-dir"
+            raise RunDirError(f"--resume uses the run's own config.yaml and dir; {flag} cannot be combined with it")
+        saved = resume / "config.yaml"
+        if not saved.is_file():
+            raise RunDirError(f"--resume {resume}: no config.yaml there (not a run dir)")
+        return train_pipeline(_load(str(saved), overrides), resume, resume=True, console=console)
 
-    _guard(go)
+    result = _guard(go)
+    if result is not None and result.interrupted:
+        _exit_interrupted(result)
+
+
+def _exit_interrupted(result) -> None:
+    import signal
+
+    from epo.trainer.rundir import EXIT_INTERRUPTED, resume_command
+
+    console.print(f"stopped at step {result.steps_done}; continue with: {resume_command(result.run_dir)}")
+    sig = getattr(signal, result.stop_signal, signal.SIGINT) if result.stop_signal else signal.SIGINT
+    raise typer.Exit(EXIT_INTERRUPTED[sig])
 
 
 @app.command()
@@ -101,9 +131,12 @@ def eval_cmd(
     """Evaluate a policy on env splits: success with 95% CI, turns, invalid rate, per-task-type table."""
 
     def go():
+        from epo.config import ConfigError
         from epo.trainer.pipeline import evaluate_policy
 
         extra = list(overrides or [])
+        if episodes is not None and episodes < 1:
+            raise ConfigError(f"--episodes/-n: must be >= 1, got {episodes}")
         if model:
             extra.append(f"init_from={model}")
         if episodes is not None:
@@ -138,11 +171,12 @@ def report(
     """Plots (PNG) and a Markdown summary comparing runs."""
 
     def go():
+        from epo.errors import RunDirError
         from epo.trainer.report import write_report
 
         for d in run_dirs:
             if not (d / "metrics.jsonl").is_file():
-                raise FileNotFoundError(f"{d}: no metrics.jsonl (not a run dir)")
+                raise RunDirError(f"{d}: no metrics.jsonl (not a run dir)")
         target = out or (run_dirs[0] / "report" if len(run_dirs) == 1 else Path("report"))
         path = write_report(list(run_dirs), target)
         console.print(f"report: {path}")

