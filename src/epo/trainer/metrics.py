@@ -18,8 +18,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from epo.config import ConfigError
-from epo.errors import RunDirError
+from epo.errors import EnvSetupError, RunDirError
 
 METRICS_FILE = "metrics.jsonl"
 WARNINGS_FILE = "warnings.jsonl"
@@ -206,7 +205,7 @@ def _open_tensorboard(run_dir: Path, resume_step: int | None) -> Any:
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
-        raise ConfigError(
+        raise EnvSetupError(
             "train.tensorboard=true but the tensorboard package is not installed "
             "(pip install tensorboard, or set train.tensorboard=false)"
         ) from None
@@ -219,7 +218,7 @@ def _open_wandb(run_dir: Path, project: str, config: dict[str, Any] | None) -> A
     try:
         import wandb
     except ImportError:
-        raise ConfigError("train.wandb=true but wandb is not installed (pip install wandb)") from None
+        raise EnvSetupError("train.wandb=true but wandb is not installed (pip install wandb)") from None
     # A stable id per run dir lets a resumed run continue the same W&B run.
     id_file = run_dir / "wandb_id.txt"
     if not id_file.is_file():
