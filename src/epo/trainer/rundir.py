@@ -115,6 +115,13 @@ def _check_new(path: Path) -> None:
         raise RunDirError(f"--run-dir {path}: not empty ({', '.join(_contents(path)[:3])}...); choose a new --run-dir")
 
 
+def _mkdir(path: Path) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise RunDirError(f"--run-dir {path}: cannot create it ({e.strerror})") from None
+
+
 def _read_pid(fd: int) -> int | None:
     os.lseek(fd, 0, os.SEEK_SET)
     text = os.read(fd, 64).decode(errors="replace").strip()
@@ -148,7 +155,10 @@ def _try_lock(path: Path, fd: int) -> None:
 
 def _lock(path: Path, create: bool) -> int:
     """Open RUN_DIR/.lock and flock it; nothing is written yet (a refused dir stays as it was)."""
-    fd = os.open(path / LOCK_FILE, os.O_RDWR | (os.O_CREAT if create else 0), 0o644)
+    try:
+        fd = os.open(path / LOCK_FILE, os.O_RDWR | (os.O_CREAT if create else 0), 0o644)
+    except OSError as e:  # read-only or foreign dir: the user can fix it
+        raise RunDirError(f"{path}: cannot open {LOCK_FILE} ({e.strerror})") from None
     try:
         _try_lock(path, fd)
     except BaseException:
@@ -203,7 +213,7 @@ def own_run_dir(
         fd = _lock(path, create=False) if (path / LOCK_FILE).is_file() else None
         try:
             _check_new(path)
-            path.mkdir(parents=True, exist_ok=True)
+            _mkdir(path)
             fd = _lock(path, create=True) if fd is None else fd
             _check_new(path)  # a run created between the first check and the lock
         except BaseException:
