@@ -539,7 +539,13 @@ def to_yaml(cfg: Config) -> str:
 
 
 def save_config(cfg: Config, path: str | Path) -> None:
-    Path(path).write_text(to_yaml(cfg))
+    """Write atomically (temp file + rename): a crash mid-write must not leave a run without its config.yaml."""
+    import os
+
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(to_yaml(cfg))
+    os.replace(tmp, path)
 
 
 def field_docs(cls: type = Config, prefix: str = "") -> dict[str, str]:
