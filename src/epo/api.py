@@ -56,7 +56,7 @@ def _preset_name(config: ConfigLike) -> str:
 
 
 def train(
-    config: ConfigLike = "quest_demo_cpu",
+    config: ConfigLike = None,
     overrides: list[str] | None = None,
     *,
     run_dir: str | Path | None = None,
@@ -64,19 +64,24 @@ def train(
     console: Console | None = None,
 ) -> TrainResult:
     """Warm start (if `sft.warm_start`) -> RL -> before/after table -> report. Returns the run's TrainResult
-    (run_dir, steps_done, evals: {step: {split: EvalResult}}).
+    (run_dir, steps_done, evals: {step: {split: EvalResult}}, interrupted). config defaults to quest_demo_cpu.
 
-    resume=RUN_DIR continues that run from its last valid checkpoint with its own saved config (plus
-    `overrides`); `config` is then ignored."""
+    resume=RUN_DIR continues that run from its last valid checkpoint with its own saved config (plus `overrides`,
+    which the resume allow-list checks, docs/RELIABILITY.md); `config` and `run_dir` cannot be combined with it."""
+    from epo.errors import RunDirError
     from epo.trainer.pipeline import train_pipeline
 
-    if resume is not None:
-        saved = Path(resume) / "config.yaml"
-        if not saved.is_file():
-            raise FileNotFoundError(f"--resume {resume}: no config.yaml there (not a run dir)")
-        return train_pipeline(load_config(saved, list(overrides or [])), resume, resume=True, console=console)
-    cfg = as_config(config, overrides)
-    return train_pipeline(cfg, run_dir, preset_name=_preset_name(config), console=console)
+    if resume is None:
+        config = "quest_demo_cpu" if config is None else config
+        cfg = as_config(config, overrides)
+        return train_pipeline(cfg, run_dir, preset_name=_preset_name(config), console=console)
+    if config is not None or run_dir is not None:
+        flag = "--config" if config is not None else "--run-dir"
+        raise RunDirError(f"--resume uses the run's own config.yaml and dir; {flag} cannot be combined with it")
+    saved = Path(resume) / "config.yaml"
+    if not saved.is_file():
+        raise RunDirError(f"--resume {resume}: no config.yaml there (not a run dir)")
+    return train_pipeline(load_config(saved, list(overrides or [])), resume, resume=True, console=console)
 
 
 def sft(
@@ -109,6 +114,8 @@ def evaluate(
     from epo.trainer.pipeline import evaluate_policy
 
     extra = list(overrides or [])
+    if episodes is not None and episodes < 1:
+        raise ConfigError(f"--episodes/-n: must be >= 1, got {episodes}")
     if model:
         extra.append(f"init_from={model}")
     if episodes is not None:
@@ -122,6 +129,7 @@ def evaluate(
 def report(run_dirs: list[str | Path] | str | Path, out: str | Path | None = None) -> Path:
     """Plots (PNG) and summary.md comparing runs; returns the summary's path. One sweep dir (`epo sweep` output,
     holding sweep.yaml) is aggregated over seeds instead (epo.sweep.write_sweep_report)."""
+    from epo.errors import RunDirError
     from epo.trainer.report import write_report
 
     dirs = [Path(run_dirs)] if isinstance(run_dirs, (str, Path)) else [Path(d) for d in run_dirs]
@@ -131,6 +139,6 @@ def report(run_dirs: list[str | Path] | str | Path, out: str | Path | None = Non
         return write_sweep_report(dirs[0], out)
     for d in dirs:
         if not (d / "metrics.jsonl").is_file():
-            raise FileNotFoundError(f"{d}: no metrics.jsonl (not a run dir)")
+            raise RunDirError(f"{d}: no metrics.jsonl (not a run dir)")
     target = Path(out) if out else (dirs[0] / "report" if len(dirs) == 1 else Path("report"))
     return write_report(dirs, target)

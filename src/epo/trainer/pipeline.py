@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 
@@ -10,10 +9,12 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from epo.config import Config
+from epo.config import Config, ConfigError, replace, save_config
 from epo.rollout.evaluate import EvalResult, eval_task_ids, evaluate, gain_test
 from epo.trainer import setup
+from epo.trainer.checkpoint import list_checkpoints
 from epo.trainer.report_data import BEFORE_AFTER_FILE
+from epo.trainer.rundir import CONFIG_FILE, own_run_dir, resume_changes, saved_config
 from epo.trainer.trainer import Trainer, TrainResult, default_run_dir
 
 
@@ -27,13 +28,23 @@ def train_pipeline(
     console = console or Console()
     run_dir = Path(run_dir) if run_dir else default_run_dir(cfg, preset_name)
     setup.check_env(cfg)
+    with own_run_dir(run_dir, resume=resume, on_stale=console.print):  # refuses before writing anything
+        return _train_owned(cfg, run_dir, resume, console)
+
+
+def _train_owned(cfg: Config, run_dir: Path, resume: bool, console: Console) -> TrainResult:
+    if resume:
+        resume_changes(saved_config(run_dir), cfg, run_dir)  # fail fast, before loading models (Trainer logs them)
+    else:
+        save_config(cfg, run_dir / CONFIG_FILE)  # resumable from now on, even if killed before a checkpoint
+    started = resume and bool(list_checkpoints(run_dir))  # a run without a checkpoint starts over from step 0
     sft_result = None
-    if cfg.sft.warm_start and not cfg.init_from and not resume:
+    if cfg.sft.warm_start and not cfg.init_from and not started:
         from epo.trainer.sft import run_sft
 
         console.rule("warm start: behaviour cloning")
         sft_result = run_sft(cfg, run_dir / "sft", console=console, eval_after=False)
-        cfg = dataclasses.replace(cfg, init_from=str(run_dir / "sft"))
+        cfg = replace(cfg, init_from=str(run_dir / "sft"))  # keeps ${...} values unresolved in the saved config
     console.rule("reinforcement learning")
     result = Trainer(cfg, run_dir, resume=resume, console=console).train()
     _print_before_after(console, sft_result, result)
@@ -111,7 +122,7 @@ def evaluate_policy(cfg: Config, splits: list[str], console: Console | None = No
     all_splits = setup.check_env(cfg)
     unknown = [s for s in splits if s not in all_splits]
     if unknown:
-        raise ValueError(f"--split: {', '.join(unknown)} not in {cfg.env.name} (splits: {', '.join(all_splits)})")
+        raise ConfigError(f"--split: {', '.join(unknown)} not in {cfg.env.name} (splits: {', '.join(all_splits)})")
     setup.set_threads()
     setup.seed_everything(cfg.train.seed)
     device = setup.pick_device(cfg.model.device)

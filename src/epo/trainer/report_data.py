@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 from omegaconf import OmegaConf
 
+from epo.errors import RunDirError
 from epo.trainer.metrics import METRICS_FILE, read_metrics, read_warnings
 
 BEFORE_AFTER_FILE = "before_after.json"
@@ -68,9 +69,9 @@ class RunData:
 def load_run(path: str | Path, label: str | None = None) -> RunData:
     path = Path(path)
     if not path.is_dir():
-        raise ValueError(f"{path}: not a run directory")
+        raise RunDirError(f"{path}: not a run directory")
     if not (path / METRICS_FILE).is_file():
-        raise ValueError(f"{path}: no {METRICS_FILE} (is this a run directory?)")
+        raise RunDirError(f"{path}: no {METRICS_FILE} (is this a run directory?)")
     records = sorted(read_metrics(path), key=lambda r: r.get("step", 0))
     return RunData(
         path,
@@ -106,7 +107,7 @@ def _read_config(path: Path) -> dict[str, Any]:
 def load_runs(paths: list[Path]) -> list[RunData]:
     """Load runs; labels are dir names, or parent/name where names collide."""
     if not paths:
-        raise ValueError("report: no run directories given")
+        raise RunDirError("report: no run directories given")
     names = [Path(p).resolve().name for p in paths]
     labels = [
         f"{Path(p).resolve().parent.name}/{n}" if names.count(n) > 1 else n for p, n in zip(paths, names, strict=True)

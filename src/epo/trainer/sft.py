@@ -18,6 +18,7 @@ import torch
 from rich.console import Console
 
 from epo.config import Config, save_config
+from epo.errors import TrainingError
 from epo.models import merge_and_save, response_logprobs
 from epo.rollout.evaluate import EvalResult, eval_task_ids, evaluate
 from epo.rollout.oracle import collect_oracle
@@ -63,7 +64,7 @@ def run_sft(cfg: Config, out_dir: str | Path, console: Console | None = None, ev
             f"{len(samples)} turn samples ({time.perf_counter() - t0:.1f}s)"
         )
         if not samples:
-            raise RuntimeError(f"sft: the {cfg.env.name} oracle won no episode; nothing to clone")
+            raise TrainingError(f"sft: the {cfg.env.name} oracle won no episode; nothing to clone")
         losses = _train(cfg, model, tokenizer.pad_token_id, samples, console, out)
         if eval_after:
             result.after = _eval_all(cfg, collector, splits, console, "after SFT")

@@ -18,14 +18,24 @@ from rich.console import Console
 
 from epo.algos import EntropyHistory, EntropyTrend
 from epo.config import Config, save_config, to_yaml
+from epo.errors import ResumeConfigError
 from epo.models import SharedValueHead, merge_and_save
 from epo.rollout.evaluate import EvalResult, eval_task_ids, evaluate
 from epo.rollout.types import SamplingParams
 from epo.trainer import setup
-from epo.trainer.checkpoint import GracefulExit, capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
+from epo.trainer.checkpoint import (
+    CheckpointError,
+    GracefulExit,
+    capture_rng_state,
+    list_checkpoints,
+    load_checkpoint,
+    restore_rng_state,
+    save_checkpoint,
+)
 from epo.trainer.metrics import MetricsLogger, summary_line
 from epo.trainer.monitor import CascadeMonitor
 from epo.trainer.progress import StepProgress
+from epo.trainer.rundir import apply_optim_overrides, atomic_dir, log_resume, own_run_dir, resume_changes, saved_config
 from epo.trainer.update import StepData, prepare_step, update_critic, update_policy
 
 
@@ -35,6 +45,8 @@ class TrainResult:
     steps_done: int
     evals: dict[int, dict[str, EvalResult]] = field(default_factory=dict)
     interrupted: bool = False
+    stop_signal: str = ""
+    """SIGINT/SIGTERM when a signal stopped the run (after its checkpoint); empty otherwise."""
 
 
 def default_run_dir(cfg: Config, preset_name: str = "run") -> Path:
@@ -78,10 +90,15 @@ class Trainer:
 
     # ------------------------------------------------------------------ public
     def train(self, stop_after: int | None = None) -> TrainResult:
-        """Run until train.total_steps (or until step `stop_after`, checkpointing there: simulates an interruption)."""
+        """Run until train.total_steps (or until step `stop_after`, checkpointing there: simulates an interruption).
+
+        The run dir is owned (locked) for the whole call; see trainer/rundir.py."""
+        with own_run_dir(self.run_dir, resume=self.resume, on_stale=self.console.print):
+            return self._train(stop_after)
+
+    def _train(self, stop_after: int | None) -> TrainResult:
         cfg = self.cfg
-        resume_step = self._restore() if self.resume else None
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        resume_step = self._resume_or_start()
         save_config(cfg, self.run_dir / "config.yaml")
         result = TrainResult(self.run_dir, self.step)
         self.console.print(
@@ -117,6 +134,7 @@ class Trainer:
                     self._save()
                 if stop_now:
                     result.interrupted = True
+                    result.stop_signal = stop.signal_name
                     break
         result.steps_done = self.step
         if self.step == cfg.train.total_steps:
@@ -124,8 +142,10 @@ class Trainer:
         return result
 
     def export(self, out_dir: Path) -> Path:
-        """The policy as a Hugging Face model dir (LoRA merged) that transformers and `init_from` load."""
-        merge_and_save(self.policy, self.tokenizer, out_dir)
+        """The policy as a Hugging Face model dir (LoRA merged) that transformers and `init_from` load. Written to a
+        temp dir and renamed into place: `out_dir` is complete or absent, never half-written."""
+        with atomic_dir(out_dir) as tmp:
+            merge_and_save(self.policy, self.tokenizer, tmp)
         self.console.print(f"final policy: {out_dir}")
         return out_dir
 
@@ -263,19 +283,41 @@ class Trainer:
         self.console.print(f"  checkpoint: {path}")
         return path
 
+    def _resume_or_start(self) -> int | None:
+        """None for a new run; else the step metrics are truncated after: the checkpoint's step, or -1 for a run
+        that was stopped before its first checkpoint (it starts over from step 0 with the same config and seed)."""
+        if not self.resume:
+            return None
+        changes = resume_changes(saved_config(self.run_dir), self.cfg, self.run_dir)
+        if list_checkpoints(self.run_dir):
+            step = self._restore()
+        else:
+            self.console.print(f"{self.run_dir}: no checkpoint yet; starting the run over from step 0 (same seed)")
+            step = -1
+        log_resume(self.run_dir, max(step, 0), changes, self.console.print)
+        return step
+
     def _restore(self) -> int | None:
         ckpt = load_checkpoint(self.run_dir)
         missing, unexpected = self.policy.load_state_dict(ckpt.model_state, strict=not ckpt.is_adapter)
         if unexpected:
-            raise RuntimeError(f"{ckpt.path}: checkpoint weights do not match the model ({unexpected[:3]} ...)")
+            raise CheckpointError(f"{ckpt.path}: checkpoint weights do not match the model ({unexpected[:3]} ...)")
         self.optimizer.load_state_dict(ckpt.optimizer_states["policy"])
         self.scheduler.load_state_dict(ckpt.scheduler_states["policy"])
+        apply_optim_overrides(self.optimizer, self.scheduler, self.cfg.optim.lr, self.cfg.optim.weight_decay)
         if self.critic is not None:
             self.critic.load_state_dict(ckpt.value_state)
             self.critic_optimizer.load_state_dict(ckpt.optimizer_states["critic"])
             self.critic_scheduler.load_state_dict(ckpt.scheduler_states["critic"])
+            apply_optim_overrides(
+                self.critic_optimizer, self.critic_scheduler, self.cfg.optim.value_lr, self.cfg.optim.weight_decay
+            )
         extra = ckpt.extra_state
         self.step = int(extra["step"])
+        if self.step > self.cfg.train.total_steps:
+            raise ResumeConfigError(
+                f"train.total_steps: {self.cfg.train.total_steps} is below the checkpoint's step {self.step}"
+            )
         self.history.load_state_dict(extra["history"])
         self.trend.load_state_dict(extra["trend"])
         self.monitor.load_state_dict(extra["monitor"])
