@@ -179,7 +179,8 @@ def sweep(
             for run in g.runs():
                 console.print(" ".join(train_command(g, run, target)[1:]), soft_wrap=True, highlight=False)
             return
-        status = run_sweep(g, target, ray=ray, cpus_per_run=cpus_per_run, echo=console.print)
+        echo = lambda line: console.print(line, soft_wrap=True, highlight=False)  # noqa: E731  (paths stay on one line)
+        status = run_sweep(g, target, ray=ray, cpus_per_run=cpus_per_run, echo=echo)
         console.print(f"report: {write_sweep_report(target)}")
         failed = sorted(k for k, v in status.items() if v["state"] != "done")
         if failed:
