@@ -55,7 +55,7 @@ class ModelConfig:
     trainable_layers: int = 0
     """Train only the top N transformer blocks (+ the final norm); embeddings, LM head and lower blocks stay frozen,
     and backward stops at the lowest trainable block (freeze tuning; with LoRA, only the top blocks' adapters
-    train). 0 = all. On CPU, N = 10 of SmolLM2-135M's 30 blocks makes a forward+backward ~1.8x faster."""
+    train). 0 = all. Speed-up of N = 10 of SmolLM2-135M's 30 blocks: docs/BENCHMARKS.md, "RL update"."""
     gradient_checkpointing: bool = False
     """Recompute activations in backward to save memory (slower)."""
     logprob_chunk_tokens: int = 1024
