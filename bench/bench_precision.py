@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import os
 import random
 import sys
 import tempfile
@@ -132,12 +133,12 @@ class OurUpdate:
                 "rollout.temperature=1.0",
             ],
         )
-        self.model, self.samples = model, samples
+        self.model = model
         self.optimizer = setup.make_optimizer(model.parameters(), 1e-7, self.cfg)
 
-    def __call__(self) -> float:
+    def __call__(self, samples: list[TurnSample]) -> float:
         t0 = time.perf_counter()
-        data = prepare_step(self.model, self.samples, 0, self.cfg)
+        data = prepare_step(self.model, samples, 0, self.cfg)
         self.model.train()
         update_policy(self.model, self.optimizer, data, self.cfg, EntropyHistory(), 1, 0, random.Random(0))
         return time.perf_counter() - t0
@@ -174,20 +175,25 @@ class TRLUpdate:
         self.trainer.current_gradient_accumulation_steps = 1
         self.model = self.trainer.model
         self.optimizer = setup.make_optimizer(self.model.parameters(), 1e-7, load_config(None, []))
+
+    @staticmethod
+    def inputs(samples: list[TurnSample]) -> dict[str, torch.Tensor]:
+        """What GRPOTrainer's generation step hands its loss: equal-length prompts and completions here."""
         adv = torch.tensor([s.reward for s in samples])
-        self.inputs = {
+        return {
             "prompt_ids": torch.tensor([s.prompt_ids for s in samples]),
-            "prompt_mask": torch.ones(n, len(samples[0].prompt_ids), dtype=torch.long),
+            "prompt_mask": torch.ones(len(samples), len(samples[0].prompt_ids), dtype=torch.long),
             "completion_ids": torch.tensor([s.response_ids for s in samples]),
-            "completion_mask": torch.ones(n, len(samples[0].response_ids), dtype=torch.long),
+            "completion_mask": torch.ones(len(samples), len(samples[0].response_ids), dtype=torch.long),
             "advantages": (adv - adv.mean()) / adv.std(),
         }
 
-    def __call__(self) -> float:
+    def __call__(self, samples: list[TurnSample]) -> float:
         t0 = time.perf_counter()
+        inputs = self.inputs(samples)
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
-        loss = self.trainer.compute_loss(self.model, self.inputs)
+        loss = self.trainer.compute_loss(self.model, inputs)
         self.trainer.accelerator.backward(loss)
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
         self.optimizer.step()
@@ -223,7 +229,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     torch.manual_seed(0)
     device = torch.device("cpu")
     model, tokenizer = load_model_and_tokenizer(args.model)
-    samples = synthetic_samples(args.sequences, args.prompt, args.response, model.config.vocab_size)
+    vocab = model.config.vocab_size
+    samples = synthetic_samples(args.sequences, args.prompt, args.response, vocab)
     tokens = args.sequences * (args.prompt + args.response)
     auto = resolve_precision("auto", device)
     run_bf16 = auto.mixed or args.bf16
@@ -244,8 +251,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     del model
     ceilings = {"fp32": torch.float32} | ({"bf16": torch.bfloat16} if run_bf16 else {})
     best: dict[str, float] = {}
-    for name, run in methods.items():  # warm-up: first-call allocations, AdamW state
-        run()
+    warm = synthetic_samples(2, 24, 8, vocab)  # warm-up on a little work: first-call allocations, AdamW state
+    for name, run in methods.items():
+        run(warm)
         print(f"warm-up {name} done", flush=True)
     for rep in range(args.repeats):
         for label, dtype in ceilings.items():
@@ -253,7 +261,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             best[f"ceiling {label}"] = min(secs, best.get(f"ceiling {label}", float("inf")))
             print(f"repeat {rep}: ceiling {label}: {secs:.2f}s", flush=True)
         for name, run in methods.items():
-            secs = run()
+            secs = run(samples)
             best[name] = min(secs, best.get(name, float("inf")))
             print(f"repeat {rep}: {name}: {secs:.2f}s", flush=True)
     big = gemms[3]  # gate/up projection: the largest backbone GEMM, on 256 rows (bf16 may be very slow)
@@ -269,10 +277,17 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     return {name: tokens / secs for name, secs in best.items()}
 
 
+def command_line(argv: list[str] | None) -> str:
+    """How this run was started: thread setting, niceness, interpreter (TRL lives in its own venv), arguments."""
+    threads = f"OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']} " if "OMP_NUM_THREADS" in os.environ else ""
+    nice = f"nice -n {os.nice(0)} " if os.nice(0) > 0 else ""
+    return f"{threads}{nice}{sys.executable} {' '.join(['bench/bench_precision.py', *(argv or sys.argv[1:])])}"
+
+
 def report(args, argv, best, tokens, flops, auto, trl_note, probe, probe_gflops) -> str:
     fp32_ceiling, ours = best["ceiling fp32"], best["ours fp32"]
     lines = [
-        f"Command: `nice -n 10 python bench/bench_precision.py {' '.join(argv or sys.argv[1:])}`".replace("  ", " "),
+        f"Command: `{command_line(argv)}`",
         "",
         machine_info(f"torch {torch.__version__}, {torch.get_num_threads()} torch thread(s), {trl_note}"),
         "",

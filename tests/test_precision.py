@@ -152,3 +152,36 @@ def test_no_preset_trains_bf16_weights():
     for path in presets:
         cfg = load_config(str(path), ["model.path=tiny"])
         assert cfg.model.dtype == "float32" or cfg.model.lora.enabled, path.name
+
+
+@pytest.mark.parametrize(("setting", "dtype"), [("bf16", torch.bfloat16), ("fp32", torch.float32)])
+def test_rollouts_generate_under_the_run_precision(setting, dtype):
+    """The collector's backend generates with the run's compute precision (bf16 matmuls from fp32 weights)."""
+    from epo.rollout.backend import HFBackend
+    from epo.rollout.types import SamplingParams
+
+    cfg = load_config(None, ["model.path=tiny", f"train.precision={setting}"])
+    torch.manual_seed(0)
+    model, tokenizer = setup.load_policy(cfg, torch.device("cpu"))
+    seen: set[torch.dtype] = set()
+    hook = model.model.layers[0].mlp.down_proj.register_forward_hook(lambda m, i, out: seen.add(out.dtype))
+    backend = HFBackend(model, tokenizer, precision=setup.precision(cfg, torch.device("cpu")))
+    out = backend.generate([[11, 12, 13]], SamplingParams(temperature=0.0, max_new_tokens=2))
+    hook.remove()
+    assert len(out[0]) >= 1 and seen == {dtype}
+    assert next(model.parameters()).dtype == torch.float32
+
+
+def test_kl_reference_is_a_bf16_inference_copy_under_mixed_precision():
+    from epo.trainer.update import forward_pass
+
+    cfg = load_config(None, ["model.path=tiny", "train.precision=bf16", "algo.kl_coef=0.01"])
+    torch.manual_seed(0)
+    policy, _ = setup.load_policy(cfg, torch.device("cpu"))
+    reference = setup.make_reference(policy, cfg)
+    assert {p.dtype for p in reference.parameters()} == {torch.bfloat16}
+    assert {p.dtype for p in policy.parameters()} == {torch.float32}
+    ref_logps, _ = forward_pass(reference, _samples(), 0, cfg, with_entropy=False)
+    pol_logps, _ = forward_pass(policy, _samples(), 0, cfg, with_entropy=False)
+    for r, p in zip(ref_logps, pol_logps):
+        assert r.dtype == torch.float32 and torch.allclose(r, p, atol=0.1)
