@@ -45,6 +45,16 @@ from epo.trainer import setup
 from epo.trainer.update import prepare_step, update_policy
 
 SECTION = "## RL update: precision and TRL"
+NOTES = (
+    "TRL runs from its own venv (`python -m venv /work/venvs/trl`, a .pth file pointing at the project venv's "
+    "site-packages, `pip install trl`: it adds datasets/pandas/pyarrow and leaves torch and transformers as they "
+    "are). Both updates are single on-policy passes (old log-probs = the loss forward's, detached) and compute "
+    "entropies; TRL scores the completion positions with its fused LM head, ours the response rows with a chunked "
+    "head that recomputes logits in backward (one extra LM-head GEMM, ~2% of the FLOPs here). What separates "
+    "either from its ceiling is everything that is not a GEMM: AdamW over all 135M weights, gradient clipping, the "
+    "dense embedding gradient (tied 49152 x 576), attention softmax, and HF Llama's eager RMSNorm/RoPE/SiLU/residual "
+    "element-wise ops; a loaded machine also slows the GEMMs inside the update more than the bare ones."
+)
 
 
 @dataclass
@@ -293,7 +303,7 @@ def report(args, argv, best, tokens, flops, auto, trl_note, probe, probe_gflops)
         "",
         f"{args.sequences} sequences x ({args.prompt} prompt + {args.response} response) = {tokens} tokens, model "
         f"{args.model}, full fine-tuning, one GRPO update (forward, backward, AdamW), best of {args.repeats}, "
-        f"methods interleaved. Model FLOPs of the update: {flops / 1e9:.3g} GFLOP. {auto.line()}.",
+        f"methods interleaved. Model FLOPs of the update: {flops / 1e9:,.1f} GFLOP. {auto.line()}.",
         "",
         "| update | seconds | tokens/s | GFLOP/s | % of its dtype's matmul ceiling | vs ours fp32 |",
         "|---|---|---|---|---|---|",
@@ -311,6 +321,7 @@ def report(args, argv, best, tokens, flops, auto, trl_note, probe, probe_gflops)
         f"{probe_gflops['bf16']:.1f} GFLOP/s vs fp32 {probe_gflops['fp32']:.1f} ({ratio:.1f}x "
         f"{'slower' if ratio > 1 else 'faster'}).",
     ]
+    lines += ["", NOTES]
     if "ceiling bf16" not in best:
         lines.append(
             "No bf16 units on this CPU (no avx512_bf16/AMX): `train.precision=auto` picks fp32 and the bf16 rows are "
