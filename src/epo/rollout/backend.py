@@ -27,9 +27,7 @@ class GenerationBackend(Protocol):
 class HFBackend:
     """transformers `generate` with left padding, KV cache, one batched call per chunk of active envs."""
 
-    def __init__(
-        self, model, tokenizer, batch_size: int = 64, stop_strings: list[str] | None = None, precision=None
-    ):
+    def __init__(self, model, tokenizer, batch_size: int = 64, stop_strings: list[str] | None = None, precision=None):
         """precision: an `epo.models.precision.Precision`; generation runs under its autocast (None: fp32)."""
         self.model = model
         self.precision = precision
