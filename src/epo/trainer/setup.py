@@ -68,6 +68,16 @@ def precision(cfg: Config, device: torch.device) -> Precision:
     return resolve_precision(cfg.train.precision, device)
 
 
+def log_precision(console, cfg: Config, device: torch.device) -> Precision:
+    """Print the precision line once per console: a warm-start SFT and the RL run after it share one command."""
+    chosen = precision(cfg, device)
+    line = chosen.line()
+    if getattr(console, "_epo_precision_line", None) != line:
+        console.print(line, markup=False, highlight=False)
+        console._epo_precision_line = line
+    return chosen
+
+
 def make_optimizer(params, lr: float, cfg: Config) -> torch.optim.Optimizer:
     params = [p for p in params if p.requires_grad]
     kwargs = dict(lr=lr, betas=tuple(cfg.optim.betas), eps=cfg.optim.eps, weight_decay=cfg.optim.weight_decay)

@@ -48,7 +48,7 @@ def run_sft(cfg: Config, out_dir: str | Path, console: Console | None = None, ev
     setup.seed_everything(cfg.train.seed)
     device = setup.pick_device(cfg.model.device)
     model, tokenizer = setup.load_policy(cfg, device)
-    console.print(setup.precision(cfg, device).line())
+    setup.log_precision(console, cfg, device)
     result = SFTResult(out, out / "export")
     with setup.make_pool(cfg) as pool:
         collector = setup.make_collector(cfg, pool, model, tokenizer)
