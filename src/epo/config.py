@@ -49,7 +49,9 @@ class ModelConfig:
     .gguf file, a checkpoint dir written by `epo sft`/`epo train`, or a Hugging Face hub id 'org/name' (from the HF
     cache; downloaded into it when online, an error under HF_HUB_OFFLINE=1)."""
     dtype: str = "float32"
-    """Weights/compute dtype: float32 | bfloat16 | auto. Softmax math is always fp32."""
+    """Dtype the weights are loaded in: float32 | bfloat16 | auto (the checkpoint's). Training needs float32
+    trainable weights (fp32 master weights; bf16 compute is `train.precision`): bfloat16 is for inference (`epo
+    eval`) or a frozen LoRA base, and a run that would train bf16 weights stops at load with one line."""
     device: str = "auto"
     """auto (cuda if available, else cpu) | cpu | cuda | cuda:N."""
     lora: LoraConfig = field(default_factory=LoraConfig)
@@ -60,7 +62,7 @@ class ModelConfig:
     trainable_layers: int = 0
     """Train only the top N transformer blocks (+ the final norm); embeddings, LM head and lower blocks stay frozen,
     and backward stops at the lowest trainable block (freeze tuning; with LoRA, only the top blocks' adapters
-    train). 0 = all. On CPU, N = 10 of SmolLM2-135M's 30 blocks makes a forward+backward ~1.8x faster."""
+    train). 0 = all. Speed-up of N = 10 of SmolLM2-135M's 30 blocks: docs/BENCHMARKS.md, "RL update"."""
     gradient_checkpointing: bool = False
     """Recompute activations in backward to save memory (slower)."""
     logprob_chunk_tokens: int = 1024
@@ -248,6 +250,9 @@ class TrainConfig:
     """Episodes per eval split (>= 1)."""
     eval_temperature: float = 0.4
     """Sampling temperature in evaluation (0 = greedy)."""
+    precision: str = "auto"
+    """Compute precision of forward/backward passes (weights and optimizer state stay fp32): fp32 | bf16 (autocast)
+    | auto (bf16 on CUDA and on CPUs with avx512_bf16/AMX, else fp32; the run logs which and why)."""
     save_every: int = 10
     """Checkpoint every m RL steps, at the end and on a stop signal (Ctrl-C/SIGTERM); 0 = only at the end and on a
     stop signal."""
@@ -310,6 +315,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "algo.gae_level": ("token", "turn"),
     "algo.loss_agg": ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean"),
     "algo.kl_type": ("k1", "k2", "abs", "low_var_kl"),
+    "train.precision": ("auto", "fp32", "bf16"),
     "epo.mode": ("off", "on", "reference"),
     "epo.entropy_level": ("trajectory", "token"),
     "epo.smoothing_level": ("token", "sequence"),

@@ -183,10 +183,15 @@ class EntropyHistory:
         """{turn: H̄} for every turn with history (scalar mode: {0: H̄})."""
         return {t: self.value(t) for t in sorted(self._stats)}  # type: ignore[misc]
 
-    def reference(self, turn_idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(H̄ [B] float, has_history [B] bool) for each sample's turn index; H̄ = 0 where there is no history."""
+    def reference(
+        self, turn_idx: torch.Tensor, dtype: torch.dtype = torch.float32
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(H̄ [B] in `dtype`, has_history [B] bool) for each sample's turn index; H̄ = 0 where there is no history.
+
+        Pass the entropy's dtype: the history is kept in Python floats (fp64), and building H̄ in fp32 first would
+        round the band edges of an fp64 entropy (gradcheck) by ~1e-8 relative."""
         values = [self.value(t) for t in turn_idx.tolist()]
-        hbar = torch.tensor([0.0 if v is None else v for v in values], device=turn_idx.device)
+        hbar = torch.tensor([0.0 if v is None else v for v in values], dtype=dtype, device=turn_idx.device)
         has = torch.tensor([v is not None for v in values], dtype=torch.bool, device=turn_idx.device)
         return hbar, has
 
@@ -267,7 +272,7 @@ def smoothing_penalty(
     Metrics (this micro-batch): epo/P, fraction of all response tokens (of samples, in sequence mode) below/above
     the band (tokens of turns without history count as inside).
     """
-    hbar, has = history.reference(turn_idx)
+    hbar, has = history.reference(turn_idx, dtype=entropy.dtype)
     hbar, has = hbar.to(entropy), has.to(entropy)
     lo, hi = kappa_low * hbar, kappa_high * hbar  # [B]
     mask = mask.to(entropy.dtype)
@@ -307,7 +312,7 @@ def reference_smoothing_penalty(
     zero = torch.zeros((), dtype=entropy.dtype, device=entropy.device)
     if not active:
         return zero, {"epo/P": 0.0, "epo/frac_below": 0.0, "epo/frac_above": 0.0, "epo/smoothing_active": 0.0}
-    hbar, has = history.reference(turn_idx)
+    hbar, has = history.reference(turn_idx, dtype=entropy.dtype)
     lo, hi = (kappa_low * hbar.to(entropy)).unsqueeze(-1), (kappa_high * hbar.to(entropy)).unsqueeze(-1)  # [B, 1]
     if level == "token":
         h = entropy.detach()  # [B, T]

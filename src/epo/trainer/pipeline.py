@@ -126,7 +126,8 @@ def evaluate_policy(cfg: Config, splits: list[str], console: Console | None = No
     setup.set_threads()
     setup.seed_everything(cfg.train.seed)
     device = setup.pick_device(cfg.model.device)
-    model, tokenizer = setup.load_policy(cfg, device)
+    model, tokenizer = setup.load_policy(cfg, device, train=False)
+    setup.log_precision(console, cfg, device)
     out = {}
     with setup.make_pool(cfg) as pool:
         collector = setup.make_collector(cfg, pool, model, tokenizer)

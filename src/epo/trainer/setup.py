@@ -18,6 +18,7 @@ from epo.envs import get_spec
 from epo.envs.pool import EnvPool
 from epo.errors import EnvSetupError
 from epo.models import apply_lora, enable_activation_checkpointing, freeze_to_top_layers, load_model_and_tokenizer
+from epo.models.precision import Precision, check_master_weights, resolve_precision
 from epo.rollout.backend import HFBackend
 from epo.rollout.collector import Collector
 
@@ -49,7 +50,8 @@ def model_source(cfg: Config) -> str:
     return cfg.model.path
 
 
-def load_policy(cfg: Config, device: torch.device):
+def load_policy(cfg: Config, device: torch.device, train: bool = True):
+    """train=False (evaluation only) allows bf16 weights; training requires fp32 trainable (master) weights."""
     model, tokenizer = load_model_and_tokenizer(model_source(cfg), dtype=cfg.model.dtype, device="cpu")
     if cfg.model.lora.enabled:
         lc = cfg.model.lora
@@ -57,7 +59,24 @@ def load_policy(cfg: Config, device: torch.device):
     freeze_to_top_layers(model, cfg.model.trainable_layers)
     if cfg.model.gradient_checkpointing:
         enable_activation_checkpointing(model)
+    if train:
+        check_master_weights(model.named_parameters())
     return model.to(device), tokenizer
+
+
+def precision(cfg: Config, device: torch.device) -> Precision:
+    """The run's compute precision (train.precision resolved for this device); print its .line() once per run."""
+    return resolve_precision(cfg.train.precision, device)
+
+
+def log_precision(console, cfg: Config, device: torch.device) -> Precision:
+    """Print the precision line once per console: a warm-start SFT and the RL run after it share one command."""
+    chosen = precision(cfg, device)
+    line = chosen.line()
+    if getattr(console, "_epo_precision_line", None) != line:
+        console.print(line, markup=False, highlight=False)
+        console._epo_precision_line = line
+    return chosen
 
 
 def make_optimizer(params, lr: float, cfg: Config) -> torch.optim.Optimizer:
@@ -88,6 +107,9 @@ def make_reference(policy, cfg: Config):
         return None
     ref = copy.deepcopy(policy)
     ref.requires_grad_(False)
+    run_precision = precision(cfg, next(policy.parameters()).device)
+    if run_precision.mixed:  # an inference-only copy: bf16 weights halve its memory, autocast computes in bf16 anyway
+        ref.to(run_precision.dtype)
     return ref.eval()
 
 
@@ -125,7 +147,8 @@ def make_pool(cfg: Config) -> EnvPool:
 
 def make_collector(cfg: Config, pool, model, tokenizer) -> Collector:
     prompts = PromptBuilder(tokenizer, cfg.agent, list_older_actions=list_older(cfg), env_name=cfg.env.name)
-    backend = HFBackend(model, tokenizer, batch_size=cfg.rollout.generation_batch_size)
+    compute = precision(cfg, next(model.parameters()).device)
+    backend = HFBackend(model, tokenizer, batch_size=cfg.rollout.generation_batch_size, precision=compute)
     return Collector(pool, backend, prompts, tokenizer, cfg.agent, max_turns(cfg))
 
 

@@ -20,6 +20,7 @@ from rich.console import Console
 from epo.config import Config, save_config
 from epo.errors import TrainingError
 from epo.models import merge_and_save, response_logprobs
+from epo.models.precision import autocast_for
 from epo.rollout.evaluate import EvalResult, eval_task_ids, evaluate
 from epo.rollout.oracle import collect_oracle
 from epo.trainer import setup
@@ -48,6 +49,7 @@ def run_sft(cfg: Config, out_dir: str | Path, console: Console | None = None, ev
     setup.seed_everything(cfg.train.seed)
     device = setup.pick_device(cfg.model.device)
     model, tokenizer = setup.load_policy(cfg, device)
+    setup.log_precision(console, cfg, device)
     result = SFTResult(out, out / "export")
     with setup.make_pool(cfg) as pool:
         collector = setup.make_collector(cfg, pool, model, tokenizer)
@@ -116,14 +118,15 @@ def _train(cfg: Config, model, pad_id: int, samples, console: Console, out: Path
                 total_loss = 0.0
                 for micro in pack_by_tokens(batch, samples, cfg.train.micro_batch_tokens):
                     mb = collate(samples, micro, pad_id).to(next(model.parameters()).device)
-                    stats = response_logprobs(
-                        model,
-                        mb.input_ids,
-                        mb.attention_mask,
-                        mb.response_mask,
-                        chunk_tokens=cfg.model.logprob_chunk_tokens,
-                        with_entropy=False,
-                    )
+                    with autocast_for(cfg.train.precision, mb.input_ids.device):
+                        stats = response_logprobs(
+                            model,
+                            mb.input_ids,
+                            mb.attention_mask,
+                            mb.response_mask,
+                            chunk_tokens=cfg.model.logprob_chunk_tokens,
+                            with_entropy=False,
+                        )
                     loss = -(stats.logprobs * mb.response_mask).sum() / num_tokens
                     loss.backward()
                     total_loss += float(loss.detach())

@@ -105,6 +105,7 @@ class Trainer:
             f"[bold]epo[/] run dir: {self.run_dir}  ({cfg.algo.name}, EPO {cfg.epo.mode}, "
             f"{cfg.env.name}, model {setup.model_source(cfg)}, device {self.device})"
         )
+        setup.log_precision(self.console, cfg, self.device)
         with (
             setup.make_pool(cfg) as pool,
             MetricsLogger(self.run_dir, cfg.train.tensorboard, cfg.train.wandb, resume_step=resume_step) as logger,

@@ -34,6 +34,7 @@ from epo.algos import (
 )
 from epo.config import Config
 from epo.models import SharedValueHead, response_logprobs
+from epo.models.precision import autocast_for
 from epo.rollout.types import TurnSample
 from epo.trainer.batching import MicroBatch, collate, pack_by_tokens
 
@@ -72,17 +73,19 @@ def _device(model) -> torch.device:
 
 
 def model_stats(model, mb: MicroBatch, cfg: Config, with_entropy: bool, return_hidden: bool = False):
-    """Response log-probs/entropies of one micro-batch, with the numerics of both the old-policy pass and training."""
-    return response_logprobs(
-        model,
-        mb.input_ids,
-        mb.attention_mask,
-        mb.response_mask,
-        temperature=cfg.rollout.temperature or 1.0,
-        chunk_tokens=cfg.model.logprob_chunk_tokens,
-        with_entropy=with_entropy,
-        return_hidden=return_hidden,
-    )
+    """Response log-probs/entropies of one micro-batch, with the numerics of both the old-policy pass and training
+    (under train.precision's autocast; backward runs outside it, in the dtypes autocast recorded)."""
+    with autocast_for(cfg.train.precision, mb.input_ids.device):
+        return response_logprobs(
+            model,
+            mb.input_ids,
+            mb.attention_mask,
+            mb.response_mask,
+            temperature=cfg.rollout.temperature or 1.0,
+            chunk_tokens=cfg.model.logprob_chunk_tokens,
+            with_entropy=with_entropy,
+            return_hidden=return_hidden,
+        )
 
 
 @contextmanager
@@ -134,7 +137,9 @@ def critic_values(critic, samples: list[TurnSample], pad_id: int, cfg: Config) -
     with eval_mode(critic):
         for micro in pack_by_tokens(list(range(len(samples))), samples, cfg.train.micro_batch_tokens):
             mb = collate(samples, micro, pad_id).to(_device(critic))
-            for i, v in zip(micro, mb.gather_tokens(critic(mb.input_ids, mb.attention_mask))):
+            with autocast_for(cfg.train.precision, mb.input_ids.device):
+                values = critic(mb.input_ids, mb.attention_mask)
+            for i, v in zip(micro, mb.gather_tokens(values)):
                 out[i] = v
     return out
 
@@ -356,7 +361,8 @@ def update_critic(critic, optimizer, data: StepData, cfg: Config, pad_id: int, r
             optimizer.zero_grad(set_to_none=True)
             for micro in pack_by_tokens(mini, samples, cfg.train.micro_batch_tokens):
                 mb = collate(samples, micro, pad_id).to(_device(critic))
-                values = critic(mb.input_ids, mb.attention_mask)  # [B, T], V(state before token p) at p
+                with autocast_for(cfg.train.precision, mb.input_ids.device):
+                    values = critic(mb.input_ids, mb.attention_mask)  # [B, T], V(state before token p) at p
                 loss, metrics = value_loss(
                     values,
                     mb.scatter_tokens(data.old_values),
