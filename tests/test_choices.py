@@ -98,7 +98,7 @@ def _param_dtypes(cfg: Config) -> Hashable:
     out = []
     for path in _checkpoints():
         cfg.model.path = path
-        model, _ = setup.load_policy(cfg, torch.device("cpu"))
+        model, _ = setup.load_policy(cfg, torch.device("cpu"), train=False)  # bf16 weights: inference only
         out.append(str(next(model.parameters()).dtype))
     return tuple(out)
 
@@ -165,6 +165,14 @@ def _loss(cfg: Config) -> Hashable:
     return _round([loss.item(), metrics.get("actor/kl_ref", 0.0), metrics.get("epo/beta", 0.0)])
 
 
+def _precision(cfg: Config) -> Hashable:
+    """The loss under train.precision's autocast, and the resolution's logged reason (auto resolves per machine:
+    on a CPU without bf16 units it computes what fp32 computes, but says it chose so)."""
+    from epo.models.precision import resolve_precision
+
+    return _loss(cfg), resolve_precision(cfg.train.precision, "cpu").reason
+
+
 def _history(cfg: Config) -> Hashable:
     history = EntropyHistory.from_config(cfg.epo, max_turns=2)
     for means in ({0: 1.0, 1: 2.0}, {0: 3.0, 1: 5.0}, {0: 7.0, 1: 4.0}):
@@ -192,6 +200,7 @@ CHECKS: dict[str, Check] = {
     "epo.smoothing_level": Check(_loss, EPO_LOSS),
     "epo.history": Check(_history, ["epo.history_window=2"]),
     "epo.beta_schedule": Check(_loss, EPO_LOSS),
+    "train.precision": Check(_precision, EPO_LOSS),
 }
 
 # (key, value) pairs that may not have a distinct outcome yet. Keep this empty except while another branch lands
