@@ -29,6 +29,12 @@ def _fail(message: str) -> None:
     raise typer.Exit(2)
 
 
+def _warn(message: str) -> None:
+    from rich.markup import escape
+
+    console.print(f"[yellow]warning:[/] {escape(message)}", soft_wrap=True, highlight=False)
+
+
 def _guard(fn):
     """Known error types become one red line and exit code 2 (tracebacks are for bugs)."""
     from epo.config import ConfigError
@@ -144,7 +150,7 @@ def report(
             if not (d / "metrics.jsonl").is_file():
                 raise FileNotFoundError(f"{d}: no metrics.jsonl (not a run dir)")
         target = out or (run_dirs[0] / "report" if len(run_dirs) == 1 else Path("report"))
-        path = write_report(list(run_dirs), target)
+        path = write_report(list(run_dirs), target, on_issue=_warn)
         console.print(f"report: {path}")
 
     _guard(go)

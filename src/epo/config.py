@@ -76,6 +76,9 @@ class EnvConfig:
     """process (workers, fault tolerant) | inline (in the main process, for debugging)."""
     step_timeout_s: float = 60.0
     """A worker that takes longer for one step is killed and restarted; its episode ends as truncated."""
+    batch_retries: int = 2
+    """An RL step whose every episode ended by an env fault (worker crash, hang, env exception) is collected again
+    at most this many times; then the run stops with one line, keeping a valid checkpoint of the last step."""
     kwargs: dict[str, Any] = field(default_factory=dict)
     """Extra keyword arguments for the env factory (e.g. quest difficulty, alfworld data_dir)."""
 
@@ -339,6 +342,7 @@ NON_NEGATIVE = (
     "agent.invalid_penalty",
     "agent.max_admissible_actions",
     "env.max_turns",
+    "env.batch_retries",
     "sft.episodes",
     "sft.eval_episodes",
     "optim.value_lr",
