@@ -68,6 +68,8 @@ def train(
         cfg = _load(config, overrides)
         if resume is not None:
             saved = resume / "config.yaml"
+            if not saved.is_file() and (resume / "sft" / "config.yaml").is_file():  # stopped in the warm start
+                saved = resume / "sft" / "config.yaml"
             if not saved.is_file():
                 raise FileNotFoundError(f"--resume {resume}: no config.yaml there (not a run dir)")
             cfg_resumed = _load(str(saved), overrides)
@@ -82,13 +84,17 @@ def sft(
     config: str = typer.Option("quest_demo_cpu", "--config", "-c", help=PRESET_HELP),
     overrides: list[str] = typer.Argument(None, help=OVERRIDES_HELP),
     out: Path = typer.Option(Path("runs/sft"), "--out", help="Output dir (export/ inside is the warm start)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue a stopped run in --out from its checkpoint."),
 ):
     """Behaviour cloning on the env's oracle trajectories (warm start for RL)."""
 
     def go():
         from epo.trainer.sft import run_sft
 
-        res = run_sft(_load(config, overrides), out, console=console)
+        res = run_sft(_load(config, overrides), out, console=console, resume=resume)
+        if res.interrupted:
+            console.print(f"resume with: epo sft --config {config} --out {out} --resume", soft_wrap=True)
+            raise typer.Exit(130)
         console.print(f"start RL from it with: epo train --config {config} init_from={res.out_dir}")
 
     _guard(go)

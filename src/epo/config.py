@@ -267,6 +267,9 @@ class SFTConfig:
     """Turn samples per optimizer step."""
     eval_episodes: int = 32
     """Episodes evaluated before and after (0 = skip)."""
+    save_every: int = 0
+    """Also checkpoint behaviour cloning every N optimizer steps (0 = only when stopped by SIGINT/SIGTERM); resume
+    continues from the newest checkpoint."""
 
 
 @dataclass
@@ -346,6 +349,7 @@ NON_NEGATIVE = (
     "env.batch_retries",
     "sft.episodes",
     "sft.eval_episodes",
+    "sft.save_every",
     "optim.value_lr",
     "sft.lr",
 )

@@ -13,6 +13,7 @@ from rich.table import Table
 from epo.config import Config
 from epo.rollout.evaluate import EvalResult, eval_task_ids, evaluate, fisher_one_sided
 from epo.trainer import setup
+from epo.trainer.checkpoint import latest_checkpoint
 from epo.trainer.report_data import BEFORE_AFTER_FILE
 from epo.trainer.trainer import Trainer, TrainResult, default_run_dir
 
@@ -28,12 +29,18 @@ def train_pipeline(
     run_dir = Path(run_dir) if run_dir else default_run_dir(cfg, preset_name)
     setup.check_env(cfg)
     sft_result = None
-    if cfg.sft.warm_start and not cfg.init_from and not resume:
+    sft_dir = run_dir / "sft"
+    # a warm start stopped by a signal is resumed (its export/ is written last)
+    if cfg.sft.warm_start and not cfg.init_from and (not resume or not (sft_dir / "export").is_dir()):
         from epo.trainer.sft import run_sft
 
         console.rule("warm start: behaviour cloning")
-        sft_result = run_sft(cfg, run_dir / "sft", console=console, eval_after=False)
-        cfg = dataclasses.replace(cfg, init_from=str(run_dir / "sft"))
+        sft_result = run_sft(cfg, sft_dir, console=console, eval_after=False, resume=resume)
+        if sft_result.interrupted:
+            console.print(f"resume with: epo train --resume {run_dir}", soft_wrap=True)
+            return TrainResult(run_dir, 0, interrupted=True)
+        cfg = dataclasses.replace(cfg, init_from=str(sft_dir))
+        resume = resume and latest_checkpoint(run_dir) is not None  # stopped in the warm start: RL starts now
     console.rule("reinforcement learning")
     result = Trainer(cfg, run_dir, resume=resume, console=console).train()
     _print_before_after(console, sft_result, result)
