@@ -127,4 +127,6 @@ def evaluate_policy(cfg: Config, splits: list[str], console: Console | None = No
             ids = eval_task_ids(all_splits[split], cfg.train.eval_episodes, seed=cfg.train.seed + 1)
             with torch.no_grad():
                 out[split] = evaluate(collector, split, ids, cfg.train.eval_temperature, cfg.rollout.max_new_tokens)
+            for fault in pool.drain_faults():  # episodes a crashed or hung env worker ended (counted as lost)
+                console.print(f"[yellow]env fault:[/] eval {split}: {fault.line()}", soft_wrap=True)
     return out
