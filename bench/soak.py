@@ -172,7 +172,8 @@ def soak(steps: int, kill_every: int, sigterm_at: int | None, seed: int, workdir
     a, b = read_metrics(workdir / "reference"), read_metrics(workdir / "faulted")
     logged = [r["step"] for r in b if "rollout/samples" in r]
     faults = read_faults(workdir / "faulted")
-    noticed = sorted({f["step"] for f in faults if f["reason"] == "worker_dead"})
+    # an idle kill is noticed before the resets (worker_dead) or, racing them, as a crash during the resets
+    noticed = sorted({f["step"] for f in faults if f["reason"] in ("worker_dead", "worker_crash")})
     out = {
         "steps": steps,
         "kills": sorted(s for s, _ in faulted["killed"]),

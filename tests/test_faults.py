@@ -170,3 +170,14 @@ def test_a_step_recovers_when_a_retry_succeeds(monkeypatch, tmp_path):
     (row,) = [r for r in read_metrics(tmp_path / "run") if "rollout/samples" in r]
     assert row["rollout/batch_retries"] == 1.0 and row["rollout/env_crashes"] == 0.0
     assert calls[:2] == [4, 4]  # the failed attempt, then the retry (the final eval steps after)
+
+
+def test_a_worker_dying_during_the_resets_loses_no_episode(monkeypatch):
+    """A kill racing the revive check: the worker looks alive, then fails the resets; they are retried once."""
+    with EnvPool("quest", {"difficulty": "easy"}, num_workers=2) as pool:
+        expected = [obs for obs, _ in pool.reset(["train/00000", "train/00001"])]
+        os.kill(pool.worker_pids()[1], signal.SIGKILL)
+        monkeypatch.setattr(pool, "revive_dead_workers", lambda: [])  # the check ran just before the kill
+        out = pool.reset(["train/00000", "train/00001"])
+        assert [obs for obs, _ in out] == expected and pool.active_slots == [0, 1]
+        assert [(f.worker, f.reason, f.task) for f in pool.drain_faults()] == [(1, "worker_crash", "train/00001")]

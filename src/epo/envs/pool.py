@@ -19,7 +19,8 @@ slot's episode ("env_error"). The next reset() of any slot works again. mode="in
 
 Every worker fault is also recorded as a `PoolFault` (worker, reason, task id, message) in `pool.faults`; callers
 take them with `drain_faults()` to log them. reset() first restarts any worker that died while idle (between
-steps, "worker_dead"), so a dead worker never fails a whole batch of resets.
+steps, "worker_dead"), and retries once the resets of a worker that crashed during them, so a worker that died
+between episodes loses no episode.
 """
 
 from __future__ import annotations
@@ -263,6 +264,11 @@ class EnvPool:
         self._tasks = {slot: str(task_id) for slot, task_id in enumerate(task_ids)}
         self.revive_dead_workers()
         replies = self._call("reset", dict(enumerate(task_ids)), self.reset_timeout_s)
+        # A worker that died just before or during the resets (not caught by the revive: a kill racing it) is
+        # already restarted; a reset starts an episode afresh, so retrying it once on the new worker loses nothing.
+        crashed = {s: task_ids[s] for s, (status, _) in replies.items() if status == "worker_crash"}
+        if crashed:
+            replies.update(self._call("reset", crashed, self.reset_timeout_s))
         results = []
         for slot, task_id in enumerate(task_ids):
             status, out = replies[slot]
