@@ -41,6 +41,8 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from epo.errors import EpoError
+
 CHECKPOINTS_DIR = "checkpoints"
 LATEST_FILE = "latest"
 MANIFEST_FILE = "MANIFEST.json"
@@ -51,7 +53,7 @@ FORMAT_VERSION = 1
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(EpoError, RuntimeError):
     """A missing, partial or corrupted checkpoint (always one line)."""
 
 

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from epo.errors import EpoError
 from epo.trainer.metrics import encode_line, read_jsonl, truncate_after
 
 FAULTS_FILE = "faults.jsonl"
@@ -26,7 +27,7 @@ ERROR_REASONS = ("env_error",)
 FAULT_REASONS = CRASH_REASONS + TIMEOUT_REASONS + ERROR_REASONS
 
 
-class EnvBatchFailed(RuntimeError):
+class EnvBatchFailed(EpoError, RuntimeError):
     """Every episode of a step failed, also after the configured retries (one line)."""
 
 

@@ -165,7 +165,7 @@ def _before_after_section(runs: list[RunData]) -> list[str]:
                     if r
                     else "—"
                 )
-            cells += [_num(res.get("p_rl_gain")), _num(res.get("p_total_gain"))]
+            cells += [_p_cell(res, "rl_gain"), _p_cell(res, "total_gain")]
             rows.append(cells)
     if not rows:
         return []
@@ -173,10 +173,17 @@ def _before_after_section(runs: list[RunData]) -> list[str]:
         "",
         "## Before and after training",
         "",
-        "Success in % with its 95% Wilson interval; p = one-sided Fisher exact test that the later success is higher.",
+        "Success in % with its 95% Wilson interval; p = one-sided exact test that the later success is higher, "
+        "named in each cell: McNemar (paired: both evals ran the same tasks) or Fisher (unpaired).",
         "",
     ]
     return head + _table(["run", "split", *(name for _, name in stages), "p (RL gain)", "p (total gain)"], rows)
+
+
+def _p_cell(res: dict, gain: str) -> str:
+    """'0.031 (McNemar)'; files written before the test was recorded used Fisher's test."""
+    p = res.get(f"p_{gain}")
+    return "—" if p is None else f"{_num(p)} ({res.get(f'test_{gain}') or 'Fisher'})"
 
 
 def _config_section(runs: list[RunData]) -> list[str]:

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 from omegaconf import OmegaConf
 
+from epo.errors import RunDirError
 from epo.trainer.faults import read_faults
 from epo.trainer.metrics import METRICS_FILE, read_warnings
 from epo.trainer.report_faults import read_metrics_checked
@@ -22,7 +23,7 @@ BEFORE_AFTER_FILE = "before_after.json"
 _EVAL_SUCCESS = re.compile(r"^eval/([^/]+)/success$")
 # Other names the same quantity has been logged under (older runs, other code paths); first match wins.
 ALIASES = {
-    "critic/explained_var": ("critic/explained_var",),
+    "critic/explained_var": ("critic/explained_variance",),
     "epo/penalty_term": ("epo/smoothing_term",),
 }
 
@@ -75,9 +76,9 @@ class RunData:
 def load_run(path: str | Path, label: str | None = None) -> RunData:
     path = Path(path)
     if not path.is_dir():
-        raise ValueError(f"{path}: not a run directory")
+        raise RunDirError(f"{path}: not a run directory")
     if not (path / METRICS_FILE).is_file():
-        raise ValueError(f"{path}: no {METRICS_FILE} (is this a run directory?)")
+        raise RunDirError(f"{path}: no {METRICS_FILE} (is this a run directory?)")
     records, issues = read_metrics_checked(path / METRICS_FILE)
     return RunData(
         path,
@@ -115,7 +116,7 @@ def _read_config(path: Path) -> dict[str, Any]:
 def load_runs(paths: list[Path]) -> list[RunData]:
     """Load runs; labels are dir names, or parent/name where names collide."""
     if not paths:
-        raise ValueError("report: no run directories given")
+        raise RunDirError("report: no run directories given")
     names = [Path(p).resolve().name for p in paths]
     labels = [
         f"{Path(p).resolve().parent.name}/{n}" if names.count(n) > 1 else n for p, n in zip(paths, names, strict=True)

@@ -13,9 +13,10 @@ import numpy as np
 import torch
 
 from epo.agent import PromptBuilder
-from epo.config import Config
+from epo.config import Config, ConfigError
 from epo.envs import get_spec
 from epo.envs.pool import EnvPool
+from epo.errors import EnvSetupError
 from epo.models import apply_lora, enable_activation_checkpointing, freeze_to_top_layers, load_model_and_tokenizer
 from epo.rollout.backend import HFBackend
 from epo.rollout.collector import Collector
@@ -34,7 +35,7 @@ def pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"model.device: '{name}' requested but CUDA is not available")
+        raise EnvSetupError(f"model.device: '{name}' requested but CUDA is not available")
     return torch.device(name)
 
 
@@ -143,7 +144,7 @@ def check_env(cfg: Config) -> dict[str, list[str]]:
     splits = env_splits(cfg)
     for split in [cfg.env.train_split, *cfg.env.eval_splits]:
         if split not in splits:
-            raise ValueError(f"env: split '{split}' not in {cfg.env.name} (splits: {', '.join(splits)})")
+            raise ConfigError(f"env: split '{split}' not in {cfg.env.name} (splits: {', '.join(splits)})")
     return splits
 
 

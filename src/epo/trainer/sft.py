@@ -25,12 +25,14 @@ import torch
 from rich.console import Console
 
 from epo.config import Config, save_config, to_yaml
+from epo.errors import TrainingError
 from epo.models import merge_and_save, response_logprobs
 from epo.rollout.evaluate import EvalResult, eval_task_ids, evaluate
 from epo.rollout.oracle import collect_oracle
 from epo.trainer import setup
 from epo.trainer.batching import collate, pack_by_tokens
 from epo.trainer.checkpoint import (
+    CheckpointError,
     GracefulExit,
     capture_rng_state,
     latest_checkpoint,
@@ -40,6 +42,7 @@ from epo.trainer.checkpoint import (
 )
 from epo.trainer.metrics import truncate_after
 from epo.trainer.progress import StepProgress
+from epo.trainer.rundir import atomic_dir
 
 BEFORE_FILE = "sft_before.json"
 METRICS_FILE = "sft_metrics.jsonl"
@@ -55,6 +58,8 @@ class SFTResult:
     samples: int = 0
     interrupted: bool = False
     """Stopped by SIGINT/SIGTERM (or stop_after): resume with run_sft(..., resume=True); nothing exported."""
+    stop_signal: str = ""
+    """SIGINT/SIGTERM when a signal stopped it; empty otherwise."""
 
 
 def run_sft(
@@ -83,7 +88,7 @@ def run_sft(
         collector = setup.make_collector(cfg, pool, model, tokenizer)
         result.before = _before_eval(cfg, collector, splits, console, out, resume)
         if stop.requested:  # nothing trained yet: a resume starts training from scratch (the eval is kept)
-            result.interrupted = True
+            result.interrupted, result.stop_signal = True, stop.signal_name
             return result
         ids = random.Random(cfg.train.seed).sample(
             sorted(splits[cfg.env.train_split]), min(cfg.sft.episodes, len(splits[cfg.env.train_split]))
@@ -97,17 +102,18 @@ def run_sft(
             f"{len(samples)} turn samples ({time.perf_counter() - t0:.1f}s)"
         )
         if not samples:
-            raise RuntimeError(f"sft: the {cfg.env.name} oracle won no episode; nothing to clone")
+            raise TrainingError(f"sft: the {cfg.env.name} oracle won no episode; nothing to clone")
         loop = _SFTLoop(cfg, model, tokenizer.pad_token_id, samples, out, stop, stop_after)
         losses = loop.run(console, resume)
         if losses is None:
-            result.interrupted = True
+            result.interrupted, result.stop_signal = True, stop.signal_name
             console.print(f"behaviour cloning stopped after step {len(loop.losses)}/{loop.total}")
             return result
         if eval_after:
             result.after = _eval_all(cfg, collector, splits, console, "after SFT")
     model.eval()
-    merge_and_save(model, tokenizer, result.export_dir)
+    with atomic_dir(result.export_dir) as tmp:  # complete or absent: `epo train --resume` trusts an export/
+        merge_and_save(model, tokenizer, tmp)
     summary = {
         "oracle_win_rate": result.oracle_win_rate,
         "samples": result.samples,
@@ -246,13 +252,13 @@ class _SFTLoop:
         ckpt = load_checkpoint(self.out)
         extra = ckpt.extra_state
         if int(extra["samples"]) != len(self.samples):
-            raise RuntimeError(
+            raise TrainingError(
                 f"{ckpt.path}: was trained on {extra['samples']} oracle samples, now there are {len(self.samples)} "
                 "(the env or sft config changed); start a new warm start"
             )
         _missing, unexpected = self.model.load_state_dict(ckpt.model_state, strict=not ckpt.is_adapter)
         if unexpected:
-            raise RuntimeError(f"{ckpt.path}: checkpoint weights do not match the model ({unexpected[:3]} ...)")
+            raise CheckpointError(f"{ckpt.path}: checkpoint weights do not match the model ({unexpected[:3]} ...)")
         self.optimizer.load_state_dict(ckpt.optimizer_states["sft"])
         self.scheduler.load_state_dict(ckpt.scheduler_states["sft"])
         self.epoch, self.start = int(extra["epoch"]), int(extra["start"])

@@ -18,14 +18,17 @@ from rich.console import Console
 
 from epo.algos import EntropyHistory, EntropyTrend
 from epo.config import Config, save_config, to_yaml
+from epo.errors import ResumeConfigError
 from epo.models import SharedValueHead, merge_and_save
 from epo.rollout.evaluate import EvalResult, eval_task_ids, evaluate
 from epo.rollout.types import SamplingParams
 from epo.trainer import setup
 from epo.trainer.checkpoint import (
+    CheckpointError,
     GracefulExit,
     capture_rng_state,
     latest_checkpoint,
+    list_checkpoints,
     load_checkpoint,
     restore_rng_state,
     save_checkpoint,
@@ -34,6 +37,7 @@ from epo.trainer.faults import EnvBatchFailed, FaultLog, collect_with_retries, f
 from epo.trainer.metrics import MetricsLogger, summary_line
 from epo.trainer.monitor import CascadeMonitor
 from epo.trainer.progress import StepProgress
+from epo.trainer.rundir import apply_optim_overrides, atomic_dir, log_resume, own_run_dir, resume_changes, saved_config
 from epo.trainer.update import StepData, prepare_step, update_critic, update_policy
 
 
@@ -43,6 +47,8 @@ class TrainResult:
     steps_done: int
     evals: dict[int, dict[str, EvalResult]] = field(default_factory=dict)
     interrupted: bool = False
+    stop_signal: str = ""
+    """SIGINT/SIGTERM when a signal stopped the run (after its checkpoint); empty otherwise."""
 
 
 def default_run_dir(cfg: Config, preset_name: str = "run") -> Path:
@@ -87,10 +93,15 @@ class Trainer:
 
     # ------------------------------------------------------------------ public
     def train(self, stop_after: int | None = None) -> TrainResult:
-        """Run until train.total_steps (or until step `stop_after`, checkpointing there: simulates an interruption)."""
+        """Run until train.total_steps (or until step `stop_after`, checkpointing there: simulates an interruption).
+
+        The run dir is owned (locked) for the whole call; see trainer/rundir.py."""
+        with own_run_dir(self.run_dir, resume=self.resume, on_stale=self.console.print):
+            return self._train(stop_after)
+
+    def _train(self, stop_after: int | None) -> TrainResult:
         cfg = self.cfg
-        resume_step = self._restore() if self.resume else None
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        resume_step = self._resume_or_start()
         save_config(cfg, self.run_dir / "config.yaml")
         result = TrainResult(self.run_dir, self.step)
         self.console.print(
@@ -123,10 +134,11 @@ class Trainer:
                     self.console.print(f"[yellow]monitor:[/] {w.message}")
                 progress.step_done(summary_line(metrics, self.step))
                 stop_now = stop.requested or self.step == stop_after
-                if self.step % max(cfg.train.save_every, 1) == 0 or self.step == cfg.train.total_steps or stop_now:
+                if checkpoint_due(self.step, cfg.train.save_every, cfg.train.total_steps) or stop_now:
                     self._save()
                 if stop_now:
                     result.interrupted = True
+                    result.stop_signal = stop.signal_name
                     break
         result.steps_done = self.step
         if self.step == cfg.train.total_steps:
@@ -134,8 +146,10 @@ class Trainer:
         return result
 
     def export(self, out_dir: Path) -> Path:
-        """The policy as a Hugging Face model dir (LoRA merged) that transformers and `init_from` load."""
-        merge_and_save(self.policy, self.tokenizer, out_dir)
+        """The policy as a Hugging Face model dir (LoRA merged) that transformers and `init_from` load. Written to a
+        temp dir and renamed into place: `out_dir` is complete or absent, never half-written."""
+        with atomic_dir(out_dir) as tmp:
+            merge_and_save(self.policy, self.tokenizer, tmp)
         self.console.print(f"final policy: {out_dir}")
         return out_dir
 
@@ -151,7 +165,7 @@ class Trainer:
         t1 = time.perf_counter()
         progress.phase("update", 0)
         data = prepare_step(self.policy, rollout.samples, self.pad_id, cfg, self.reference, self.critic)
-        # H̄ is the mean of *past* steps' entropies (EPO_SPEC; P = 0 before any history), so this rollout enters it
+        # H̄ is the mean of *past* steps' entropies (docs/METHOD.md §4; P = 0 before any history), so this rollout enters it
         # after the update. "reference" mode adds it before, as the reference code does.
         history_first = cfg.epo.mode == "reference"
         turn_entropy = self._update_history(data) if history_first else {}
@@ -306,19 +320,41 @@ class Trainer:
         self.console.print(f"  checkpoint: {path}")
         return path
 
+    def _resume_or_start(self) -> int | None:
+        """None for a new run; else the step metrics are truncated after: the checkpoint's step, or -1 for a run
+        that was stopped before its first checkpoint (it starts over from step 0 with the same config and seed)."""
+        if not self.resume:
+            return None
+        changes = resume_changes(saved_config(self.run_dir), self.cfg, self.run_dir)
+        if list_checkpoints(self.run_dir):
+            step = self._restore()
+        else:
+            self.console.print(f"{self.run_dir}: no checkpoint yet; starting the run over from step 0 (same seed)")
+            step = -1
+        log_resume(self.run_dir, max(step, 0), changes, self.console.print)
+        return step
+
     def _restore(self) -> int | None:
         ckpt = load_checkpoint(self.run_dir)
         missing, unexpected = self.policy.load_state_dict(ckpt.model_state, strict=not ckpt.is_adapter)
         if unexpected:
-            raise RuntimeError(f"{ckpt.path}: checkpoint weights do not match the model ({unexpected[:3]} ...)")
+            raise CheckpointError(f"{ckpt.path}: checkpoint weights do not match the model ({unexpected[:3]} ...)")
         self.optimizer.load_state_dict(ckpt.optimizer_states["policy"])
         self.scheduler.load_state_dict(ckpt.scheduler_states["policy"])
+        apply_optim_overrides(self.optimizer, self.scheduler, self.cfg.optim.lr, self.cfg.optim.weight_decay)
         if self.critic is not None:
             self.critic.load_state_dict(ckpt.value_state)
             self.critic_optimizer.load_state_dict(ckpt.optimizer_states["critic"])
             self.critic_scheduler.load_state_dict(ckpt.scheduler_states["critic"])
+            apply_optim_overrides(
+                self.critic_optimizer, self.critic_scheduler, self.cfg.optim.value_lr, self.cfg.optim.weight_decay
+            )
         extra = ckpt.extra_state
         self.step = int(extra["step"])
+        if self.step > self.cfg.train.total_steps:
+            raise ResumeConfigError(
+                f"train.total_steps: {self.cfg.train.total_steps} is below the checkpoint's step {self.step}"
+            )
         self.history.load_state_dict(extra["history"])
         self.trend.load_state_dict(extra["trend"])
         self.monitor.load_state_dict(extra["monitor"])
@@ -328,6 +364,12 @@ class Trainer:
         restore_rng_state(ckpt.rng)
         self.console.print(f"resumed from {ckpt.path} (step {self.step})")
         return self.step
+
+
+def checkpoint_due(step: int, save_every: int, total_steps: int) -> bool:
+    """Periodic checkpoints every `save_every` steps (0: none) and always at the last step; a stop signal (Ctrl-C,
+    SIGTERM) checkpoints on its own."""
+    return (save_every > 0 and step % save_every == 0) or step == total_steps
 
 
 def _mean_entropy(data: StepData) -> float:
@@ -342,7 +384,7 @@ def _rollout_metrics(rollout) -> dict[str, float]:
     turns = max(sum(t.length for t in trajs), 1)
     return {
         "rollout/success_rate": sum(t.won for t in trajs) / n,
-        "rollout/return_mean": sum(t.episode_return for t in trajs) / n,
+        "rollout/return_mean": sum(t.episode_return for t in trajs) / n,  # R = win_reward·won: no penalties
         "rollout/episode_len": sum(t.length for t in trajs) / n,
         "rollout/invalid_rate": sum(t.invalid_turns for t in trajs) / turns,
         "rollout/truncated_rate": turn_limit_rate(trajs),

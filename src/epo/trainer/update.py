@@ -13,7 +13,7 @@ Per-token arrays are kept per sample as 1-D tensors of the response length (see 
 from __future__ import annotations
 
 import random
-from collections import defaultdict
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -23,8 +23,10 @@ from epo.algos import (
     aggregate,
     epo_loss,
     gae_token,
+    gae_turn,
     grpo_advantages,
     kl_penalty,
+    merge_metrics,
     policy_loss,
     trajectory_sample_weights,
     value_loss,
@@ -49,25 +51,20 @@ class StepData:
 
 
 class MetricMeans:
-    """Weighted means of per-micro-batch metrics (max for '*_max' keys)."""
+    """Accumulates per-micro-batch metrics; `result()` merges them with `merge_metrics` (the one merge rule:
+    weighted mean, max for '*_max' keys, NaN entries skipped so one constant-return micro-batch's NaN explained
+    variance does not turn the step's metric into NaN)."""
 
     def __init__(self) -> None:
-        self.sums: dict[str, float] = defaultdict(float)
-        self.weights: dict[str, float] = defaultdict(float)
-        self.maxes: dict[str, float] = {}
+        self.metrics: list[dict[str, float]] = []
+        self.weights: list[float] = []
 
     def add(self, metrics: dict[str, float], weight: float) -> None:
-        for k, v in metrics.items():
-            if k.endswith("_max"):
-                self.maxes[k] = max(self.maxes.get(k, float("-inf")), v)
-            else:
-                self.sums[k] += v * weight
-                self.weights[k] += weight
+        self.metrics.append(dict(metrics))
+        self.weights.append(float(weight))
 
     def result(self) -> dict[str, float]:
-        out = {k: self.sums[k] / self.weights[k] for k in self.sums if self.weights[k] > 0}
-        out.update(self.maxes)
-        return out
+        return merge_metrics(self.metrics, self.weights)
 
 
 def _device(model) -> torch.device:
@@ -88,9 +85,31 @@ def model_stats(model, mb: MicroBatch, cfg: Config, with_entropy: bool, return_h
     )
 
 
+@contextmanager
+def eval_mode(*modules):
+    """Dropout off while computing what must equal the sampling policy's numbers (old and reference log-probs,
+    critic values): with LoRA dropout > 0 a train-mode pass would make the first update's ratio != 1. Every
+    submodule's own train/eval flag is restored afterwards."""
+    flags = [(sub, sub.training) for m in modules if m is not None for sub in m.modules()]
+    for m in modules:
+        if m is not None:
+            m.eval()
+    try:
+        yield
+    finally:
+        for sub, training in flags:
+            sub.training = training
+
+
 @torch.no_grad()
 def forward_pass(model, samples: list[TurnSample], pad_id: int, cfg: Config, with_entropy: bool, value_head=None):
-    """Per-sample response log-probs (and entropies, and shared-head values) with the training numerics, no grad."""
+    """Per-sample response log-probs (and entropies, and shared-head values) with the training numerics, no grad,
+    in eval mode (see `eval_mode`)."""
+    with eval_mode(model, value_head):
+        return _forward_pass(model, samples, pad_id, cfg, with_entropy, value_head)
+
+
+def _forward_pass(model, samples: list[TurnSample], pad_id: int, cfg: Config, with_entropy: bool, value_head):
     logps: list[torch.Tensor | None] = [None] * len(samples)
     ents: list[torch.Tensor | None] = [None] * len(samples)
     values: list[torch.Tensor | None] = [None] * len(samples)
@@ -110,11 +129,13 @@ def forward_pass(model, samples: list[TurnSample], pad_id: int, cfg: Config, wit
 
 @torch.no_grad()
 def critic_values(critic, samples: list[TurnSample], pad_id: int, cfg: Config) -> list[torch.Tensor]:
+    """The separate critic's per-token values [R] per sample, in eval mode (see `eval_mode`)."""
     out: list[torch.Tensor | None] = [None] * len(samples)
-    for micro in pack_by_tokens(list(range(len(samples))), samples, cfg.train.micro_batch_tokens):
-        mb = collate(samples, micro, pad_id).to(_device(critic))
-        for i, v in zip(micro, mb.gather_tokens(critic(mb.input_ids, mb.attention_mask))):
-            out[i] = v
+    with eval_mode(critic):
+        for micro in pack_by_tokens(list(range(len(samples))), samples, cfg.train.micro_batch_tokens):
+            mb = collate(samples, micro, pad_id).to(_device(critic))
+            for i, v in zip(micro, mb.gather_tokens(critic(mb.input_ids, mb.attention_mask))):
+                out[i] = v
     return out
 
 
@@ -159,8 +180,21 @@ def prepare_step(policy, samples: list[TurnSample], pad_id: int, cfg: Config, re
     return data
 
 
+def turn_rewards(samples: list[TurnSample]) -> torch.Tensor:
+    """Each turn's own reward [N] for turn-level GAE: its shaping (invalid penalty / format bonus) on every turn,
+    plus the episode return R = reward - shaping on the trajectory's final turn only. (`reward` carries R on every
+    turn, which summed over a trajectory would count R once per turn.)"""
+    last_turn: dict[int, int] = {}
+    for s in samples:
+        last_turn[s.traj_id] = max(last_turn.get(s.traj_id, -1), s.turn_idx)
+    own = [s.shaping + (s.reward - s.shaping if s.turn_idx == last_turn[s.traj_id] else 0.0) for s in samples]
+    return torch.tensor(own, dtype=torch.float32)
+
+
 def _gae(samples: list[TurnSample], values: list[torch.Tensor], cfg: Config):
-    """Token-level GAE within each turn (reward at its last response token), whitened over the batch."""
+    """GAE whitened over the batch. gae_level=token: within each turn, its reward at the last response token (the
+    reference); turn: across a trajectory's turns with each turn's own reward (`turn_rewards`), V_t read at the
+    turn's first response token, A_t on all its tokens."""
     width = max(len(s.response_ids) for s in samples)
     rewards = torch.zeros(len(samples), width)
     vals = torch.zeros(len(samples), width)
@@ -170,8 +204,14 @@ def _gae(samples: list[TurnSample], values: list[torch.Tensor], cfg: Config):
         rewards[b, n - 1] = s.reward
         vals[b, :n] = v
         mask[b, :n] = 1
-    adv, ret = gae_token(rewards, vals, mask, gamma=cfg.algo.gamma, lam=cfg.algo.lam)
-    if cfg.algo.whiten_advantages:
+    algo = cfg.algo
+    if algo.gae_level == "turn":
+        turn_idx = torch.tensor([s.turn_idx for s in samples])
+        traj_ids = [s.traj_id for s in samples]
+        adv, ret = gae_turn(turn_rewards(samples), vals, mask, traj_ids, turn_idx, gamma=algo.gamma, lam=algo.lam)
+    else:
+        adv, ret = gae_token(rewards, vals, mask, gamma=algo.gamma, lam=algo.lam)
+    if algo.whiten_advantages:
         adv = whiten(adv, mask)
     lens = [len(s.response_ids) for s in samples]
     return [adv[b, :n].clone() for b, n in enumerate(lens)], [ret[b, :n].clone() for b, n in enumerate(lens)]
