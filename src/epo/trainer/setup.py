@@ -21,6 +21,7 @@ from epo.models import apply_lora, enable_activation_checkpointing, freeze_to_to
 from epo.models.precision import Precision, check_master_weights, resolve_precision
 from epo.rollout.backend import HFBackend
 from epo.rollout.collector import Collector
+from epo.trainer.checkpoint_model import is_checkpoint_source, load_checkpoint_model
 
 
 def seed_everything(seed: int) -> None:
@@ -40,7 +41,8 @@ def pick_device(name: str) -> torch.device:
 
 
 def model_source(cfg: Config) -> str:
-    """init_from wins over model.path; an `epo sft` output dir means its export/, an RL run dir its final/."""
+    """init_from wins over model.path; an `epo sft` output dir means its export/, an RL run dir its final/ (a run
+    without final/ and checkpoint dirs are loaded by `load_policy` through epo.trainer.checkpoint_model)."""
     if cfg.init_from:
         path = Path(cfg.init_from)
         for sub in ("export", "final"):
@@ -52,7 +54,11 @@ def model_source(cfg: Config) -> str:
 
 def load_policy(cfg: Config, device: torch.device, train: bool = True):
     """train=False (evaluation only) allows bf16 weights; training requires fp32 trainable (master) weights."""
-    model, tokenizer = load_model_and_tokenizer(model_source(cfg), dtype=cfg.model.dtype, device="cpu")
+    source = model_source(cfg)
+    if is_checkpoint_source(source):  # RUN/checkpoints/step_N, or a run without final/: LoRA merged on load
+        model, tokenizer = load_checkpoint_model(source, dtype=cfg.model.dtype)
+    else:
+        model, tokenizer = load_model_and_tokenizer(source, dtype=cfg.model.dtype, device="cpu")
     if cfg.model.lora.enabled:
         lc = cfg.model.lora
         model = apply_lora(model, r=lc.r, alpha=lc.alpha, dropout=lc.dropout, target_modules=list(lc.target_modules))

@@ -27,11 +27,13 @@ from epo.trainer.checkpoint import (
     CheckpointError,
     GracefulExit,
     capture_rng_state,
+    latest_checkpoint,
     list_checkpoints,
     load_checkpoint,
     restore_rng_state,
     save_checkpoint,
 )
+from epo.trainer.faults import EnvBatchFailed, FaultLog, collect_with_retries, fault_metrics, turn_limit_rate
 from epo.trainer.metrics import MetricsLogger, summary_line
 from epo.trainer.monitor import CascadeMonitor
 from epo.trainer.progress import StepProgress
@@ -87,6 +89,7 @@ class Trainer:
         self.sampler = setup.TaskSampler(self.splits[cfg.env.train_split], seed=cfg.train.seed)
         self.shuffle_rng = random.Random(cfg.train.seed)
         self.step = 0
+        self.faults: FaultLog | None = None  # set by train(): env faults -> console + faults.jsonl
 
     # ------------------------------------------------------------------ public
     def train(self, stop_after: int | None = None) -> TrainResult:
@@ -114,6 +117,7 @@ class Trainer:
         ):
             collector = setup.make_collector(cfg, pool, self.policy, self.tokenizer)
             collector.on_turn = progress.turn
+            self.faults = FaultLog(self.run_dir, self.console.print, resume_step)
             if self.step == 0 and cfg.train.eval_at_start:
                 result.evals[0] = self._evaluate(collector, progress, logger)
             while self.step < cfg.train.total_steps:
@@ -154,12 +158,11 @@ class Trainer:
     def _rl_step(self, collector, progress) -> dict:
         cfg = self.cfg
         t0 = time.perf_counter()
-        tasks = self.sampler.sample(cfg.rollout.tasks_per_step)
         params = SamplingParams(
             cfg.rollout.temperature, cfg.rollout.top_p, cfg.rollout.top_k, cfg.rollout.max_new_tokens
         )
         progress.phase("rollout", collector.max_turns)
-        rollout = collector.collect(tasks, cfg.rollout.group_size, params)
+        rollout, retries = self._collect(collector, params)
         t1 = time.perf_counter()
         progress.phase("update", 0)
         data = prepare_step(self.policy, rollout.samples, self.pad_id, cfg, self.reference, self.critic)
@@ -197,6 +200,7 @@ class Trainer:
         trend = self.trend.update(entropy_mean)
         metrics.update(trend)
         metrics.update(_rollout_metrics(rollout))
+        metrics["rollout/batch_retries"] = float(retries)
         metrics.update(
             {
                 "epo/entropy_mean": entropy_mean,
@@ -209,6 +213,37 @@ class Trainer:
             }
         )
         return metrics
+
+    def _collect(self, collector, params: SamplingParams):
+        """Sample this step's tasks and collect them, again (same tasks) while every episode fails; log env faults."""
+        rng, sampler = capture_rng_state(), self.sampler.state_dict()
+        tasks = self.sampler.sample(self.cfg.rollout.tasks_per_step)
+        pool, step = collector.pool, self.step + 1
+
+        def failed(attempt: int, _rollout) -> None:
+            self.faults.record(step, "rollout", pool.drain_faults())
+            self.console.print(f"[yellow]env:[/] step {step}: every episode failed (attempt {attempt + 1})")
+
+        try:
+            rollout, retries = collect_with_retries(
+                lambda: collector.collect(tasks, self.cfg.rollout.group_size, params),
+                self.cfg.env.batch_retries,
+                failed,
+            )
+        except RuntimeError as e:
+            # stop with a valid checkpoint of the last finished step, exactly as that step left things
+            self.faults.record(step, "rollout", pool.drain_faults())
+            restore_rng_state(rng)
+            self.sampler.load_state_dict(sampler)
+            ckpt = latest_checkpoint(self.run_dir)
+            if ckpt is None or ckpt.name != f"step_{self.step:06d}":
+                ckpt = self._save()
+            raise EnvBatchFailed(
+                f"{str(e).splitlines()[0]}; stopped after step {self.step} (checkpoint {ckpt}); "
+                f"fix the env, then: epo train --resume {self.run_dir}"
+            ) from None
+        self.faults.record(step, "rollout", pool.drain_faults())
+        return rollout, retries
 
     def _update_history(self, data: StepData) -> dict[int, float]:
         """Feed the per-turn-index entropy of the turn samples actually played to the EPO history."""
@@ -235,6 +270,8 @@ class Trainer:
             with torch.no_grad():
                 res = evaluate(collector, split, ids, cfg.train.eval_temperature, cfg.rollout.max_new_tokens)
             out[split] = res
+            if self.faults is not None:
+                self.faults.record(self.step, f"eval {split}", collector.pool.drain_faults())
             eval_dir = self.run_dir / "eval"
             eval_dir.mkdir(exist_ok=True)
             res.save(eval_dir / f"step_{self.step:06d}_{split}.json")
@@ -351,6 +388,7 @@ def _rollout_metrics(rollout) -> dict[str, float]:
         "rollout/return_mean": sum(t.episode_return for t in trajs) / n,  # R = win_reward·won: no penalties
         "rollout/episode_len": sum(t.length for t in trajs) / n,
         "rollout/invalid_rate": sum(t.invalid_turns for t in trajs) / turns,
-        "rollout/truncated_rate": sum(t.truncated for t in trajs) / n,
+        "rollout/truncated_rate": turn_limit_rate(trajs),
         "rollout/samples": float(len(rollout.samples)),
+        **fault_metrics(trajs),
     }
