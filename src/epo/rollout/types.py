@@ -11,6 +11,7 @@ class SamplingParams:
     top_p: float = 1.0
     top_k: int = 0
     max_new_tokens: int = 512
+    seed: int | None = None  # per-call seed (None: the backend's own RNG stream)
 
 
 @dataclass
@@ -25,6 +26,7 @@ class TurnSample:
     reward: float = 0.0  # at the last response token: episode return R + this turn's own invalid penalty/bonus
     invalid: bool = False
     done: bool = False  # this turn ended the episode (won, or the env ended it)
+    sampler_logprobs: list[float] | None = None  # the generation engine's log-prob of each response token, if given
 
 
 @dataclass
