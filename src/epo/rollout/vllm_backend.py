@@ -258,6 +258,18 @@ class VLLMBackend:
         self.last_logprobs = logprobs
         return responses
 
+    def score(self, prompt: list[int], response: list[int]) -> list[float]:
+        """The engine's log-probs of a fixed response after a prompt (its prompt log-probs; raw, temperature 1)."""
+        from vllm import SamplingParams as VParams
+        from vllm.inputs import TokensPrompt
+
+        ids = list(prompt) + list(response)
+        out = self.llm.generate(
+            [TokensPrompt(prompt_token_ids=ids)], VParams(max_tokens=1, prompt_logprobs=0), use_tqdm=False
+        )[0]
+        steps = out.prompt_logprobs[len(prompt) :]
+        return [float(step[tok].logprob) for step, tok in zip(steps, response)]
+
 
 def engine_dirs(source: str) -> tuple[str | None, str | None]:
     """(model dir, tokenizer dir) the engine starts from: the converted (cached) GGUF or a HF dir; None for an
