@@ -35,12 +35,16 @@ def setup():
     problem = _vllm_problem()
     if problem:
         pytest.skip(f"vLLM backend cannot run here: {problem} (make test-vllm installs the CPU build)")
-    from epo.rollout.vllm_backend import VLLMBackend, engine_dirs
+    from epo.config import load_config
+    from epo.rollout.vllm_backend import VLLMBackend
+    from epo.trainer.setup import make_backend
 
     model, tok = load_model_and_tokenizer("embedded")
     model.eval()
-    model_dir, tok_dir = engine_dirs("embedded")
-    backend = VLLMBackend(model, tok, model_dir, tok_dir, max_model_len=1024, kv_cache_gb=1)
+    cfg = load_config("quest_demo_cpu", ["rollout.backend=vllm", "rollout.vllm_kv_cache_gb=1"])
+    backend = make_backend(cfg, model, tok)  # what `epo train/eval` build: the vLLM backend, not HF (issue 9)
+    assert isinstance(backend, VLLMBackend)
+    backend.cfg = cfg
     texts = [
         tok.apply_chat_template([{"role": "user", "content": q}], tokenize=False, add_generation_prompt=True)
         for q in PROMPTS
@@ -131,7 +135,7 @@ def test_full_update_is_pushed_including_the_tied_head(setup):
 
 def test_lora_push_sends_merged_weights(setup):
     model, tok, backend, prompts = setup
-    from epo.rollout.vllm_backend import VLLMBackend
+    from epo.rollout.vllm_backend import vllm_backend_from_config
 
     prompt, response = prompts[0], tok(" Paris is the capital.", add_special_tokens=False)["input_ids"]
     before = _trainer_logprobs(model, prompt, response)
@@ -141,7 +145,7 @@ def test_lora_push_sends_merged_weights(setup):
             for n, p in lora.named_parameters():
                 if "lora_B" in n:
                     p.normal_(std=0.02)
-        lora_backend = VLLMBackend(lora, tok, max_model_len=1024, kv_cache_gb=1)  # same engine, merged push
+        lora_backend = vllm_backend_from_config(backend.cfg, lora, tok, "embedded")  # same engine, merged push
         assert lora_backend.llm is backend.llm
         _assert_engine_follows(lora, lora_backend, prompt, response, before)
     finally:
@@ -161,6 +165,7 @@ def test_mismatch_metric_is_finite_and_small_in_an_rl_update(setup):
 
     model, tok, backend, _ = setup
     cfg = load_config("quest_demo_cpu", ["rollout.backend=vllm", "rollout.is_correction=tis"])
+    assert cfg.rollout.is_correction == "tis"
     snapshot = {n: p.detach().clone() for n, p in model.named_parameters()}
     with EnvPool("quest", {"difficulty": "easy"}, num_workers=1, mode="inline") as pool:
         prompts = PromptBuilder(tok, cfg.agent, list_older_actions=False, env_name="quest")
