@@ -149,7 +149,8 @@ def test_lora_push_sends_merged_weights(setup):
         assert lora_backend.llm is backend.llm
         _assert_engine_follows(lora, lora_backend, prompt, response, before)
     finally:
-        lora.unload()  # back to the plain model for the other tests
+        lora.unload()  # back to the plain model for the other tests (peft froze it: unfreeze)
+        model.requires_grad_(True)
         backend.sync_weights(force=True)
 
 
