@@ -118,7 +118,7 @@ def main() -> None:
     args = parser.parse_args()
     from epo.rollout.vllm_backend import vllm_backend_from_config
 
-    cfg = load_config("quest_demo_cpu", ["rollout.backend=vllm"])
+    cfg = load_config("quest_demo_cpu", ["rollout.backend=vllm", "rollout.vllm_kv_cache_gb=1"])
     setup.set_threads()
     setup.seed_everything(0)
     model, tok = setup.load_policy(cfg, torch.device("cpu"))
@@ -169,7 +169,9 @@ def main() -> None:
     if args.rl_step:
         rows = {}
         for backend in ("hf", "vllm"):
-            c = load_config("quest_demo_cpu", [f"rollout.backend={backend}", "train.total_steps=1"])
+            c = load_config(
+                "quest_demo_cpu", [f"rollout.backend={backend}", "train.total_steps=1", "rollout.vllm_kv_cache_gb=1"]
+            )
             rows[backend] = rl_step_time(c)
         lines += ["| demo RL step | rollout s | update s | step s |", "|---|---|---|---|"]
         for k, r in rows.items():
