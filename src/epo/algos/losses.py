@@ -67,11 +67,13 @@ def policy_loss(
     agg: str = "token-mean",
     num_tokens: float | None = None,
     num_seqs: float | None = None,
+    is_weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """PPO clipped surrogate with asymmetric clip range and dual-clip (Ye et al. 2020) for negative advantages.
 
     per token: l = max(-A*r, -A*clip(r, 1-clip_low, 1+clip_high)); if A < 0 and dual_clip > 0: l = min(l, -A*c).
-    All inputs [B, T]; old_logprobs/advantages carry no gradient.
+    All inputs [B, T]; old_logprobs/advantages carry no gradient. is_weights [B, T] (optional, no gradient):
+    per-token importance weights for sampler/trainer mismatch (truncated IS, epo.algos.mismatch), l *= w.
     """
     check_same_shape(logprobs=logprobs, old_logprobs=old_logprobs, advantages=advantages, mask=mask)
     if dual_clip and dual_clip <= 1:
@@ -90,6 +92,9 @@ def policy_loss(
         loss_dual = -advantages * dual_clip
         loss_mat = torch.where(advantages < 0, torch.minimum(loss_ppo, loss_dual), loss_ppo)
         lower_frac = masked_mean(((loss_ppo > loss_dual) & (advantages < 0)).float(), mask)
+    if is_weights is not None:
+        check_same_shape(logprobs=logprobs, is_weights=is_weights)
+        loss_mat = loss_mat * is_weights.detach()
     loss = aggregate(loss_mat, mask, agg, num_tokens, num_seqs)
     with torch.no_grad():
         valid = mask > 0

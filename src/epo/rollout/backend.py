@@ -19,6 +19,10 @@ STOP_STRINGS = ["</action>"]
 
 
 class GenerationBackend(Protocol):
+    """Optional extras a backend may have: `last_logprobs` (the sampler's own log-probs of the tokens the last
+    generate call returned, one list per prompt, or None) and `sync_weights()` (bring the engine's weights up to
+    the policy's before a rollout; returns seconds spent). See epo.rollout.vllm_backend."""
+
     def generate(self, prompts: list[list[int]], params: SamplingParams) -> list[list[int]]:
         """Sample one response per prompt; each ends with EOS or the stop string, or at max_new_tokens."""
         ...
@@ -35,11 +39,19 @@ class HFBackend:
         self.batch_size = batch_size
         self.stop_strings = STOP_STRINGS if stop_strings is None else stop_strings
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        self.eos_ids = _eos_ids(model, tokenizer)
+        self.eos_ids = eos_token_ids(model, tokenizer)
         self._stop_criteria = None  # built once: StopStringCriteria preprocesses the whole vocabulary (~0.4 s)
+        self.last_logprobs = None  # transformers' generate does not return the sampler's log-probs cheaply
 
     @torch.no_grad()
     def generate(self, prompts: list[list[int]], params: SamplingParams) -> list[list[int]]:
+        if params.seed is None:
+            return self._generate(prompts, params)
+        with torch.random.fork_rng(devices=[]):  # a per-call seed: reproducible without touching the global stream
+            torch.manual_seed(params.seed)
+            return self._generate(prompts, params)
+
+    def _generate(self, prompts: list[list[int]], params: SamplingParams) -> list[list[int]]:
         # Sorting by length keeps padding (wasted prefill) small within each chunk.
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
         out: list[list[int]] = [[] for _ in prompts]
@@ -93,18 +105,25 @@ class HFBackend:
 
         Checked in one pass because the pad id may equal the EOS id: after a stop string, padding must not be
         mistaken for a sampled EOS."""
-        text = ""
-        for k, tok in enumerate(tokens):
-            if tok in self.eos_ids:
-                return tokens[: k + 1]
-            if self.stop_strings:
-                text += self.tokenizer.decode([tok])
-                if any(s in text for s in self.stop_strings):
-                    return tokens[: k + 1]
-        return tokens
+        return tokens[: trim_length(tokens, self.eos_ids, self.stop_strings, self.tokenizer)]
 
 
-def _eos_ids(model, tokenizer) -> list[int]:
+def trim_length(tokens: list[int], eos_ids: list[int], stop_strings: list[str], tokenizer) -> int:
+    """Length of the response kept: up to and including the first EOS or the token that completes a stop string.
+
+    The one trimming rule of every backend (HF and vLLM), so both return the same tokens for the same samples."""
+    text = ""
+    for k, tok in enumerate(tokens):
+        if tok in eos_ids:
+            return k + 1
+        if stop_strings:
+            text += tokenizer.decode([tok])
+            if any(s in text for s in stop_strings):
+                return k + 1
+    return len(tokens)
+
+
+def eos_token_ids(model, tokenizer) -> list[int]:
     ids = model.generation_config.eos_token_id if getattr(model, "generation_config", None) else None
     ids = [ids] if isinstance(ids, int) else list(ids or [])
     if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:

@@ -11,7 +11,7 @@ its own invalid-action penalty / format bonus (docs/METHOD.md §1).
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from epo.agent import PromptBuilder, env_fallback_action, parse_action
 from epo.config import AgentConfig
@@ -62,6 +62,8 @@ class Collector:
     def collect(
         self, task_ids: list[str], group_size: int, params: SamplingParams, record_transcripts: int = 0
     ) -> RolloutResult:
+        sync = getattr(self.backend, "sync_weights", None)  # an engine with its own weight copy (vLLM)
+        push_s = sync() if sync is not None else 0.0
         slots = self._reset(task_ids, group_size, record_transcripts)
         gen_s = env_s = 0.0
         gen_tokens = 0
@@ -75,7 +77,9 @@ class Collector:
                 for k in active
             ]
             t0 = time.perf_counter()
-            responses = self.backend.generate(prompt_ids, params)
+            turn_params = params if params.seed is None else replace(params, seed=params.seed + 7919 * turn)
+            responses = self.backend.generate(prompt_ids, turn_params)
+            sampler_logprobs = getattr(self.backend, "last_logprobs", None) or [None] * len(responses)
             gen_s += time.perf_counter() - t0
             gen_tokens += sum(len(r) for r in responses)
             texts = self.tokenizer.batch_decode(responses, skip_special_tokens=True)
@@ -87,8 +91,9 @@ class Collector:
             t0 = time.perf_counter()
             outs = self.pool.step(actions)
             env_s += time.perf_counter() - t0
-            for k, prompt, resp, text in zip(active, prompt_ids, responses, texts):
+            for k, prompt, resp, text, lps in zip(active, prompt_ids, responses, texts, sampler_logprobs):
                 self._record(slots[k], turn, prompt, resp, text, parsed[k], actions[k], outs[k])
+                slots[k].samples[-1].sampler_logprobs = lps
             if self.on_turn is not None:
                 self.on_turn(turn, sum(not s.done for s in slots))
         for s in slots:
@@ -101,6 +106,7 @@ class Collector:
             "env_s": env_s,
             "gen_tokens": float(gen_tokens),
             "gen_tokens_per_s": gen_tokens / gen_s if gen_s > 0 else 0.0,
+            "weight_push_s": push_s,
         }
         return RolloutResult(samples, trajs, stats)
 

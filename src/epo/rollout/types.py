@@ -11,6 +11,7 @@ class SamplingParams:
     top_p: float = 1.0
     top_k: int = 0
     max_new_tokens: int = 512
+    seed: int | None = None  # per-call seed (None: the backend's own RNG stream)
 
 
 @dataclass
@@ -26,6 +27,7 @@ class TurnSample:
     shaping: float = 0.0  # this turn's own part of `reward` (its invalid penalty / format bonus); reward - shaping = R
     invalid: bool = False
     done: bool = False  # this turn ended the episode (won, or the env ended it)
+    sampler_logprobs: list[float] | None = None  # the generation engine's log-prob of each response token, if given
 
 
 @dataclass

@@ -151,10 +151,25 @@ def make_pool(cfg: Config) -> EnvPool:
     )
 
 
+def make_backend(cfg: Config, model, tokenizer):
+    """rollout.backend resolved (auto: vllm where installed and runnable, else hf), said in one log line."""
+    from epo.rollout.backend_select import detect_backend
+
+    name, why = detect_backend(cfg.rollout.backend)
+    print(why, flush=True)
+    if name == "hf" and cfg.rollout.is_correction == "tis":
+        raise ConfigError("rollout.is_correction: tis needs the sampler's log-probs; the hf backend (auto) has none")
+    if name == "vllm":
+        from epo.rollout.vllm_backend import vllm_backend_from_config
+
+        return vllm_backend_from_config(cfg, model, tokenizer, model_source(cfg))
+    compute = precision(cfg, next(model.parameters()).device)
+    return HFBackend(model, tokenizer, batch_size=cfg.rollout.generation_batch_size, precision=compute)
+
+
 def make_collector(cfg: Config, pool, model, tokenizer) -> Collector:
     prompts = PromptBuilder(tokenizer, cfg.agent, list_older_actions=list_older(cfg), env_name=cfg.env.name)
-    compute = precision(cfg, next(model.parameters()).device)
-    backend = HFBackend(model, tokenizer, batch_size=cfg.rollout.generation_batch_size, precision=compute)
+    backend = make_backend(cfg, model, tokenizer)
     return Collector(pool, backend, prompts, tokenizer, cfg.agent, max_turns(cfg))
 
 

@@ -210,6 +210,7 @@ class Trainer:
                 "time/update_s": time.perf_counter() - t1,
                 "time/step_s": time.perf_counter() - t0,
                 "perf/gen_tokens_per_s": rollout.stats.get("gen_tokens_per_s", 0.0),
+                "time/weight_push_s": rollout.stats.get("weight_push_s", 0.0),
             }
         )
         return metrics

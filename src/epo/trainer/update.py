@@ -32,6 +32,7 @@ from epo.algos import (
     value_loss,
     whiten,
 )
+from epo.algos.mismatch import mismatch_metrics, tis_weights
 from epo.config import Config
 from epo.models import SharedValueHead, response_logprobs
 from epo.models.precision import autocast_for
@@ -297,6 +298,10 @@ def micro_batch_loss(
             data.entropy[i] = h
     else:
         old_logprobs = mb.scatter_tokens(data.old_logprobs)
+    sampler = _sampler_logprobs(mb, data)  # [B, T] or None (a backend without sampler log-probs)
+    is_weights = None
+    if sampler is not None and cfg.rollout.is_correction == "tis":
+        is_weights = tis_weights(old_logprobs, sampler, mask, cfg.rollout.is_cap)
     pg, metrics = policy_loss(
         stats.logprobs,
         old_logprobs,
@@ -308,7 +313,10 @@ def micro_batch_loss(
         agg=algo.loss_agg,
         num_tokens=num_tokens,
         num_seqs=num_seqs,
+        is_weights=is_weights,
     )
+    if sampler is not None:
+        metrics.update(mismatch_metrics(old_logprobs, sampler, mask))
     loss = pg
     if cfg.epo.mode != "off":
         term, epo_metrics = epo_loss(
@@ -349,6 +357,17 @@ def micro_batch_loss(
     metrics["actor/pg_loss"] = float(pg.detach()) * num_tokens / max(float(mask.sum()), 1.0)
     metrics["actor/entropy"] = float((stats.entropy.detach() * mask).sum() / mask.sum().clamp(min=1))
     return loss, metrics
+
+
+def _sampler_logprobs(mb: MicroBatch, data: StepData) -> torch.Tensor | None:
+    """The generation engine's log-probs of this micro-batch's response tokens, [B, T], if every sample has them."""
+    rows = [data.samples[i].sampler_logprobs for i in mb.index]
+    if any(r is None for r in rows):
+        return None
+    per_sample = [None] * len(data.samples)
+    for i, r in zip(mb.index, rows):
+        per_sample[i] = torch.tensor(r, dtype=torch.float32)
+    return mb.scatter_tokens(per_sample).to(mb.response_mask.device)
 
 
 def update_critic(critic, optimizer, data: StepData, cfg: Config, pad_id: int, rng: random.Random):
