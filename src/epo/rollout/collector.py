@@ -122,7 +122,11 @@ class Collector:
         # a crashed worker is not the model's fault.
         format_failure = parsed.action is None and parsed.reason != "not_admissible"
         invalid = not crashed and (format_failure or not info.get("valid", True))
-        slot.samples.append(TurnSample(prompt, resp, turn, slot.traj.traj_id, slot.traj.group_id, invalid=invalid))
+        slot.samples.append(
+            TurnSample(
+                prompt, resp, turn, slot.traj.traj_id, slot.traj.group_id, invalid=invalid, admissible=slot.admissible
+            )
+        )
         slot.traj.length = turn + 1
         slot.traj.invalid_turns += int(invalid)
         if slot.traj.transcript:

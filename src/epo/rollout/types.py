@@ -25,6 +25,7 @@ class TurnSample:
     reward: float = 0.0  # at the last response token: episode return R + this turn's own invalid penalty/bonus
     invalid: bool = False
     done: bool = False  # this turn ended the episode (won, or the env ended it)
+    admissible: list[str] = field(default_factory=list)  # the env's listed actions at this turn (diagnostics)
 
 
 @dataclass
