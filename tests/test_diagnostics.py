@@ -292,3 +292,38 @@ def test_monitor_stop_action_checkpoints_and_ends_the_run(tmp_path):
     assert [p.name for p in list_checkpoints(tmp_path / "run")] == ["step_000002"]
     (warning,) = read_warnings(tmp_path / "run")
     assert warning["kind"] == "early_collapse" and warning["action"] == "stop" and warning["step"] == 2
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def test_report_plots_diagnostics_and_marks_monitor_actions(tmp_path):
+    from epo.trainer.metrics import MetricsLogger
+    from epo.trainer.report import write_report
+    from epo.trainer.report_data import load_run
+    from epo.trainer.report_plots import action_steps
+
+    run = tmp_path / "run"
+    with MetricsLogger(run, tensorboard=False) as logger:
+        for step in range(1, 6):
+            logger.log(
+                step,
+                {
+                    "epo/entropy_mean": 1.0 / step,
+                    "diag/action_entropy": 0.5,
+                    "diag/action_mass_outside": 0.9,
+                    "diag/action_token_entropy": 2.0,
+                    "diag/action_entropy_per_turn": [0.4, 0.6],
+                    "diag/cov_logp_adv": 0.1,
+                    "diag/entropy_change": -0.01 * step,
+                    "diag/cov_logp_adv_per_turn": [0.2, -0.1],
+                    "diag/entropy_change_per_turn": [-0.02, 0.01],
+                },
+            )
+        logger.log_warnings([{**_warning(step=3).to_dict(), "action": "checkpoint"}, _warning("late_climb", 4)])
+    summary = write_report([run], tmp_path / "report").read_text()
+    for stem in ("action_entropy", "entropy_change", "cov_heatmap", "entropy_change_heatmap", "action_entropy_heatmap"):
+        assert (tmp_path / "report" / f"{stem}.png").is_file(), stem
+    assert action_steps(load_run(run)) == [3]  # only the warning that triggered an action is marked
+    warnings_table = summary.split("## Monitor warnings")[1]
+    assert "| action |" in warnings_table and "| checkpoint |" in warnings_table
