@@ -233,6 +233,18 @@ def test_ablate_none_reproduces_the_logged_step(diag_run):
     assert (diag_run / "ablate" / "step_000002.md").read_text().count("| none |") == 4
 
 
+def test_ablate_command(diag_run):
+    from typer.testing import CliRunner
+
+    from epo.cli import app
+
+    ok = CliRunner().invoke(app, ["ablate", str(diag_run), "--step", "2", "--reg", "none", "--reg", "epo"])
+    assert ok.exit_code == 0, ok.output
+    assert "| none |" in ok.output and "| epo |" in ok.output and "ablation:" in ok.output
+    bad = CliRunner().invoke(app, ["ablate", str(diag_run), "--step", "2", "--reg", "dropout"])
+    assert bad.exit_code == 2 and "unknown regulariser 'dropout'" in bad.output
+
+
 def test_ablate_without_the_checkpoint_or_batch_says_what_is_missing(diag_run, tmp_path):
     with pytest.raises(CheckpointError, match="no checkpoint of step 4"):
         run_ablation(diag_run, 5, ["none"])
