@@ -16,8 +16,8 @@ import random
 import torch
 
 from epo.config import Config
-from epo.diagnostics.action_entropy import action_entropy, choose_turns, pearson, score_actions
 from epo.diagnostics import entropy_change as ec
+from epo.diagnostics.action_entropy import action_entropy, choose_turns, pearson, score_actions
 from epo.trainer.update import StepData, forward_pass
 
 
