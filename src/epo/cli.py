@@ -207,6 +207,27 @@ def sweep(
 
 
 @app.command()
+def ablate(
+    run_dir: Path = typer.Argument(..., help="Run dir trained with train.save_rollouts=true."),
+    step: int = typer.Option(..., "--step", help="Replay RL step N from the checkpoint of step N-1."),
+    regulariser: list[str] = typer.Option(None, "--reg", help="none|entropy|epo|epo_reference|kl (default: all)."),
+    entropy_coef: float = typer.Option(None, "--entropy-coef", help="Plain entropy bonus (default: the run's)."),
+    kl_coef: float = typer.Option(None, "--kl-coef", help="KL coefficient (default: the run's, else 0.01)."),
+):
+    """Replay one saved rollout batch under several regularisers from the same weights; per-turn ΔH, KL, clipping."""
+
+    def go():
+        from epo.diagnostics.ablate import run_ablation
+
+        out = run_ablation(run_dir, step, regulariser, entropy_coef, kl_coef, console=console)
+        path = run_dir / "ablate" / f"step_{step:06d}.md"
+        console.print(path.read_text(), markup=False, highlight=False)
+        console.print(f"ablation: {path} (and .json); {len(out['results'])} regularisers")
+
+    _guard(go)
+
+
+@app.command()
 def envs():
     """List environments, their splits and sizes."""
     from epo.envs import get_spec, names

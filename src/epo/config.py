@@ -287,6 +287,9 @@ class TrainConfig:
     """Log to Weights & Biases (needs wandb installed and configured)."""
     report: bool = True
     """Write RUN_DIR/report (plots + summary) when training ends."""
+    save_rollouts: bool = False
+    """Save each step's rollout batch to RUN_DIR/rollouts/step_N.{safetensors,json} (token ids + rewards, no pickle)
+    for `epo ablate RUN --step N` (which also needs the checkpoint of step N-1: train.save_every=1)."""
 
 
 @dataclass
@@ -309,6 +312,25 @@ class SFTConfig:
 
 
 @dataclass
+class DiagConfig:
+    action_entropy_turns: int = 0
+    """Action-level entropy: turn samples per RL step (drawn at random among turns whose env lists admissible
+    actions) whose listed actions are each scored by sequence log-prob under the rollout policy. 0 = off."""
+    action_entropy_max_actions: int = 64
+    """Turns listing more admissible actions than this are not scored (bounds the cost: one forward per action)."""
+    entropy_change_samples: int = 0
+    """Entropy-change decomposition: turn samples (evenly spaced over the batch) re-evaluated before and after the
+    update for the per-turn Cov(log-prob, advantage), realised ΔH, KL and ratio-outside-clip. 0 = off."""
+    monitor_action: str = "none"
+    """What the cascade monitor does on a warning: none | checkpoint | stop (checkpoint, then end the run) |
+    raise_entropy (multiply the active entropy coefficient by monitor_entropy_factor)."""
+    monitor_on: list[str] = field(default_factory=lambda: ["early_collapse", "late_oscillation", "late_climb"])
+    """Warning kinds that trigger monitor_action."""
+    monitor_entropy_factor: float = 2.0
+    """raise_entropy: factor applied to epo.entropy_coef (EPO on) or algo.entropy_coef, per triggering warning."""
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     env: EnvConfig = field(default_factory=EnvConfig)
@@ -319,6 +341,8 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
+    diag: DiagConfig = field(default_factory=DiagConfig)
+    """Diagnostics beyond the standard metrics (docs/METRICS.md, "Diagnostics"); all off by default."""
     init_from: str = ""
     """Start RL from this checkpoint/model dir (e.g. an `epo sft` output); overrides model.path when set."""
 
@@ -342,6 +366,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "epo.smoothing_level": ("token", "sequence"),
     "epo.history": ("cumulative", "window", "ema", "scalar"),
     "epo.beta_schedule": ("paper", "reference", "constant"),
+    "diag.monitor_action": ("none", "checkpoint", "stop", "raise_entropy"),
 }
 POSITIVE = (
     "rollout.tasks_per_step",
@@ -374,6 +399,8 @@ POSITIVE = (
     "rollout.vllm_gpu_memory_utilization",
     "rollout.vllm_kv_cache_gb",
     "rollout.vllm_block_size",
+    "diag.action_entropy_max_actions",
+    "diag.monitor_entropy_factor",
 )
 NON_NEGATIVE = (
     "model.trainable_layers",
@@ -406,6 +433,8 @@ NON_NEGATIVE = (
     "algo.value_coef",
     "epo.beta_gamma",
     "model.lora.dropout",
+    "diag.action_entropy_turns",
+    "diag.entropy_change_samples",
 )
 UNIT_INTERVAL = (
     "rollout.top_p",
@@ -489,6 +518,7 @@ def validate(cfg: Config) -> Config:
         raise ConfigError("env.eval_splits: at least one split is needed")
     _check_reward(cfg)
     _check_rollout_backend(cfg)
+    _validate_diag(cfg)
     return cfg
 
 
@@ -512,6 +542,17 @@ def _check_rollout_backend(cfg: Config) -> None:
         raise ConfigError(f"rollout.backend: 'vllm' needs the vllm package, which is not installed ({VLLM_INSTALL_HINT})")
     if cfg.rollout.is_correction == "tis" and cfg.rollout.backend == "hf":
         raise ConfigError("rollout.is_correction: 'tis' needs the sampler's log-probs; rollout.backend=hf has none")
+
+
+def _validate_diag(cfg: Config) -> None:
+    kinds = ("early_collapse", "late_oscillation", "late_climb")  # epo.trainer.monitor.KINDS
+    bad = [k for k in cfg.diag.monitor_on if k not in kinds]
+    if bad:
+        raise ConfigError(f"diag.monitor_on: '{bad[0]}' is not one of {', '.join(kinds)}")
+    if cfg.diag.monitor_action == "raise_entropy" and cfg.epo.mode == "off" and cfg.algo.entropy_coef == 0:
+        raise ConfigError("diag.monitor_action: raise_entropy needs epo.mode on/reference or algo.entropy_coef > 0")
+    if cfg.diag.action_entropy_turns and cfg.agent.thinking and not cfg.agent.action_prefix:
+        raise ConfigError("diag.action_entropy_turns: needs agent.thinking=false or agent.action_prefix=true")
 
 
 def _one_line(e: OmegaConfBaseException) -> str:

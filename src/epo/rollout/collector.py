@@ -132,7 +132,11 @@ class Collector:
         # a crashed worker is not the model's fault.
         format_failure = parsed.action is None and parsed.reason != "not_admissible"
         invalid = not crashed and (format_failure or not info.get("valid", True))
-        slot.samples.append(TurnSample(prompt, resp, turn, slot.traj.traj_id, slot.traj.group_id, invalid=invalid))
+        slot.samples.append(
+            TurnSample(
+                prompt, resp, turn, slot.traj.traj_id, slot.traj.group_id, invalid=invalid, admissible=slot.admissible
+            )
+        )
         well_formed = parsed.reason not in FORMAT_FAILURES
         slot.turns.append(TurnRecord(turn, text, action, invalid, well_formed, float(env_reward), scalar_info(info)))
         slot.traj.length = turn + 1

@@ -28,6 +28,7 @@ class TurnSample:
     invalid: bool = False
     done: bool = False  # this turn ended the episode (won, or the env ended it)
     sampler_logprobs: list[float] | None = None  # the generation engine's log-prob of each response token, if given
+    admissible: list[str] = field(default_factory=list)  # the env's listed actions at this turn (diagnostics)
 
 
 @dataclass

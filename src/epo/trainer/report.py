@@ -202,8 +202,11 @@ def _config_section(runs: list[RunData]) -> list[str]:
 def _warnings_section(runs: list[RunData]) -> list[str]:
     lines = ["## Monitor warnings", ""]
     rows = [
-        [r.label, str(w.get("step")), str(w.get("kind")), _cell(w.get("message", ""), 300)]
+        [r.label, str(w.get("step")), str(w.get("kind")), _cell(w.get("message", ""), 300), _cell(w.get("action", "—"))]
         for r in runs
         for w in r.warnings
     ]
-    return lines + (_table(["run", "step", "kind", "message"], rows) if rows else ["None."])
+    if any(w.get("action") for r in runs for w in r.warnings):
+        note = "The monitor acted (`diag.monitor_action`) where the action column says so; dotted lines mark it"
+        lines += [note + " in the figures.", ""]
+    return lines + (_table(["run", "step", "kind", "message", "action"], rows) if rows else ["None."])

@@ -77,6 +77,27 @@ def line_figures(splits: list[str]) -> list[tuple[str, str, list[Panel]]]:
         ("clip_frac", "PPO clipping", [Panel("clip fraction", "actor/clip_frac", "fraction")]),
         ("lr", "Learning rate", [Panel("policy lr", "actor/lr", smooth=False)]),
         (
+            "action_entropy",
+            "Action-level entropy (sampled turns, over the env's listed actions)",
+            [
+                Panel("entropy over listed actions", "diag/action_entropy", "nats"),
+                Panel("… normalised by log(#actions)", "diag/action_entropy_norm", unit_interval=True),
+                Panel("probability mass outside the list", "diag/action_mass_outside", unit_interval=True),
+                Panel("token entropy of the same turns", "diag/action_token_entropy", "nats"),
+            ],
+        ),
+        (
+            "entropy_change",
+            "Entropy change of the update (first-order predictor vs realised)",
+            [
+                Panel("Cov(log p, advantage)", "diag/cov_logp_adv"),
+                Panel("realised ΔH (after − before)", "diag/entropy_change", "nats"),
+                Panel("KL(before ‖ after)", "diag/kl_update"),
+                Panel("ratio outside clip range", "diag/ratio_outside_clip", "fraction"),
+                Panel("entropy coef scale (monitor)", "diag/entropy_coef_scale", smooth=False),
+            ],
+        ),
+        (
             "losses",
             "Losses and gradients",
             [
@@ -101,11 +122,42 @@ def write_all(runs: list[RunData], splits: list[str], out_dir: Path) -> tuple[li
             written.append(path)
         else:
             skipped.append(stem)
-    if _heatmap_figure(runs, out_dir / "entropy_heatmap.png"):
-        written.append(out_dir / "entropy_heatmap.png")
-    else:
-        skipped.append("entropy_heatmap")
+    for stem, key, title, label in HEATMAPS:
+        if _heatmap_figure(runs, out_dir / f"{stem}.png", key, title, label):
+            written.append(out_dir / f"{stem}.png")
+        else:
+            skipped.append(stem)
     return written, skipped
+
+
+# (file stem, per-turn key, title, colour-bar label); signed quantities get a diverging scale centred on 0
+HEATMAPS = [
+    ("entropy_heatmap", "epo/entropy_per_turn", "Entropy per turn index (grey: turn not reached)", "entropy (nats)"),
+    (
+        "cov_heatmap",
+        "diag/cov_logp_adv_per_turn",
+        "Cov(log p, advantage) per turn index (> 0: the update sharpens that turn)",
+        "covariance",
+    ),
+    (
+        "entropy_change_heatmap",
+        "diag/entropy_change_per_turn",
+        "Realised entropy change of the update per turn index",
+        "ΔH (nats)",
+    ),
+    (
+        "action_entropy_heatmap",
+        "diag/action_entropy_per_turn",
+        "Entropy over the listed actions per turn index",
+        "nats",
+    ),
+]
+SIGNED = ("diag/cov_logp_adv_per_turn", "diag/entropy_change_per_turn")
+
+
+def action_steps(run: RunData) -> list[int]:
+    """Steps where the cascade monitor acted (warnings with an "action")."""
+    return sorted({int(w["step"]) for w in run.warnings if w.get("action")})
 
 
 def _grid(n_panels: int) -> tuple[int, int]:
@@ -131,6 +183,8 @@ def _line_figure(runs: list[RunData], title: str, panels: list[Panel], path: Pat
     for ax, panel in zip(axes, panels, strict=False):
         for i, run in enumerate(runs):
             smoothed = max(smoothed, _plot_series(ax, run, panel, i, len(runs)))
+            for step in action_steps(run):  # where the monitor checkpointed, stopped or raised entropy
+                ax.axvline(step, color=COLORS[i % len(COLORS)], linestyle=":", linewidth=1.2, alpha=0.8)
         _style_axes(ax, panel)
     for ax in axes[len(panels) :]:
         ax.set_visible(False)
@@ -224,14 +278,24 @@ def _run_legend(fig: Figure, runs: list[RunData], note: str = "") -> None:
         legend.get_title().set_color("grey")
 
 
-def _heatmap_figure(runs: list[RunData], path: Path) -> bool:
-    """Entropy per turn index (y) × RL step (x), one panel per run, one shared colour scale."""
-    grids = [(run, *run.per_turn("epo/entropy_per_turn")) for run in runs]
+def _heatmap_figure(
+    runs: list[RunData],
+    path: Path,
+    key: str = "epo/entropy_per_turn",
+    title: str = HEATMAPS[0][2],
+    label: str = "entropy (nats)",
+) -> bool:
+    """A per-turn metric (default: entropy) per turn index (y) × RL step (x), one panel per run, shared scale."""
+    grids = [(run, *run.per_turn(key)) for run in runs]
     grids = [(run, steps, grid) for run, steps, grid in grids if grid.size and np.isfinite(grid).any()]
     if not grids:
         return False
     vmin = min(float(np.nanmin(g)) for _, _, g in grids)
     vmax = max(float(np.nanmax(g)) for _, _, g in grids)
+    cmap = "viridis"
+    if key in SIGNED:
+        vmax = max(abs(vmin), abs(vmax), 1e-12)
+        vmin, cmap = -vmax, "RdBu_r"
     rows, cols = _grid(len(grids))
     fig = _new_figure(rows, cols, extra_h=0.3)
     axes = fig.subplots(rows, cols, squeeze=False).ravel()
@@ -239,7 +303,7 @@ def _heatmap_figure(runs: list[RunData], path: Path) -> bool:
     for ax, (run, steps, grid) in zip(axes, grids, strict=False):
         x_edges = _edges(steps)
         y_edges = np.arange(grid.shape[0] + 1) - 0.5
-        mesh = ax.pcolormesh(x_edges, y_edges, np.ma.masked_invalid(grid), cmap="viridis", vmin=vmin, vmax=vmax)
+        mesh = ax.pcolormesh(x_edges, y_edges, np.ma.masked_invalid(grid), cmap=cmap, vmin=vmin, vmax=vmax)
         ax.set_facecolor("#dddddd")  # turn indices that no episode reached at that step
         ax.set_title(run.label, fontsize=11)
         ax.set_xlabel("RL step")
@@ -248,8 +312,8 @@ def _heatmap_figure(runs: list[RunData], path: Path) -> bool:
         ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     for ax in axes[len(grids) :]:
         ax.set_visible(False)
-    fig.colorbar(mesh, ax=axes[: len(grids)].tolist(), label="entropy (nats)", shrink=0.9)
-    fig.suptitle("Entropy per turn index (grey: turn not reached)", fontsize=13, fontweight="bold")
+    fig.colorbar(mesh, ax=axes[: len(grids)].tolist(), label=label, shrink=0.9)
+    fig.suptitle(title, fontsize=13, fontweight="bold")
     fig.savefig(path)
     return True
 

@@ -18,6 +18,7 @@ from rich.console import Console
 
 from epo.algos import EntropyHistory, EntropyTrend
 from epo.config import Config, save_config, to_yaml
+from epo.diagnostics import MonitorActions, StepDiagnostics, save_rollouts
 from epo.errors import ResumeConfigError
 from epo.models import SharedValueHead, merge_and_save
 from epo.rollout.evaluate import EvalResult, eval_task_ids, evaluate
@@ -86,6 +87,8 @@ class Trainer:
         self.history = EntropyHistory.from_config(cfg.epo, setup.max_turns(cfg))
         self.trend = EntropyTrend()
         self.monitor = CascadeMonitor(total_steps=cfg.train.total_steps)
+        self.monitor_actions = MonitorActions(cfg.diag)
+        self.diagnostics = StepDiagnostics(cfg, self.tokenizer, self.pad_id)
         self.sampler = setup.TaskSampler(self.splits[cfg.env.train_split], seed=cfg.train.seed)
         self.shuffle_rng = random.Random(cfg.train.seed)
         self.step = 0
@@ -129,13 +132,15 @@ class Trainer:
                     for ev in evals.values():
                         metrics.update(ev.metrics())
                 logger.log(self.step, metrics)
-                warnings = self.monitor.update(self.step, metrics)
-                logger.log_warnings(warnings)
-                for w in warnings:
-                    self.console.print(f"[yellow]monitor:[/] {w.message}")
+                acted = self.monitor_actions.apply(self.monitor.update(self.step, metrics))
+                logger.log_warnings(acted.records)
+                for w in acted.records:
+                    self.console.print(
+                        f"[yellow]monitor:[/] {w['message']}" + (f" -> {w['action']}" if "action" in w else "")
+                    )
                 progress.step_done(summary_line(metrics, self.step))
-                stop_now = stop.requested or self.step == stop_after
-                if checkpoint_due(self.step, cfg.train.save_every, cfg.train.total_steps) or stop_now:
+                stop_now = stop.requested or self.step == stop_after or acted.stop
+                if checkpoint_due(self.step, cfg.train.save_every, cfg.train.total_steps) or stop_now or acted.save:
                     self._save()
                 if stop_now:
                     result.interrupted = True
@@ -156,16 +161,19 @@ class Trainer:
 
     # ------------------------------------------------------------------ one RL step
     def _rl_step(self, collector, progress) -> dict:
-        cfg = self.cfg
+        cfg = self.monitor_actions.effective(self.cfg)  # the config itself unless the monitor raised entropy
         t0 = time.perf_counter()
         params = SamplingParams(
             cfg.rollout.temperature, cfg.rollout.top_p, cfg.rollout.top_k, cfg.rollout.max_new_tokens
         )
         progress.phase("rollout", collector.max_turns)
         rollout, retries = self._collect(collector, params)
+        if cfg.train.save_rollouts:
+            save_rollouts(self.run_dir, self.step + 1, rollout.samples)
         t1 = time.perf_counter()
         progress.phase("update", 0)
         data = prepare_step(self.policy, rollout.samples, self.pad_id, cfg, self.reference, self.critic)
+        self.diagnostics.before_update(self.policy, data, self.step + 1)
         # H̄ is the mean of *past* steps' entropies (docs/METHOD.md §4; P = 0 before any history), so this rollout enters it
         # after the update. "reference" mode adds it before, as the reference code does.
         history_first = cfg.epo.mode == "reference"
@@ -191,6 +199,8 @@ class Trainer:
                     update_critic(self.critic, self.critic_optimizer, data, cfg, self.pad_id, self.shuffle_rng)
                 )
             self.critic_scheduler.step()
+        metrics.update(self.diagnostics.after_update(self.policy, data))
+        metrics.update(self.monitor_actions.metrics())
         if not history_first:
             turn_entropy = self._update_history(data)
         turns = range(max(turn_entropy) + 1)
@@ -303,6 +313,7 @@ class Trainer:
             "history": self.history.state_dict(),
             "trend": self.trend.state_dict(),
             "monitor": self.monitor.state_dict(),
+            "monitor_actions": self.monitor_actions.state_dict(),
             "sampler": self.sampler.state_dict(),
             "shuffle_rng": list(self.shuffle_rng.getstate()[1]) + [self.shuffle_rng.getstate()[2] or 0],
         }
@@ -360,6 +371,8 @@ class Trainer:
         self.history.load_state_dict(extra["history"])
         self.trend.load_state_dict(extra["trend"])
         self.monitor.load_state_dict(extra["monitor"])
+        if "monitor_actions" in extra:  # absent in checkpoints written before monitor actions existed
+            self.monitor_actions.load_state_dict(extra["monitor_actions"])
         self.sampler.load_state_dict(extra["sampler"])
         state = extra["shuffle_rng"]
         self.shuffle_rng.setstate((3, tuple(int(x) for x in state[:-1]), None))
