@@ -182,6 +182,15 @@ def _precision(cfg: Config) -> Hashable:
     return _loss(cfg), resolve_precision(cfg.train.precision, "cpu").reason
 
 
+def _monitor_decision(cfg: Config) -> Hashable:
+    """What the trainer does on an early-collapse warning: save / stop flags and the next step's entropy coefficient."""
+    from epo.diagnostics import MonitorActions
+
+    actions = MonitorActions(cfg.diag)
+    decision = actions.apply([{"kind": "early_collapse", "step": 3}])
+    return decision.save, decision.stop, actions.effective(cfg).epo.entropy_coef
+
+
 def _history(cfg: Config) -> Hashable:
     history = EntropyHistory.from_config(cfg.epo, max_turns=2)
     for means in ({0: 1.0, 1: 2.0}, {0: 3.0, 1: 5.0}, {0: 7.0, 1: 4.0}):
@@ -211,6 +220,7 @@ CHECKS: dict[str, Check] = {
     "epo.beta_schedule": Check(_loss, EPO_LOSS),
     "train.precision": Check(_precision, EPO_LOSS),
     "rollout.is_correction": Check(_tis_loss),
+    "diag.monitor_action": Check(_monitor_decision, ["epo.mode=on"]),
 }
 
 # (key, value) pairs that may not have a distinct outcome yet. Keep this empty except while another branch lands

@@ -24,8 +24,9 @@ from pathlib import Path
 
 from rich.console import Console
 
-from epo.config import Config, load_config, validate
+from epo.config import Config, ConfigError, load_config, validate
 from epo.diagnostics.rollouts_io import load_rollouts
+from epo.errors import RunDirError
 from epo.models import SharedValueHead
 from epo.trainer.checkpoint import CHECKPOINTS_DIR, CheckpointError, list_checkpoints
 from epo.trainer.update import prepare_step, update_policy
@@ -38,7 +39,7 @@ ALL_SAMPLES = 1 << 30
 def variant_config(base: Config, name: str, entropy_coef: float, kl_coef: float) -> Config:
     """The run's config with only the regulariser changed (and diagnostics set to what the replay measures)."""
     if name not in REGULARISERS:
-        raise ValueError(f"ablate: unknown regulariser '{name}' (choices: {', '.join(REGULARISERS)})")
+        raise ConfigError(f"ablate: unknown regulariser '{name}' (choices: {', '.join(REGULARISERS)})")
     cfg = copy.deepcopy(base)
     cfg.epo.mode, cfg.algo.entropy_coef, cfg.algo.kl_coef = "off", 0.0, 0.0
     if name == "entropy":
@@ -60,7 +61,7 @@ def variant_config(base: Config, name: str, entropy_coef: float, kl_coef: float)
 def checkpoint_before(run_dir: Path, step: int) -> Path | None:
     """The checkpoint written after step-1 (None for step 1: the initial weights)."""
     if step < 1:
-        raise ValueError(f"ablate: --step must be >= 1, got {step}")
+        raise ConfigError(f"ablate: --step must be >= 1, got {step}")
     if step == 1:
         return None
     path = run_dir / CHECKPOINTS_DIR / f"step_{step - 1:06d}"
@@ -113,7 +114,7 @@ def run_ablation(
     run_dir = Path(run_dir)
     console = console or Console(quiet=True)
     if not (run_dir / "config.yaml").is_file():
-        raise FileNotFoundError(f"{run_dir}: no config.yaml (not a run dir)")
+        raise RunDirError(f"{run_dir}: no config.yaml (not a run dir)")
     base = load_config(run_dir / "config.yaml")
     regularisers = list(regularisers or REGULARISERS)
     entropy_coef = entropy_coef if entropy_coef is not None else (base.algo.entropy_coef or base.epo.entropy_coef)

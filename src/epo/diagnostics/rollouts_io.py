@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from epo.errors import DataNotFoundError, RunDirError
 from epo.rollout.types import TurnSample
 
 ROLLOUTS_DIR = "rollouts"
@@ -69,15 +70,15 @@ def load_rollouts(run_dir: str | Path, step: int) -> list[TurnSample]:
     tensors_path, meta_path = rollout_paths(run_dir, step)
     if not meta_path.is_file() or not tensors_path.is_file():
         have = ", ".join(map(str, saved_steps(run_dir))) or "none (train with train.save_rollouts=true)"
-        raise FileNotFoundError(f"{run_dir}: no saved rollout batch for step {step} (saved steps: {have})")
+        raise DataNotFoundError(f"{run_dir}: no saved rollout batch for step {step} (saved steps: {have})")
     meta = json.loads(meta_path.read_text())
     if meta.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{meta_path}: unknown format_version {meta.get('format_version')}")
+        raise RunDirError(f"{meta_path}: unknown format_version {meta.get('format_version')}")
     t = load_file(str(tensors_path))
     prompts = _split(t["prompt_ids"], t["prompt_lens"])
     responses = _split(t["response_ids"], t["response_lens"])
     if not len(prompts) == len(responses) == len(meta["samples"]):
-        raise ValueError(f"{meta_path}: sample counts differ between the JSON and the safetensors file")
+        raise RunDirError(f"{meta_path}: sample counts differ between the JSON and the safetensors file")
     return [TurnSample(p, r, **m) for p, r, m in zip(prompts, responses, meta["samples"], strict=True)]
 
 
