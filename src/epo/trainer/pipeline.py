@@ -12,7 +12,7 @@ from rich.table import Table
 
 from epo.config import Config
 from epo.rollout.evaluate import EvalResult, eval_task_ids, evaluate, fisher_one_sided
-from epo.trainer import setup
+from epo.trainer import distributed, setup
 from epo.trainer.report_data import BEFORE_AFTER_FILE
 from epo.trainer.trainer import Trainer, TrainResult, default_run_dir
 
@@ -25,17 +25,24 @@ def train_pipeline(
     console: Console | None = None,
 ) -> TrainResult:
     console = console or Console()
-    run_dir = Path(run_dir) if run_dir else default_run_dir(cfg, preset_name)
+    main = distributed.init_from_env(cfg.model.device).is_main  # under torchrun: N processes, rank 0 reports
+    if not main:
+        console = Console(quiet=True)
+    run_dir = Path(distributed.from_main(str(run_dir) if run_dir else str(default_run_dir(cfg, preset_name))))
     setup.check_env(cfg)
     sft_result = None
     if cfg.sft.warm_start and not cfg.init_from and not resume:
         from epo.trainer.sft import run_sft
 
         console.rule("warm start: behaviour cloning")
-        sft_result = run_sft(cfg, run_dir / "sft", console=console, eval_after=False)
+        if main:  # behaviour cloning is small: rank 0 runs it, the others wait and start RL from its export
+            sft_result = run_sft(cfg, run_dir / "sft", console=console, eval_after=False)
+        distributed.barrier()
         cfg = dataclasses.replace(cfg, init_from=str(run_dir / "sft"))
     console.rule("reinforcement learning")
     result = Trainer(cfg, run_dir, resume=resume, console=console).train()
+    if not main:
+        return result
     _print_before_after(console, sft_result, result)
     if cfg.train.report:
         from epo.trainer.report import write_report

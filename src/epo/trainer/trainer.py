@@ -21,7 +21,7 @@ from epo.config import Config, save_config, to_yaml
 from epo.models import SharedValueHead, merge_and_save
 from epo.rollout.evaluate import EvalResult, eval_task_ids, evaluate
 from epo.rollout.types import SamplingParams
-from epo.trainer import setup
+from epo.trainer import distributed, setup
 from epo.trainer.checkpoint import GracefulExit, capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
 from epo.trainer.metrics import MetricsLogger, summary_line
 from epo.trainer.monitor import CascadeMonitor
@@ -47,14 +47,18 @@ class Trainer:
         self, cfg: Config, run_dir: str | Path | None = None, resume: bool = False, console: Console | None = None
     ):
         self.cfg = cfg
+        self.dist = distributed.init_from_env(cfg.model.device)  # torchrun/accelerate: join the group; else 1 process
         self.console = console or Console()
-        self.run_dir = Path(run_dir) if run_dir else default_run_dir(cfg)
+        if not self.dist.is_main:  # one voice: rank 0 prints, logs, evaluates and writes checkpoints
+            self.console = Console(quiet=True)
+        self.run_dir = Path(distributed.from_main(str(run_dir) if run_dir else str(default_run_dir(cfg))))
         self.resume = resume
         self.splits = setup.check_env(cfg)  # fail fast on a bad env name/split, before loading any model
         setup.set_threads()
         setup.seed_everything(cfg.train.seed)
-        self.device = setup.pick_device(cfg.model.device)
+        self.device = setup.pick_device(distributed.local_device(cfg.model.device))
         self.policy, self.tokenizer = setup.load_policy(cfg, self.device)
+        distributed.broadcast_parameters(self.policy)
         self.pad_id = self.tokenizer.pad_token_id
         self.optimizer = setup.make_optimizer(self.policy.parameters(), cfg.optim.lr, cfg)
         self.scheduler = setup.warmup_cosine(
@@ -65,6 +69,7 @@ class Trainer:
         self.critic_optimizer = self.critic_scheduler = None
         if self.critic is not None:
             self.critic.to(self.device)
+            distributed.broadcast_parameters(self.critic)
             self.critic_optimizer = setup.make_optimizer(self.critic.parameters(), cfg.optim.value_lr, cfg)
             self.critic_scheduler = setup.warmup_cosine(
                 self.critic_optimizer, cfg.train.total_steps, cfg.optim.warmup_ratio, cfg.optim.min_lr_ratio
@@ -81,27 +86,35 @@ class Trainer:
         """Run until train.total_steps (or until step `stop_after`, checkpointing there: simulates an interruption)."""
         cfg = self.cfg
         resume_step = self._restore() if self.resume else None
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, self.run_dir / "config.yaml")
+        main = self.dist.is_main
+        if main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            save_config(cfg, self.run_dir / "config.yaml")
         result = TrainResult(self.run_dir, self.step)
         self.console.print(
             f"[bold]epo[/] run dir: {self.run_dir}  ({cfg.algo.name}, EPO {cfg.epo.mode}, "
-            f"{cfg.env.name}, model {setup.model_source(cfg)}, device {self.device})"
+            f"{cfg.env.name}, model {setup.model_source(cfg)}, device {self.device}"
+            + (f", {self.dist.world_size} processes" if self.dist.enabled else "")
+            + ")"
         )
         with (
             setup.make_pool(cfg) as pool,
-            MetricsLogger(self.run_dir, cfg.train.tensorboard, cfg.train.wandb, resume_step=resume_step) as logger,
+            (
+                MetricsLogger(self.run_dir, cfg.train.tensorboard, cfg.train.wandb, resume_step=resume_step)
+                if main
+                else distributed.NullLogger()
+            ) as logger,
             GracefulExit(self.console.print) as stop,
             StepProgress(self.console, cfg.train.total_steps, self.step) as progress,
         ):
             collector = setup.make_collector(cfg, pool, self.policy, self.tokenizer)
             collector.on_turn = progress.turn
-            if self.step == 0 and cfg.train.eval_at_start:
+            if self.step == 0 and cfg.train.eval_at_start and main:
                 result.evals[0] = self._evaluate(collector, progress, logger)
             while self.step < cfg.train.total_steps:
                 metrics = self._rl_step(collector, progress)
                 self.step += 1
-                if self._eval_due():
+                if self._eval_due() and main:  # evaluation runs on rank 0 only
                     evals = self._evaluate(collector, progress, None)
                     result.evals[self.step] = evals
                     for ev in evals.values():
@@ -112,15 +125,16 @@ class Trainer:
                 for w in warnings:
                     self.console.print(f"[yellow]monitor:[/] {w.message}")
                 progress.step_done(summary_line(metrics, self.step))
-                stop_now = stop.requested or self.step == stop_after
+                stop_now = distributed.any_rank(stop.requested) or self.step == stop_after
                 if self.step % max(cfg.train.save_every, 1) == 0 or self.step == cfg.train.total_steps or stop_now:
                     self._save()
                 if stop_now:
                     result.interrupted = True
                     break
         result.steps_done = self.step
-        if self.step == cfg.train.total_steps:
-            self.export(self.run_dir / "final")
+        if self.step == cfg.train.total_steps and main:
+            self.export(self.run_dir / "final")  # consolidated HF export: weights are replicated, rank 0 has them
+        distributed.barrier()
         return result
 
     def export(self, out_dir: Path) -> Path:
@@ -133,12 +147,18 @@ class Trainer:
     def _rl_step(self, collector, progress) -> dict:
         cfg = self.cfg
         t0 = time.perf_counter()
-        tasks = self.sampler.sample(cfg.rollout.tasks_per_step)
+        tasks = self.sampler.sample(cfg.rollout.tasks_per_step)  # the same global list on every rank
         params = SamplingParams(
             cfg.rollout.temperature, cfg.rollout.top_p, cfg.rollout.top_k, cfg.rollout.max_new_tokens
         )
         progress.phase("rollout", collector.max_turns)
-        rollout = collector.collect(tasks, cfg.rollout.group_size, params)
+        if self.dist.enabled:  # this rank plays its chunk of whole groups; all ranks then hold the whole batch
+            distributed.seed_rollout(cfg.train.seed, self.step)
+            rollout = distributed.gather_rollout(
+                collector.collect(distributed.my_tasks(tasks), cfg.rollout.group_size, params)
+            )
+        else:
+            rollout = collector.collect(tasks, cfg.rollout.group_size, params)
         t1 = time.perf_counter()
         progress.phase("update", 0)
         data = prepare_step(self.policy, rollout.samples, self.pad_id, cfg, self.reference, self.critic)
@@ -231,7 +251,9 @@ class Trainer:
             return {n: p.detach().cpu().clone() for n, p in self.policy.named_parameters() if p.requires_grad}
         return {n: t.detach().cpu().clone() for n, t in self.policy.state_dict().items()}
 
-    def _save(self) -> Path:
+    def _save(self) -> Path | None:
+        if not self.dist.is_main:  # replicated weights and state: rank 0's checkpoint is the whole run's
+            return None
         optim = {"policy": self.optimizer.state_dict()}
         sched = {"policy": self.scheduler.state_dict()}
         value_state = None

@@ -33,6 +33,7 @@ from epo.algos import (
 from epo.config import Config
 from epo.models import SharedValueHead, response_logprobs
 from epo.rollout.types import TurnSample
+from epo.trainer import distributed as dist
 from epo.trainer.batching import MicroBatch, collate, pack_by_tokens
 
 
@@ -65,8 +66,10 @@ class MetricMeans:
                 self.weights[k] += weight
 
     def result(self) -> dict[str, float]:
-        out = {k: self.sums[k] / self.weights[k] for k in self.sums if self.weights[k] > 0}
-        out.update(self.maxes)
+        """Means over every rank's micro-batches (sums and weights all-reduced: not a mean of rank means)."""
+        sums, weights, maxes = dist.reduce_metric_sums(dict(self.sums), dict(self.weights), self.maxes)
+        out = {k: sums[k] / weights[k] for k in sums if weights.get(k, 0) > 0}
+        out.update(maxes)
         return out
 
 
@@ -94,7 +97,7 @@ def forward_pass(model, samples: list[TurnSample], pad_id: int, cfg: Config, wit
     logps: list[torch.Tensor | None] = [None] * len(samples)
     ents: list[torch.Tensor | None] = [None] * len(samples)
     values: list[torch.Tensor | None] = [None] * len(samples)
-    for micro in pack_by_tokens(list(range(len(samples))), samples, cfg.train.micro_batch_tokens):
+    for micro in dist.my_share(pack_by_tokens(list(range(len(samples))), samples, cfg.train.micro_batch_tokens)):
         mb = collate(samples, micro, pad_id).to(_device(model))
         stats = model_stats(model, mb, cfg, with_entropy, return_hidden=value_head is not None)
         for i, lp in zip(micro, mb.gather_tokens(stats.logprobs)):
@@ -105,17 +108,18 @@ def forward_pass(model, samples: list[TurnSample], pad_id: int, cfg: Config, wit
         if with_entropy:
             for i, h in zip(micro, mb.gather_tokens(stats.entropy)):
                 ents[i] = h
+    logps, ents, values = dist.merge_per_sample(logps), dist.merge_per_sample(ents), dist.merge_per_sample(values)
     return (logps, ents, values) if value_head is not None else (logps, ents)
 
 
 @torch.no_grad()
 def critic_values(critic, samples: list[TurnSample], pad_id: int, cfg: Config) -> list[torch.Tensor]:
     out: list[torch.Tensor | None] = [None] * len(samples)
-    for micro in pack_by_tokens(list(range(len(samples))), samples, cfg.train.micro_batch_tokens):
+    for micro in dist.my_share(pack_by_tokens(list(range(len(samples))), samples, cfg.train.micro_batch_tokens)):
         mb = collate(samples, micro, pad_id).to(_device(critic))
         for i, v in zip(micro, mb.gather_tokens(critic(mb.input_ids, mb.attention_mask))):
             out[i] = v
-    return out
+    return dist.merge_per_sample(out)
 
 
 def single_pass(cfg: Config, num_samples: int, critic=None) -> bool:
@@ -203,7 +207,7 @@ def update_policy(
     optimizers = [optimizer] + ([value_optimizer] if value_head is not None else [])
     samples = data.samples
     if data.old_logprobs is None:
-        data.entropy = [torch.empty(0)] * len(samples)
+        data.entropy = [None] * len(samples)  # filled by this rank's micro-batches, gathered below
     for _epoch in range(cfg.train.ppo_epochs):
         for mini in mini_batches(len(samples), cfg.train.mini_batch_size, rng):
             num_tokens = float(sum(len(samples[i].response_ids) for i in mini))
@@ -212,7 +216,7 @@ def update_policy(
             weight_of = dict(zip(mini, weights.tolist()))
             for opt in optimizers:
                 opt.zero_grad(set_to_none=True)
-            for micro in pack_by_tokens(mini, samples, cfg.train.micro_batch_tokens):
+            for micro in dist.my_share(pack_by_tokens(mini, samples, cfg.train.micro_batch_tokens)):
                 mb = collate(samples, micro, pad_id).to(_device(policy))
                 w = torch.tensor([weight_of[i] for i in micro], device=mb.turn_idx.device)
                 loss, metrics = micro_batch_loss(
@@ -220,6 +224,7 @@ def update_policy(
                 )
                 loss.backward()
                 means.add(metrics, weight=float(mb.response_mask.sum()))
+            dist.all_reduce_grads(params + ([p for p in value_head.parameters()] if value_head is not None else []))
             grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip or float("inf"))
             if value_head is not None:
                 vf_norm = torch.nn.utils.clip_grad_norm_(value_head.parameters(), cfg.optim.grad_clip or float("inf"))
@@ -227,6 +232,8 @@ def update_policy(
             for opt in optimizers:
                 opt.step()
             means.add({"actor/grad_norm": float(grad_norm)}, weight=1.0)
+    if data.old_logprobs is None:
+        data.entropy = dist.merge_per_sample(data.entropy)
     return means.result()
 
 
@@ -314,7 +321,7 @@ def update_critic(critic, optimizer, data: StepData, cfg: Config, pad_id: int, r
         for mini in mini_batches(len(samples), cfg.train.mini_batch_size, rng):
             num_tokens = float(sum(len(samples[i].response_ids) for i in mini))
             optimizer.zero_grad(set_to_none=True)
-            for micro in pack_by_tokens(mini, samples, cfg.train.micro_batch_tokens):
+            for micro in dist.my_share(pack_by_tokens(mini, samples, cfg.train.micro_batch_tokens)):
                 mb = collate(samples, micro, pad_id).to(_device(critic))
                 values = critic(mb.input_ids, mb.attention_mask)  # [B, T], V(state before token p) at p
                 loss, metrics = value_loss(
@@ -329,6 +336,7 @@ def update_critic(critic, optimizer, data: StepData, cfg: Config, pad_id: int, r
                 )
                 loss.backward()
                 means.add(metrics, weight=float(mb.response_mask.sum()))
+            dist.all_reduce_grads(params)
             grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip or float("inf"))
             optimizer.step()
             means.add({"critic/grad_norm": float(grad_norm)}, weight=1.0)

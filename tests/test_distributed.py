@@ -1,0 +1,205 @@
+"""Data parallel on torch.distributed (gloo, CPU, 2 real processes) equals one process with the same global batch.
+
+Both runs play the same episodes: generation goes through a backend whose response depends only on the prompt
+(sampled generation draws from per-rank RNG streams, so it cannot match a single process token for token); the
+episodes, GRPO groups and everything after them are the real code. After two RL steps the logged metrics (losses,
+grad norms, EPO terms, success rates), the last mini-batch's gradients, the weights and the EPO entropy history
+must agree to float tolerance, for GRPO+EPO and PPO+EPO. Rank 0's checkpoint of a 2-process run resumed on 1
+process and continued on 2 must give the same next-step metrics.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import socket
+import zlib
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+from rich.console import Console
+
+from epo.config import load_config
+from epo.trainer import distributed, setup
+from epo.trainer.distributed import shard_bounds
+from epo.trainer.metrics import read_metrics
+from epo.trainer.trainer import Trainer
+
+BASE = [
+    "model.path=tiny",
+    "env.pool_mode=inline",
+    "env.kwargs.difficulty=easy",
+    "env.max_turns=3",
+    "env.eval_splits=[iid]",
+    "agent.action_prefix=true",
+    "agent.max_prompt_tokens=384",
+    "rollout.tasks_per_step=4",
+    "rollout.max_new_tokens=5",
+    "train.total_steps=3",
+    "train.eval_every=0",
+    "train.eval_at_start=false",
+    "train.eval_episodes=2",
+    "train.save_every=1",
+    "train.micro_batch_tokens=1200",
+    "train.tensorboard=false",
+    "train.report=false",
+    "optim.lr=1e-3",
+    "optim.warmup_ratio=0",
+]
+CASES = {
+    # several mini-batches: separate old-policy pass, sharded and gathered
+    "grpo_epo": ["algo.name=grpo", "rollout.group_size=2", "epo.mode=on", "epo.smoothing_coef=1.0",
+                 "train.mini_batch_size=6"],
+    # one on-policy pass: the entropies entering the EPO history come from every rank's loss forward
+    "grpo_epo_single_pass": ["algo.name=grpo", "rollout.group_size=2", "epo.mode=on", "epo.smoothing_coef=1.0",
+                             "train.mini_batch_size=64", "algo.kl_coef=0.01"],
+    "ppo_epo": ["algo.name=ppo", "rollout.group_size=1", "epo.mode=on", "epo.smoothing_coef=1.0",
+                "train.mini_batch_size=5", "train.ppo_epochs=2"],
+}  # fmt: skip
+RL_STEPS = 2  # run to step 2 (of 3) and stop with a checkpoint; the resume test plays step 3
+SKIP_KEYS = ("time/", "perf/")
+REPLIES = ["look</action>", "inventory</action>", "go north</action>", "open door</action>", "xyzzy"]
+
+
+class PromptHashBackend:
+    """Deterministic stand-in for sampling: the reply is a function of the prompt tokens only (crc32, not hash():
+    hash() is salted per process)."""
+
+    def __init__(self, tokenizer):
+        self.replies = [tokenizer.encode(r, add_special_tokens=False) for r in REPLIES]
+
+    def generate(self, prompts, params):
+        return [list(self.replies[zlib.crc32(str(p).encode()) % len(self.replies)]) for p in prompts]
+
+
+def _patch_backend(monkeypatch_setattr) -> None:
+    make = setup.make_collector
+
+    def make_collector(cfg, pool, model, tokenizer):
+        collector = make(cfg, pool, model, tokenizer)
+        collector.backend = PromptHashBackend(tokenizer)
+        return collector
+
+    monkeypatch_setattr(setup, "make_collector", make_collector)
+
+
+def _config(case: str):
+    return load_config(None, BASE + CASES[case])
+
+
+def _run(case: str, run_dir: Path, resume: bool = False, stop_after: int | None = RL_STEPS) -> dict:
+    """Train (or resume) and return what the comparison needs (rank 0's view is the logged one)."""
+    trainer = Trainer(_config(case), run_dir, resume=resume, console=Console(quiet=True))
+    trainer.train(stop_after=stop_after)
+    trainable = [p for p in trainer.policy.parameters() if p.requires_grad]
+    return {
+        "params": torch.cat([p.detach().flatten() for p in trainer.policy.parameters()]),
+        "grads": torch.cat([p.grad.flatten() for p in trainable if p.grad is not None]),
+        "history": trainer.history.state_dict(),
+    }
+
+
+def _worker(rank: int, world: int, port: int, out: str, jobs: list[tuple[str, str, bool]]) -> None:
+    os.environ.update(
+        RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
+    )
+    torch.set_num_threads(1)
+    _patch_backend(lambda obj, name, value: setattr(obj, name, value))
+    for case, run_dir, resume in jobs:
+        state = _run(case, Path(run_dir), resume=resume, stop_after=None if resume else RL_STEPS)
+        torch.save(state, Path(out) / f"{Path(run_dir).name}_rank{rank}.pt")
+    distributed.shutdown()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _spawn(world: int, out: Path, jobs: list[tuple[str, str, bool]]) -> None:
+    mp.start_processes(_worker, args=(world, _free_port(), str(out), jobs), nprocs=world, start_method="spawn")
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Every case once on 1 process (here) and on 2 processes (one spawn for all cases: imports are the slow part)."""
+    root = tmp_path_factory.mktemp("dist")
+    mp_ = pytest.MonkeyPatch()
+    _patch_backend(mp_.setattr)
+    try:
+        single = {case: _run(case, root / f"{case}_1p") for case in CASES}
+    finally:
+        mp_.undo()
+    _spawn(2, root, [(case, str(root / f"{case}_2p"), False) for case in CASES])
+    double = {case: torch.load(root / f"{case}_2p_rank0.pt") for case in CASES}
+    return root, single, double
+
+
+def _close(a: float, b: float) -> bool:
+    if isinstance(a, float) and math.isnan(a):
+        return isinstance(b, float) and math.isnan(b)
+    return math.isclose(a, b, rel_tol=1e-4, abs_tol=1e-6)
+
+
+def _assert_same_metrics(dir_a: Path, dir_b: Path, steps: list[int]) -> None:
+    rows_a = {r["step"]: r for r in read_metrics(dir_a) if "actor/pg_loss" in r}
+    rows_b = {r["step"]: r for r in read_metrics(dir_b) if "actor/pg_loss" in r}
+    assert sorted(rows_a) == sorted(rows_b) == steps
+    for step in steps:
+        a, b = rows_a[step], rows_b[step]
+        assert sorted(a) == sorted(b), f"step {step}: different metric keys"
+        for key in a:
+            if key.startswith(SKIP_KEYS):
+                continue
+            va, vb = a[key], b[key]
+            if isinstance(va, list):
+                assert len(va) == len(vb) and all(_close(x, y) for x, y in zip(va, vb)), (step, key, va, vb)
+            else:
+                assert _close(va, vb), (step, key, va, vb)
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_two_processes_equal_one(runs, case):
+    root, single, double = runs
+    _assert_same_metrics(root / f"{case}_1p", root / f"{case}_2p", [1, 2])
+    one, two = single[case], double[case]
+    assert torch.allclose(one["grads"], two["grads"], rtol=1e-4, atol=1e-6), (one["grads"] - two["grads"]).abs().max()
+    assert torch.allclose(one["params"], two["params"], atol=1e-6)
+    assert one["history"]["num_updates"] == two["history"]["num_updates"] == RL_STEPS
+    for t, stat in one["history"]["stats"].items():
+        assert stat == pytest.approx(two["history"]["stats"][t], rel=1e-5), t
+    # the two ranks hold identical weights (replicated data parallel), and the update moved them
+    rank1 = torch.load(root / f"{case}_2p_rank1.pt")
+    assert torch.equal(two["params"], rank1["params"])
+    # the rollout really was split: both ranks' episodes are in the global batch (4 tasks -> 2 per rank)
+    rows = [r for r in read_metrics(root / f"{case}_2p") if "rollout/samples" in r]
+    assert rows[0]["rollout/samples"] >= _config(case).rollout.tasks_per_step * _config(case).rollout.group_size
+
+
+def test_resume_two_processes_on_one_and_two(runs, tmp_path):
+    """Rank 0's checkpoint (step 2) of the 2-process GRPO+EPO run, continued to step 3 on 1 and on 2 processes."""
+    import shutil
+
+    root, _, _ = runs
+    case = "grpo_epo"
+    on_one, on_two = tmp_path / "on_one", tmp_path / "on_two"
+    shutil.copytree(root / f"{case}_2p", on_one)
+    shutil.copytree(root / f"{case}_2p", on_two)
+    mp_ = pytest.MonkeyPatch()
+    _patch_backend(mp_.setattr)
+    try:
+        _run(case, on_one, resume=True, stop_after=None)
+    finally:
+        mp_.undo()
+    _spawn(2, tmp_path, [(case, str(on_two), True)])
+    _assert_same_metrics(on_one, on_two, [1, 2, 3])
+
+
+def test_shard_bounds_cover_every_task_once():
+    for n in range(0, 9):
+        for world in (1, 2, 3, 4):
+            chunks = [shard_bounds(n, world, r) for r in range(world)]
+            assert [i for s, e in chunks for i in range(s, e)] == list(range(n))
