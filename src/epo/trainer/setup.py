@@ -16,7 +16,13 @@ from epo.agent import PromptBuilder
 from epo.config import Config
 from epo.envs import get_spec
 from epo.envs.pool import EnvPool
-from epo.models import apply_lora, enable_activation_checkpointing, freeze_to_top_layers, load_model_and_tokenizer
+from epo.models import (
+    apply_lora,
+    enable_activation_checkpointing,
+    freeze_to_top_layers,
+    load_model_and_tokenizer,
+    only_adapters_train,
+)
 from epo.rollout.backend import HFBackend
 from epo.rollout.collector import Collector
 
@@ -82,9 +88,13 @@ def warmup_cosine(optimizer, total_steps: int, warmup_ratio: float, min_lr_ratio
 
 
 def make_reference(policy, cfg: Config):
-    """Frozen copy of the initial policy for the KL term (None when kl_coef is 0: saves a model copy)."""
+    """The initial policy for the KL term (None when kl_coef is 0). With LoRA (adapters the only trainable
+    parameters) it is the policy object itself, run with its adapters disabled (prepare_step): no second copy.
+    Otherwise a frozen deep copy."""
     if cfg.algo.kl_coef <= 0:
         return None
+    if only_adapters_train(policy):
+        return policy
     ref = copy.deepcopy(policy)
     ref.requires_grad_(False)
     return ref.eval()

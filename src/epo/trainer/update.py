@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import random
 from collections import defaultdict
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -31,7 +32,7 @@ from epo.algos import (
     whiten,
 )
 from epo.config import Config
-from epo.models import SharedValueHead, response_logprobs
+from epo.models import SharedValueHead, adapter_disabled, response_logprobs
 from epo.rollout.types import TurnSample
 from epo.trainer import distributed as dist
 from epo.trainer.batching import MicroBatch, collate, pack_by_tokens
@@ -145,8 +146,9 @@ def prepare_step(policy, samples: list[TurnSample], pad_id: int, cfg: Config, re
     else:
         old_logprobs, entropy = forward_pass(policy, samples, pad_id, cfg, with_entropy=True)
     data = StepData(samples, old_logprobs, entropy, advantages=[])
-    if ref_policy is not None:
-        data.ref_logprobs, _ = forward_pass(ref_policy, samples, pad_id, cfg, with_entropy=False)
+    if ref_policy is not None:  # the policy itself under LoRA: its base model, adapters disabled (setup)
+        with adapter_disabled(ref_policy) if ref_policy is policy else nullcontext():
+            data.ref_logprobs, _ = forward_pass(ref_policy, samples, pad_id, cfg, with_entropy=False)
     if cfg.algo.name == "grpo":
         scores = torch.tensor([s.reward for s in samples], dtype=torch.float32)
         adv = grpo_advantages(
