@@ -96,7 +96,7 @@ def _run(case: str, run_dir: Path, resume: bool = False, stop_after: int | None 
     trainable = [p for p in trainer.policy.parameters() if p.requires_grad]
     return {
         "params": torch.cat([p.detach().flatten() for p in trainer.policy.parameters()]),
-        "grads": torch.cat([p.grad.flatten() for p in trainable if p.grad is not None]),
+        "grads": torch.cat([(torch.zeros_like(p) if p.grad is None else p.grad).flatten() for p in trainable]),
         "history": trainer.history.state_dict(),
     }
 
@@ -179,23 +179,29 @@ def test_two_processes_equal_one(runs, case):
     assert rows[0]["rollout/samples"] >= _config(case).rollout.tasks_per_step * _config(case).rollout.group_size
 
 
-def test_resume_two_processes_on_one_and_two(runs, tmp_path):
-    """Rank 0's checkpoint (step 2) of the 2-process GRPO+EPO run, continued to step 3 on 1 and on 2 processes."""
+def test_resume_on_a_different_number_of_processes(runs, tmp_path):
+    """The step-2 checkpoints of the 1- and 2-process GRPO+EPO runs, each continued to step 3 on 1 and on 2
+    processes (2->1, 2->2, 1->2, 1->1): the same step-3 metrics every way."""
     import shutil
 
     root, _, _ = runs
     case = "grpo_epo"
-    on_one, on_two = tmp_path / "on_one", tmp_path / "on_two"
-    shutil.copytree(root / f"{case}_2p", on_one)
-    shutil.copytree(root / f"{case}_2p", on_two)
+    dirs = {}
+    for src in ("1p", "2p"):
+        for dst in ("1p", "2p"):
+            dirs[src, dst] = tmp_path / f"from{src}_on{dst}"
+            shutil.copytree(root / f"{case}_{src}", dirs[src, dst])
     mp_ = pytest.MonkeyPatch()
     _patch_backend(mp_.setattr)
     try:
-        _run(case, on_one, resume=True, stop_after=None)
+        for src in ("1p", "2p"):
+            _run(case, dirs[src, "1p"], resume=True, stop_after=None)
     finally:
         mp_.undo()
-    _spawn(2, tmp_path, [(case, str(on_two), True)])
-    _assert_same_metrics(on_one, on_two, [1, 2, 3])
+    _spawn(2, tmp_path, [(case, str(dirs[src, "2p"]), True) for src in ("1p", "2p")])
+    reference = dirs["2p", "2p"]  # continuing the 2-process run as it was
+    for run_dir in dirs.values():
+        _assert_same_metrics(reference, run_dir, [1, 2, 3])
 
 
 def test_shard_bounds_cover_every_task_once():

@@ -123,6 +123,18 @@ def list_older(cfg: Config) -> bool:
 
 def make_pool(cfg: Config) -> EnvPool:
     get_spec(cfg.env.name)  # unknown env names fail here, with the list of known ones
+    if cfg.env.executor == "ray":
+        from epo.envs.ray_pool import RayEnvPool
+
+        return RayEnvPool(
+            cfg.env.name,
+            dict(cfg.env.kwargs),
+            num_workers=cfg.env.num_workers,
+            step_timeout_s=cfg.env.step_timeout_s,
+            num_cpus_per_worker=cfg.env.ray_num_cpus,
+            memory_mb=cfg.env.ray_memory_mb,
+            address=cfg.env.ray_address,
+        )
     return EnvPool(
         cfg.env.name,
         dict(cfg.env.kwargs),
