@@ -57,6 +57,9 @@ CASES = {
                              "train.mini_batch_size=64", "algo.kl_coef=0.01"],
     "ppo_epo": ["algo.name=ppo", "rollout.group_size=1", "epo.mode=on", "epo.smoothing_coef=1.0",
                 "train.mini_batch_size=5", "train.ppo_epochs=2"],
+    # the critic as a head on the policy's hidden states, trained by the policy's backward
+    "ppo_shared_epo": ["algo.name=ppo", "model.value_model=shared", "rollout.group_size=1", "epo.mode=on",
+                       "train.mini_batch_size=64"],
 }  # fmt: skip
 RL_STEPS = 2  # run to step 2 (of 3) and stop with a checkpoint; the resume test plays step 3
 SKIP_KEYS = ("time/", "perf/")

@@ -41,6 +41,7 @@ def train_pipeline(
         cfg = dataclasses.replace(cfg, init_from=str(run_dir / "sft"))
     console.rule("reinforcement learning")
     result = Trainer(cfg, run_dir, resume=resume, console=console).train()
+    distributed.shutdown()  # train() ended with a barrier: no collective is left
     if not main:
         return result
     _print_before_after(console, sft_result, result)
