@@ -33,13 +33,13 @@ SECTION = "## Distributed training"
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def overrides(steps: int, tasks: int, group: int) -> list[str]:
+def overrides(steps: int, tasks: int, group: int, turns: int) -> list[str]:
     return [
         "sft.warm_start=false",
         f"train.total_steps={steps}",
         f"rollout.tasks_per_step={tasks}",
         f"rollout.group_size={group}",
-        "env.max_turns=6",
+        f"env.max_turns={turns}",
         "env.num_workers=1",
         "train.eval_every=0",
         "train.eval_episodes=1",
@@ -52,7 +52,7 @@ def overrides(steps: int, tasks: int, group: int) -> list[str]:
 def run(kind: str, args, workdir: Path) -> dict:
     run_dir = workdir / kind.replace(" ", "_")
     cli = ["-m", "epo.cli", "train", "--config", "quest_demo_cpu", "--run-dir", str(run_dir)]
-    cli += overrides(args.steps, args.tasks, args.group)
+    cli += overrides(args.steps, args.tasks, args.group, args.turns)
     env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), HF_HUB_OFFLINE="1")
     if kind.startswith("2 processes"):
         torchrun = str(Path(sys.executable).with_name("torchrun"))
@@ -76,13 +76,17 @@ def run(kind: str, args, workdir: Path) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--steps", type=int, default=3)
-    ap.add_argument("--tasks", type=int, default=4)
+    ap.add_argument("--steps", type=int, default=2)
+    ap.add_argument("--tasks", type=int, default=2)
+    ap.add_argument("--turns", type=int, default=3)
     ap.add_argument("--group", type=int, default=2)
     ap.add_argument("--port", type=int, default=29533)
     ap.add_argument("--no-write", action="store_true")
+    ap.add_argument("--skip-2-threads", action="store_true", help="leave out 1 process x 2 threads (slow when loaded)")
     args = ap.parse_args()
     kinds = ["1 process, 1 thread", "1 process, 2 threads", "2 processes, 1 thread each"]
+    if args.skip_2_threads:
+        kinds.remove("1 process, 2 threads")
     machine = machine_info()
     workdir = Path(tempfile.mkdtemp(prefix="epo_bench_dist_"))
     try:
@@ -103,12 +107,12 @@ def main() -> None:
             f"{base / r['time/step_s']:.2f}x | {r['samples']:.0f} | {r['wall']:.0f} |"
         )
     body = f"""Command: `nice -n 10 python bench/bench_distributed.py --steps {args.steps} --tasks {args.tasks} \
---group {args.group}`
+--group {args.group} --turns {args.turns}{" --skip-2-threads" if args.skip_2_threads else ""}`
 
 {machine}
 
 `epo train --config quest_demo_cpu` (embedded SmolLM2-135M, top 10 blocks trainable, GRPO+EPO, single-pass
-update) without the warm start: {args.tasks} tasks x {args.group} rollouts per step, 6-turn episodes, {args.steps}
+update) without the warm start: {args.tasks} tasks x {args.group} rollouts per step, {args.turns}-turn episodes, {args.steps}
 steps; times are means over steps 2..{args.steps} (step 1 pays one-time warm-up) from metrics.jsonl. Two processes
 split the tasks (whole groups per rank) and the update's micro-batches, and sum gradients over gloo. On a
 2-core machine two single-threaded processes compete with the same cores as one two-threaded process, so expect
