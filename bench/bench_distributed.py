@@ -115,9 +115,11 @@ def main() -> None:
 update) without the warm start: {args.tasks} tasks x {args.group} rollouts per step, {args.turns}-turn episodes, {args.steps}
 steps; times are means over steps 2..{args.steps} (step 1 pays one-time warm-up) from metrics.jsonl. Two processes
 split the tasks (whole groups per rank) and the update's micro-batches, and sum gradients over gloo. On a
-2-core machine two single-threaded processes compete with the same cores as one two-threaded process, so expect
-little: the point is that the distributed path costs no more than the threads it replaces. Rollout lengths differ
-between runs (sampling), so compare step times with the samples per step in view.
+2-core machine two single-threaded processes compete for the same cores as one two-threaded process, and on
+a shared, loaded machine a second process finds no free core at all: expect little or a loss. What it
+costs on top of the compute: the gather of the rollout and of per-token entropies, and one all-reduce of the
+trainable gradients per mini-batch (10 blocks of SmolLM2-135M here, ~35 M fp32 values, 140 MB). Rollout lengths
+differ between runs (sampling), so compare step times with the samples per step in view.
 
 {chr(10).join(lines)}
 """
