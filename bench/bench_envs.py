@@ -3,6 +3,7 @@
     python bench/bench_envs.py                       # quest, default difficulty
     python bench/bench_envs.py quest alfworld --workers 1 2 --slots 16 --steps 4000
     python bench/bench_envs.py quest --env-kwargs '{}' '{"difficulty": "easy"}' --no-write
+    python bench/bench_envs.py --smoke                # seconds: what CI runs
 
 Actions are drawn uniformly from the admissible list (seeded), so episodes are long and rarely won: this measures
 the env machinery, not a policy. Results go to the "## Environments" section of docs/BENCHMARKS.md (only that
@@ -112,7 +113,11 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20000, help="env steps per measurement")
     parser.add_argument("--repeats", type=int, default=3, help="best of N (the machine may be shared)")
     parser.add_argument("--no-write", action="store_true")
+    parser.add_argument("--smoke", action="store_true", help="quest, 1 worker, 2 slots, 200 steps, no write (CI)")
     args = parser.parse_args()
+    if args.smoke:
+        args.envs, args.env_kwargs, args.workers = ["quest"], ["{}"], [1]
+        args.slots, args.steps, args.repeats, args.no_write = 2, 200, 1, True
     command = shlex.join(["python", "bench/bench_envs.py", *sys.argv[1:]])
     lines = [SECTION, "", f"Command: `{command}`", "", machine_info(), "",
              "Steps/s count env steps (one slot, one action) with uniformly random admissible actions. A process "

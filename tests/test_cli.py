@@ -75,6 +75,7 @@ def test_train_eval_report_round_trip(tmp_path):
     run = tmp_path / "run"
     result = runner.invoke(app, ["train", "--config", "quest_demo_cpu", "--run-dir", str(run), *TINY])
     assert result.exit_code == 0, result.output
+    assert result.output.count("precision: ") == 1  # once per command, warm-start SFT included
     assert (run / "metrics.jsonl").is_file() and (run / "report").is_dir()
     gains = json.loads((run / "before_after.json").read_text())["iid"]
     assert gains["end_of_rl"]["episodes"] == 2 and 0.0 <= gains["p_rl_gain"] <= 1.0

@@ -90,6 +90,7 @@ def test_random_model_rollout_is_consistent_and_penalised(pool, tiny):
         assert 0 < len(s.response_ids) <= 6 + 1
         expected = (10.0 if result.trajectories[s.traj_id].won else 0.0) - (0.1 if s.invalid else 0.0)
         assert s.reward == pytest.approx(expected)
+        assert s.shaping == pytest.approx(-0.1 if s.invalid else 0.0)  # the turn's own part (turn-level GAE)
     assert sum(s.invalid for s in result.samples) == sum(t.invalid_turns for t in result.trajectories)
 
 

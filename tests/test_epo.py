@@ -281,3 +281,17 @@ def test_turn_metrics_names():
     hist.update({0: 1.0, 12: 2.0})
     m = turn_metrics({0: 1.5}, hist)
     assert m == {"epo/entropy_turn/00": 1.5, "epo/hbar_turn/00": 1.0, "epo/hbar_turn/12": 2.0}
+
+
+def test_history_reference_uses_the_entropy_dtype():
+    """H̄ = 0.1 and κ_r = 2 put the upper band edge at 0.2; an fp64 entropy of 0.2 + 1e-10 is above it. Built in
+    fp32 first, H̄ would be 0.1000000015 and the edge 0.200000003: the token would count as inside the band."""
+    hist = EntropyHistory("cumulative")
+    hist.update({0: 0.1})
+    hbar, _ = hist.reference(torch.tensor([0]), dtype=torch.float64)
+    assert hbar.dtype == torch.float64 and hbar.item() == 0.1
+    entropy = torch.tensor([[0.2 + 1e-10]], dtype=torch.float64)
+    mask = torch.ones(1, 1, dtype=torch.float64)
+    penalty, metrics = smoothing_penalty(entropy, mask, torch.tensor([0]), hist, kappa_low=0.0, kappa_high=2.0)
+    assert metrics["epo/frac_above"] == 1.0
+    assert penalty.item() == pytest.approx(1e-10, rel=1e-3)

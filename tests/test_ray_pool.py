@@ -78,8 +78,26 @@ def test_killed_actor_truncates_its_episodes_and_is_replaced(faulty_ray_pool):
     assert outs[1][0] == "t1:a#2" and not outs[1][3]
     check_truncated(pool.step({2: "a"})[2], "worker_crash", "t2")  # not stepped then, told now
     assert pool.step({3: "a"})[3][0] == "t3:a#1"
+    # the crash is reported for the fault log like the local pool's: one PoolFault per episode it ended
+    faults = pool.drain_faults()
+    assert sorted((f.worker, f.reason, f.task) for f in faults) == [
+        (0, "worker_crash", "t0"),
+        (0, "worker_crash", "t2"),
+    ]
+    assert pool.drain_faults() == []
     pool.reset(["t0", "t1"])  # the replacement actor serves again
     assert pool.step({0: "win"})[0][2] and pool.worker_pids()[0] != old_pid
+
+
+def test_actor_killed_between_episodes_loses_no_reset(faulty_ray_pool):
+    """A dead idle actor fails its reset, is replaced, and the reset is retried once on the new actor."""
+    pool = faulty_ray_pool
+    pool.reset(["t0", "t1"])
+    ray.kill(pool.actors()[0])
+    outs = pool.reset(["t2", "t3"])
+    assert len(outs) == 2
+    assert pool.step({0: "a"})[0][0] == "t2:a#1"
+    assert [f.reason for f in pool.drain_faults()] == ["worker_crash"]
 
 
 def test_hanging_env_times_out_and_env_errors_stay_per_slot(faulty_ray_pool):

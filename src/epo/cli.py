@@ -1,4 +1,4 @@
-"""`epo` command line: parses arguments and calls the library; nothing else lives here."""
+"""`epo` command line: parses arguments and calls the Python API (epo.api); nothing else lives here."""
 
 from __future__ import annotations
 
@@ -24,20 +24,37 @@ PRESET_HELP = "Preset name (see `epo presets`) or a YAML file."
 OVERRIDES_HELP = "Dot-list overrides, e.g. epo.mode=on rollout.group_size=4."
 
 
+_DEBUG = {"on": False}
+
+
+@app.callback()
+def main(debug: bool = typer.Option(False, "--debug", help="Show the full traceback of every error.")) -> None:
+    _DEBUG["on"] = debug
+
+
 def _fail(message: str) -> None:
-    console.print(f"[red]error:[/] {message}", soft_wrap=True, markup=True, highlight=False)
+    from rich.markup import escape
+
+    console.print(f"[red]error:[/] {escape(message)}", soft_wrap=True, markup=True, highlight=False)
     raise typer.Exit(2)
 
 
-def _guard(fn):
-    """Known error types become one red line and exit code 2 (tracebacks are for bugs)."""
-    from epo.config import ConfigError
-    from epo.envs import UnknownEnvError
-    from epo.trainer.checkpoint import CheckpointError
+def _warn(message: str) -> None:
+    from rich.markup import escape
 
+    console.print(f"[yellow]warning:[/] {escape(message)}", soft_wrap=True, highlight=False)
+
+
+def _guard(fn):
+    """The project's own errors (`epo.errors.EpoError`: bad input or a bad state on disk) become one line and exit
+    code 2. Anything else (out of memory, CUDA errors, bugs) keeps its traceback; `epo --debug` shows it for all."""
+    from epo.errors import EpoError
+
+    if _DEBUG["on"]:
+        return fn()
     try:
         return fn()
-    except (ConfigError, UnknownEnvError, CheckpointError, FileNotFoundError, ValueError, RuntimeError) as e:
+    except EpoError as e:
         _fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
 
 
@@ -49,26 +66,35 @@ def _load(preset: str | None, overrides: list[str] | None):
 
 @app.command()
 def train(
-    config: str = typer.Option("quest_demo_cpu", "--config", "-c", help=PRESET_HELP),
+    config: str = typer.Option(None, "--config", "-c", help=PRESET_HELP + " [default: quest_demo_cpu]"),
     overrides: list[str] = typer.Argument(None, help=OVERRIDES_HELP),
-    resume: Path = typer.Option(None, "--resume", help="Continue this run dir from its last valid checkpoint."),
+    resume: Path = typer.Option(
+        None, "--resume", help="Continue this run dir from its last valid checkpoint, with its saved config."
+    ),
     run_dir: Path = typer.Option(None, "--run-dir", help="Where to write the run (default runs/<preset>-<time>)."),
 ):
-    """Train with PPO/GRPO (+EPO); optional behaviour-cloning warm start; report at the end."""
+    """Train with PPO/GRPO (+EPO); optional behaviour-cloning warm start; report at the end.
+
+    Exit codes: 0 done, 2 an error (one line), 130/143 stopped by SIGINT/SIGTERM after a checkpoint (resumable)."""
 
     def go():
-        from epo.trainer.pipeline import train_pipeline
+        from epo import api
 
-        cfg = _load(config, overrides)
-        if resume is not None:
-            saved = resume / "config.yaml"
-            if not saved.is_file():
-                raise FileNotFoundError(f"--resume {resume}: no config.yaml there (not a run dir)")
-            cfg_resumed = _load(str(saved), overrides)
-            return train_pipeline(cfg_resumed, resume, resume=True, console=console)
-        return train_pipeline(cfg, run_dir, preset_name=Path(config).stem, console=console)
+        return api.train(config, overrides, run_dir=run_dir, resume=resume, console=console)
 
-    _guard(go)
+    result = _guard(go)
+    if result is not None and result.interrupted:
+        _exit_interrupted(result)
+
+
+def _exit_interrupted(result) -> None:
+    import signal
+
+    from epo.trainer.rundir import EXIT_INTERRUPTED, resume_command
+
+    console.print(f"stopped at step {result.steps_done}; continue with: {resume_command(result.run_dir)}")
+    sig = getattr(signal, result.stop_signal, signal.SIGINT) if result.stop_signal else signal.SIGINT
+    raise typer.Exit(EXIT_INTERRUPTED[sig])
 
 
 @app.command()
@@ -76,16 +102,27 @@ def sft(
     config: str = typer.Option("quest_demo_cpu", "--config", "-c", help=PRESET_HELP),
     overrides: list[str] = typer.Argument(None, help=OVERRIDES_HELP),
     out: Path = typer.Option(Path("runs/sft"), "--out", help="Output dir (export/ inside is the warm start)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue a stopped run in --out from its checkpoint."),
 ):
     """Behaviour cloning on the env's oracle trajectories (warm start for RL)."""
 
     def go():
-        from epo.trainer.sft import run_sft
+        from epo import api
 
-        res = run_sft(_load(config, overrides), out, console=console)
+        res = api.sft(config, overrides, out=out, resume=resume, console=console)
+        if res.interrupted:
+            console.print(f"resume with: epo sft --config {config} --out {out} --resume", soft_wrap=True)
+            return res
         console.print(f"start RL from it with: epo train --config {config} init_from={res.out_dir}")
+        return res
 
-    _guard(go)
+    res = _guard(go)
+    if res is not None and res.interrupted:  # 130/143 as for `epo train`
+        import signal
+
+        from epo.trainer.rundir import EXIT_INTERRUPTED
+
+        raise typer.Exit(EXIT_INTERRUPTED[getattr(signal, res.stop_signal or "SIGINT", signal.SIGINT)])
 
 
 @app.command("eval")
@@ -101,17 +138,11 @@ def eval_cmd(
     """Evaluate a policy on env splits: success with 95% CI, turns, invalid rate, per-task-type table."""
 
     def go():
-        from epo.trainer.pipeline import evaluate_policy
+        from epo import api
 
-        extra = list(overrides or [])
-        if model:
-            extra.append(f"init_from={model}")
-        if episodes is not None:
-            extra.append(f"train.eval_episodes={episodes}")
-        if temperature is not None:
-            extra.append(f"train.eval_temperature={temperature}")
-        cfg = _load(config, extra)
-        results = evaluate_policy(cfg, split or cfg.env.eval_splits, console=console)
+        results = api.evaluate(
+            config, overrides, model=model, splits=split, episodes=episodes, temperature=temperature, console=console
+        )
         _print_eval(results)
         if out:
             out.write_text(json.dumps({k: v.__dict__ for k, v in results.items()}, indent=1))
@@ -138,14 +169,39 @@ def report(
     """Plots (PNG) and a Markdown summary comparing runs."""
 
     def go():
-        from epo.trainer.report import write_report
+        from epo import api
 
-        for d in run_dirs:
-            if not (d / "metrics.jsonl").is_file():
-                raise FileNotFoundError(f"{d}: no metrics.jsonl (not a run dir)")
-        target = out or (run_dirs[0] / "report" if len(run_dirs) == 1 else Path("report"))
-        path = write_report(list(run_dirs), target)
-        console.print(f"report: {path}")
+        console.print(f"report: {api.report(list(run_dirs), out, on_issue=_warn)}")
+
+    _guard(go)
+
+
+@app.command()
+def sweep(
+    grid: Path = typer.Argument(..., help="GRID.yaml: base preset, overrides, methods (overrides each) and seeds."),
+    out: Path = typer.Option(None, "--out", help="Sweep dir (default sweeps/<grid name>)."),
+    ray: bool = typer.Option(False, "--ray", help="Run the runs as Ray tasks (RAY_ADDRESS or a local instance)."),
+    cpus_per_run: float = typer.Option(1.0, "--cpus-per-run", help="CPUs Ray reserves for each run."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the runs' commands; run nothing."),
+):
+    """Run a grid of (method overrides x seeds) resumably, then write the aggregated report (`epo report DIR`)."""
+
+    def go():
+        from epo.sweep import load_grid, run_sweep, write_sweep_report
+        from epo.sweep.runner import train_command
+
+        g = load_grid(grid)
+        target = out or Path("sweeps") / grid.stem
+        if dry_run:
+            for run in g.runs():
+                console.print(" ".join(train_command(g, run, target)[1:]), soft_wrap=True, highlight=False)
+            return
+        echo = lambda line: console.print(line, soft_wrap=True, highlight=False)  # noqa: E731  (paths stay on one line)
+        status = run_sweep(g, target, ray=ray, cpus_per_run=cpus_per_run, echo=echo)
+        console.print(f"report: {write_sweep_report(target)}")
+        failed = sorted(k for k, v in status.items() if v["state"] != "done")
+        if failed:
+            _fail(f"{len(failed)} run(s) failed: {', '.join(failed)} (logs in {target}); rerun to retry them")
 
     _guard(go)
 

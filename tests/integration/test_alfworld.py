@@ -1,7 +1,8 @@
 """ALFWorld: game conversion and splits (no alfworld needed), then the real engine + hand-coded expert.
 
-The played games were checked to be won by alfworld's hand-coded expert (seeded: its random choices are
-reproducible) in at most 12 steps.
+All tests run on the repository's fixture games (tests/fixtures/alfworld: one game per task type and split), so a
+bare clone passes them; only the check of the full splits' sizes needs the full data. The played games were checked
+to be won by alfworld's hand-coded expert (seeded: its random choices are reproducible) in at most 12 steps.
 """
 
 from __future__ import annotations
@@ -22,7 +23,9 @@ from epo.envs.alfworld_games import (
     list_task_ids,
     task_type,
 )
+from epo.envs.testing import check_env
 
+FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "alfworld"
 FAKE_HELP = '\naction help {\n    template :: "help";\n}\n'
 # two games per split: a "look" and a "pick" game, the task types the hand-coded expert solves reliably
 PLAYED = {
@@ -44,7 +47,7 @@ ONE_GAME = PLAYED["iid"][0]
 
 # ---- no alfworld needed ----
 def test_conversion_applies_the_four_edits_once():
-    source = json.loads((find_data_dir() / JSON_DIR / ONE_GAME / GAME_FILE).read_text())
+    source = json.loads((find_data_dir(FIXTURE) / JSON_DIR / ONE_GAME / GAME_FILE).read_text())
     assert source["grammar"].count("put {o} in/on {r}") == 2  # PutObject + PutEmptyReceptacleObjectinReceptacle
     game = convert_game(source, FAKE_HELP)
     domain, grammar = game["pddl_domain"], game["grammar"]
@@ -60,7 +63,7 @@ def test_conversion_applies_the_four_edits_once():
 
 
 def test_game_cache_converts_on_first_use_only(tmp_path):
-    cache = GameCache(find_data_dir(), FAKE_HELP, tmp_path)
+    cache = GameCache(find_data_dir(FIXTURE), FAKE_HELP, tmp_path)
     path = cache.game_file(ONE_GAME)
     assert path == tmp_path / ONE_GAME / GAME_FILE and (path.parent / "traj_data.json").is_file()
     assert list(tmp_path.rglob(GAME_FILE)) == [path]  # one game converted, not the split
@@ -70,16 +73,29 @@ def test_game_cache_converts_on_first_use_only(tmp_path):
         cache.game_file("valid_seen/../../etc")
 
 
-def test_splits_and_task_types():
-    splits = SPEC.splits()
+def test_fixture_splits_and_task_types():
+    splits = SPEC.splits(data_dir=str(FIXTURE))
+    assert {k: len(v) for k, v in splits.items()} == {"train": 6, "iid": 6, "ood": 6}
+    kinds = {"pick", "look", "clean", "heat", "cool", "pick_two"}
+    assert all(sorted(task_type(t) for t in ids) == sorted(kinds) for ids in splits.values())  # one game per type
+    assert all(t in splits[split] for split, games in PLAYED.items() for t in games)
+    assert all(t.startswith("valid_train/") for t in splits["train"])
+    assert task_type(PLAYED["ood"][1]) == "pick"
+    with pytest.raises(ValueError, match="not an ALFWorld task id"):
+        task_type("boil/3")
+
+
+def test_full_splits_and_task_types():
+    try:
+        data_dir = find_data_dir()
+    except FileNotFoundError:
+        pytest.skip("full ALFWorld data not found (alfworld-download, $ALFWORLD_DATA or ../shared): fixture-only run")
+    splits = SPEC.splits(data_dir=str(data_dir))
     assert {k: len(v) for k, v in splits.items()} == {"train": 200, "iid": 140, "ood": 134}
     assert all(t.startswith("valid_train/") for t in splits["train"])
     assert not set(splits["iid"]) & set(splits["ood"])
     counts = {kind: sum(task_type(t) == kind for t in splits["iid"]) for kind in ("pick", "look", "clean")}
     assert counts == {"pick": 35, "look": 13, "clean": 27}  # valid_seen per-type counts from the data README
-    assert task_type(PLAYED["ood"][1]) == "pick"
-    with pytest.raises(ValueError, match="not an ALFWorld task id"):
-        task_type("boil/3")
 
 
 def test_missing_data_gives_a_one_line_error(tmp_path, monkeypatch):
@@ -87,19 +103,25 @@ def test_missing_data_gives_a_one_line_error(tmp_path, monkeypatch):
         AlfWorldEnv(data_dir=str(tmp_path))
     assert "\n" not in str(err.value)
     monkeypatch.setenv("ALFWORLD_DATA", str(tmp_path))  # a wrong $ALFWORLD_DATA falls back to ../shared
-    assert find_data_dir() != tmp_path
-    monkeypatch.setattr(Path, "cwd", lambda: tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.cache/alfworld
+    repo, shared = tmp_path / "work" / "repo", tmp_path / "work" / "shared" / "data" / "alfworld"
+    repo.mkdir(parents=True)
+    shared.mkdir(parents=True)
+    (shared / JSON_DIR).symlink_to(FIXTURE / JSON_DIR)
+    monkeypatch.setattr(Path, "cwd", lambda: repo)
     monkeypatch.setattr(alfworld_games, "__file__", str(tmp_path / "src/epo/envs/alfworld_games.py"))
-    with pytest.raises(FileNotFoundError, match="ALFWorld data not found .*: pass env kwarg data_dir") as err:
+    assert find_data_dir() == shared.resolve()
+    (shared / JSON_DIR).unlink()
+    with pytest.raises(FileNotFoundError, match="ALFWorld data not found .*: run `alfworld-download`") as err:
         SPEC.splits()
-    assert "\n" not in str(err.value)
+    assert "\n" not in str(err.value) and "ALFWORLD_DATA" in str(err.value)
     assert list_task_ids(tmp_path) == {"train": [], "iid": [], "ood": []}
 
 
 # ---- the real engine ----
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-    env = AlfWorldEnv(cache_dir=str(tmp_path_factory.mktemp("alfworld_cache")))
+    env = AlfWorldEnv(data_dir=str(FIXTURE), cache_dir=str(tmp_path_factory.mktemp("alfworld_cache")))
     yield env
     env.close()
 
@@ -154,8 +176,31 @@ def test_invalid_action_and_deterministic_reset(env):
 @pytest.mark.integration
 def test_registry_make_with_no_kwargs(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setenv("ALFWORLD_DATA", str(FIXTURE))  # alfworld's own convention finds the data
     env = make_env("alfworld")
     obs, info = env.reset(seed=3)  # no task id: a seeded pick from the train split
     assert info["task"] and info["admissible_actions"]
     assert list((tmp_path / "epo" / "alfworld").glob(f"*/valid_train/*/*/{GAME_FILE}"))
     env.close()
+
+
+def test_without_full_data_epo_envs_says_where_to_get_it(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from epo import cli
+
+    monkeypatch.setenv("ALFWORLD_DATA", str(tmp_path / "nothing"))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setattr(Path, "cwd", lambda: tmp_path)
+    monkeypatch.setattr(alfworld_games, "__file__", str(tmp_path / "src/epo/envs/alfworld_games.py"))
+    monkeypatch.setattr(cli.console, "width", 1000)  # one table row per env, unwrapped
+    result = CliRunner().invoke(cli.app, ["envs"])
+    assert result.exit_code == 0
+    (row,) = [line for line in result.output.splitlines() if "alfworld" in line and "unavailable" in line]
+    assert "ALFWorld data not found" in row and "alfworld-download" in row and "data_dir" in row
+
+
+@pytest.mark.integration
+def test_passes_the_public_conformance_check(tmp_path):
+    report = check_env(SPEC, {"cache_dir": str(tmp_path)}, task_ids=[ONE_GAME])
+    assert report.expert_wins == report.expert_episodes == 1

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -15,6 +17,7 @@ from epo.rollout.collector import Collector
 from epo.rollout.types import SamplingParams
 
 pytestmark = pytest.mark.integration
+FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "alfworld"  # the repository's own games
 
 
 class ExpertBackend:
@@ -35,9 +38,9 @@ def setup():
     model, tokenizer = load_model_and_tokenizer("tiny")
     cfg = AgentConfig(action_prefix=True, max_prompt_tokens=1024)
     prompts = PromptBuilder(tokenizer, cfg, list_older_actions=False, env_name="alfworld")
-    ids = get_spec("alfworld").splits()["iid"]
+    ids = get_spec("alfworld").splits(data_dir=str(FIXTURE))["iid"]
     look = [t for t in ids if "look_at_obj" in t][:1]  # the hand-coded expert solves these reliably
-    with EnvPool("alfworld", {}, num_workers=2, mode="process", step_timeout_s=120) as pool:
+    with EnvPool("alfworld", {"data_dir": str(FIXTURE)}, num_workers=2, mode="process", step_timeout_s=120) as pool:
         yield model, tokenizer, cfg, prompts, pool, look
 
 

@@ -9,6 +9,7 @@ import pytest
 
 from epo.envs import make_env
 from epo.envs.sciworld import SPEC, SciWorldEnv, compact_actions, parse_task_id, sciworld_splits
+from epo.envs.testing import check_env
 
 PLAYED = {  # split -> a variation with a short gold path
     "train": "find-animal/0",
@@ -132,3 +133,26 @@ def test_close_stops_the_jvm():
     env.close()
     assert process.poll() is not None
     env.close()  # twice is fine
+
+
+@pytest.mark.integration
+def test_passes_the_public_conformance_check():
+    report = check_env(SPEC, task_ids=[PLAYED["iid"]])
+    assert report.expert_wins == report.expert_episodes == 1
+
+
+@pytest.mark.integration
+def test_score_reward_reads_the_partial_score_the_env_reports(env):
+    from epo.config import AgentConfig
+    from epo.rollout.rewards import Episode, TurnRecord, scalar_info, score_reward
+    from epo.rollout.types import Trajectory
+
+    env.reset(options={"task_id": PLAYED["train"]})
+    turns = []
+    while not turns or turns[-1].info["score"] <= 0:  # follow the gold path until it has partial credit
+        obs, reward, terminated, _, info = env.step(env.expert_action())
+        turns.append(TurnRecord(len(turns), "", "", False, True, reward, scalar_info(info)))
+        assert not terminated and len(turns) < 20
+    episode = Episode(Trajectory(0, 0, PLAYED["train"], "find-animal", length=len(turns)), turns)
+    rewards = score_reward(episode, AgentConfig(win_reward=10.0, format_bonus=0.0))
+    assert 0 < rewards.episode_return < 10 and rewards.episode_return == turns[-1].info["score"] / 10

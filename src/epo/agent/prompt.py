@@ -23,6 +23,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from epo.config import AgentConfig
+from epo.errors import ModelLoadError
 
 ROLES = {
     "alfworld": "You are an expert agent operating in the ALFRED Embodied Environment, a text-based household "
@@ -117,7 +118,7 @@ class PromptBuilder:
         skeleton = _Episode(CUT_MARKER, CUT_MARKER, [], _HUGE, [], _HUGE)  # task and observation fully cut
         smallest = self._count(self._render(skeleton, _View(0, 0, 0)))
         if smallest > self.limit:
-            raise ValueError(
+            raise ModelLoadError(
                 f"agent.max_prompt_tokens={self.limit} is too small: the fixed part of the prompt alone takes "
                 f"{smallest} tokens with this tokenizer"
             )
@@ -165,7 +166,7 @@ class PromptBuilder:
         """The chat-template text before and after the user message content (the system message is fixed)."""
         messages = [{"role": "system", "content": self.system}, {"role": "user", "content": _SENTINEL}]
         if getattr(self.tokenizer, "chat_template", None) is None:
-            raise ValueError("the tokenizer has no chat template; use an instruct/chat model's tokenizer")
+            raise ModelLoadError("the tokenizer has no chat template; use an instruct/chat model's tokenizer")
         try:
             text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         except Exception:  # templates without a system role (e.g. Gemma): put the role into the user message
@@ -173,9 +174,9 @@ class PromptBuilder:
             try:
                 text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
             except Exception as e:
-                raise ValueError(f"the tokenizer's chat template failed: {str(e).splitlines()[0]}") from None
+                raise ModelLoadError(f"the tokenizer's chat template failed: {str(e).splitlines()[0]}") from None
         if not isinstance(text, str) or text.count(_SENTINEL) != 1:
-            raise ValueError("the tokenizer's chat template does not keep the user message verbatim")
+            raise ModelLoadError("the tokenizer's chat template does not keep the user message verbatim")
         prefix, suffix = text.split(_SENTINEL)
         return prefix, suffix
 

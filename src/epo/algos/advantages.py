@@ -44,9 +44,16 @@ def grpo_advantages(
     """GRPO advantage per turn sample: (score - mean_group) / (std_group + eps), std unbiased as torch.std.
 
     scores [N]: each turn sample's return. stats="turn": mean/std over all turn samples of the group (reference
-    default); stats="trajectory": over one value per trajectory (the mean of its turn samples' scores), so long
-    trajectories do not dominate. A group with a single member (one sample, or one trajectory in "trajectory" mode)
-    gets advantage 0: there is nothing to compare it with (verl instead passes the raw score through).
+    default); stats="trajectory": every trajectory weighs the same, so long trajectories do not dominate. The mean is
+    that of the trajectory values (the mean of each trajectory's turn scores), and the std is that of the turn
+    scores around this mean with each turn weighted 1/L (its trajectory's length):
+    var_g = sum_i (x_i - m_g)^2 / L_traj(i) / (n_traj - 1). When a trajectory's turns share one score this is
+    exactly the unbiased std of the trajectory values; unlike that std it is never 0 while some turn score
+    differs from the mean. (Centring turn scores but dividing by the spread of trajectory values, as verl-agent's
+    `compute_mean_std_cross_steps=False` does, gives +-5e4 for scores [10, 9.9, 10, 9.9] in trajectories
+    [0, 0, 1, 1]: equal trajectory means, std 0, and only eps below the +-0.05 penalty differences.)
+    A group with a single member (one sample, or one trajectory in "trajectory" mode) gets advantage 0: there is
+    nothing to compare it with (verl instead passes the raw score through).
     """
     if scores.dim() != 1:
         raise ValueError(f"grpo_advantages: scores must be [N], got shape {tuple(scores.shape)}")
@@ -63,7 +70,10 @@ def grpo_advantages(
         traj_count = scores.new_zeros(n_traj).index_add_(0, traj, torch.ones_like(scores))
         traj_score = scores.new_zeros(n_traj).index_add_(0, traj, scores) / traj_count
         traj_group = group.new_zeros(n_traj).index_copy_(0, traj, group)
-        count, mean, std = _group_stats(traj_score, traj_group)
+        count, mean, _ = _group_stats(traj_score, traj_group)
+        weighted_sq = (scores - mean[group]) ** 2 / traj_count[traj]  # each trajectory's turns sum to weight 1
+        var = scores.new_zeros(len(count)).index_add_(0, group, weighted_sq) / (count - 1).clamp(min=1)
+        std = var.sqrt()
     adv = scores - mean[group]
     if norm_std:
         adv = adv / (std[group] + eps)

@@ -1,4 +1,5 @@
 """EPO (arXiv 2509.22576): trajectory-level entropy, entropy smoothing against a per-turn history, phase weight β.
+The equations, normalisers and reference-code deviations are written out in docs/METHOD.md.
 
 Nothing else in the codebase knows how EPO works. The trainer, per RL step:
     history = EntropyHistory.from_config(cfg.epo, max_turns)                  # once
@@ -7,9 +8,9 @@ Nothing else in the codebase knows how EPO works. The trainer, per RL step:
                                       num_tokens=minibatch_tokens, num_seqs=minibatch_samples)[0]
     after the update: history.update_from_tensors(rollout_entropy, mask, turn_idx)  # entropies at rollout weights
     once per step: EntropyTrend.update(batch entropy mean) for the variance / |ΔH| logs.
-H̄ is the mean of *past* steps' batch-mean entropies (EPO_SPEC: "before any history exists, P = 0"), so the current
-rollout enters the history after the policy update. The reference code adds it before (H̄ then includes the batch
-being penalised); "reference" mode keeps that order too.
+H̄ is the mean of *past* steps' batch-mean entropies (docs/METHOD.md §4: "before any history exists, P = 0"), so
+the current rollout enters the history after the policy update. The reference code adds it before (H̄ then
+includes the batch being penalised); "reference" mode keeps that order too.
 
 Total loss: L = L_PG + epo_loss + c_KL KL, with epo_loss = -λ (L_H - β_k α P) = -λ L_H + λ α β_k P
 (or -λ L_H + smoothing_coef β_k P when cfg.smoothing_coef is set, so the tiny λα product can be swept).
@@ -182,10 +183,15 @@ class EntropyHistory:
         """{turn: H̄} for every turn with history (scalar mode: {0: H̄})."""
         return {t: self.value(t) for t in sorted(self._stats)}  # type: ignore[misc]
 
-    def reference(self, turn_idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(H̄ [B] float, has_history [B] bool) for each sample's turn index; H̄ = 0 where there is no history."""
+    def reference(
+        self, turn_idx: torch.Tensor, dtype: torch.dtype = torch.float32
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(H̄ [B] in `dtype`, has_history [B] bool) for each sample's turn index; H̄ = 0 where there is no history.
+
+        Pass the entropy's dtype: the history is kept in Python floats (fp64), and building H̄ in fp32 first would
+        round the band edges of an fp64 entropy (gradcheck) by ~1e-8 relative."""
         values = [self.value(t) for t in turn_idx.tolist()]
-        hbar = torch.tensor([0.0 if v is None else v for v in values], device=turn_idx.device)
+        hbar = torch.tensor([0.0 if v is None else v for v in values], dtype=dtype, device=turn_idx.device)
         has = torch.tensor([v is not None for v in values], dtype=torch.bool, device=turn_idx.device)
         return hbar, has
 
@@ -266,7 +272,7 @@ def smoothing_penalty(
     Metrics (this micro-batch): epo/P, fraction of all response tokens (of samples, in sequence mode) below/above
     the band (tokens of turns without history count as inside).
     """
-    hbar, has = history.reference(turn_idx)
+    hbar, has = history.reference(turn_idx, dtype=entropy.dtype)
     hbar, has = hbar.to(entropy), has.to(entropy)
     lo, hi = kappa_low * hbar, kappa_high * hbar  # [B]
     mask = mask.to(entropy.dtype)
@@ -306,7 +312,7 @@ def reference_smoothing_penalty(
     zero = torch.zeros((), dtype=entropy.dtype, device=entropy.device)
     if not active:
         return zero, {"epo/P": 0.0, "epo/frac_below": 0.0, "epo/frac_above": 0.0, "epo/smoothing_active": 0.0}
-    hbar, has = history.reference(turn_idx)
+    hbar, has = history.reference(turn_idx, dtype=entropy.dtype)
     lo, hi = (kappa_low * hbar.to(entropy)).unsqueeze(-1), (kappa_high * hbar.to(entropy)).unsqueeze(-1)  # [B, 1]
     if level == "token":
         h = entropy.detach()  # [B, T]
@@ -349,6 +355,13 @@ def beta(
     raise ValueError(f"epo.beta_schedule: '{schedule}' is not one of paper, reference, constant")
 
 
+def turn_decay_weights(turn_idx: torch.Tensor, decay: float) -> torch.Tensor:
+    """[B] weight decay**t of each sample's entropy bonus (EPO-Decay ablation; all ones when decay = 1)."""
+    if decay == 1.0:
+        return torch.ones(turn_idx.shape, dtype=torch.float32, device=turn_idx.device)
+    return torch.pow(torch.tensor(float(decay), device=turn_idx.device), turn_idx.float())
+
+
 def epo_loss(
     entropy: torch.Tensor,
     mask: torch.Tensor,
@@ -369,7 +382,8 @@ def epo_loss(
         return torch.zeros((), dtype=entropy.dtype, device=entropy.device), {}
     if cfg.mode not in ("on", "reference"):
         raise ValueError(f"epo.mode: '{cfg.mode}' is not one of off, on, reference")
-    entropy_term = entropy_objective(entropy, mask, sample_weight, cfg.entropy_level, num_tokens)
+    bonus_entropy = entropy * turn_decay_weights(turn_idx, cfg.turn_decay).to(entropy).unsqueeze(-1)  # [B, T]
+    entropy_term = entropy_objective(bonus_entropy, mask, sample_weight, cfg.entropy_level, num_tokens)
     if cfg.mode == "on":
         penalty, metrics = smoothing_penalty(
             entropy, mask, turn_idx, history, cfg.kappa_low, cfg.kappa_high, cfg.smoothing_level, num_tokens, num_seqs

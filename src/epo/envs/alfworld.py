@@ -32,6 +32,7 @@ from typing import Any
 
 from epo.envs.alfworld_games import GameCache, bundled_help_grammar, find_data_dir, list_task_ids, task_type
 from epo.envs.base import EnvSpec, StepOutput
+from epo.errors import EnvSetupError
 
 BANNER = "-= Welcome to TextWorld, ALFRED! =-"
 TASK_MARKER = "Your task is to: "
@@ -169,7 +170,7 @@ class AlfWorldEnv:
             from alfworld.agents.environment.alfred_tw_env import AlfredDemangler
             from textworld.envs.pddl import PddlEnv
         except ImportError as e:
-            raise RuntimeError(f"{INSTALL_HINT} ({e})") from e
+            raise EnvSetupError(f"{INSTALL_HINT} ({e})") from e
         _install_textworld_memos()
         self._games = GameCache(self.data_dir, bundled_help_grammar(), self._cache_dir)
         wants_facts = self.expert_kind == "handcoded"  # the hand-coded expert reads the world's facts every step

@@ -25,6 +25,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from epo.errors import DataNotFoundError, EnvSetupError
+
 CONVERSION_VERSION = "1"  # bump when convert_game changes: it names the cache folder
 GAME_FILE, TRAJ_FILE, JSON_DIR = "game.tw-pddl", "traj_data.json", "json_2.1.1"
 SPLIT_DIRS = {"train": "valid_train", "iid": "valid_seen", "ood": "valid_unseen"}
@@ -47,18 +49,26 @@ HELP_GRAMMAR_START = "\naction help {"
 
 
 # ---- where the games are ----
+GET_DATA = (
+    "run `alfworld-download` (pip install alfworld; it fills $ALFWORLD_DATA, default ~/.cache/alfworld), or pass "
+    "env kwarg data_dir / set ALFWORLD_DATA to the folder holding json_2.1.1/"
+)
+
+
 def find_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
-    """The folder holding `json_2.1.1/`: `data_dir` if given, else the first of $ALFWORLD_DATA and
-    ../shared/data/alfworld next to the working directory or the repository that has one. ($ALFWORLD_DATA is only
-    a candidate: importing alfworld sets it to ~/.cache/alfworld when unset.)"""
+    """The folder holding `json_2.1.1/`: `data_dir` if given, else the first of $ALFWORLD_DATA, ~/.cache/alfworld
+    (where `alfworld-download` puts it by default) and ../shared/data/alfworld next to the working directory or the
+    repository that has one. ($ALFWORLD_DATA is only a candidate: importing alfworld sets it to ~/.cache/alfworld
+    when unset.) The repository's tests use a small fixture subset (tests/fixtures/alfworld) through `data_dir`."""
     if data_dir is not None:
         path = Path(data_dir).expanduser()
         if not (path / JSON_DIR).is_dir():
-            raise FileNotFoundError(f"ALFWorld data not found: {path} has no {JSON_DIR}/ folder")
+            raise DataNotFoundError(f"ALFWorld data not found: {path} has no {JSON_DIR}/ folder")
         return path.resolve()
     repo = Path(__file__).resolve().parents[3]
     candidates = [
         os.environ.get("ALFWORLD_DATA"),
+        "~/.cache/alfworld",
         Path.cwd() / "../shared/data/alfworld",
         repo / "../shared/data/alfworld",
     ]
@@ -67,8 +77,7 @@ def find_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
         if (path / JSON_DIR).is_dir():
             return path.resolve()
     raise FileNotFoundError(
-        f"ALFWorld data not found (no {JSON_DIR}/ in {', '.join(map(str, tried))}): pass env kwarg data_dir or set "
-        "ALFWORLD_DATA to the folder holding it"
+        f"ALFWorld data not found (no {JSON_DIR}/ in {', '.join(map(str, tried))}): {GET_DATA}"
     )
 
 
@@ -112,12 +121,12 @@ def bundled_help_grammar() -> str:
     """The `action help {...}` block at the end of the alfred.twl2 shipped in the alfworld package."""
     spec = importlib.util.find_spec("alfworld")
     if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError("ALFWorld needs the 'alfworld' package: run scripts/install_envs.sh")
+        raise EnvSetupError("ALFWorld needs the 'alfworld' package: run scripts/install_envs.sh")
     twl2 = Path(next(iter(spec.submodule_search_locations))) / "data" / "alfred.twl2"
     text = twl2.read_text()
     start = text.find(HELP_GRAMMAR_START)
     if start < 0:
-        raise RuntimeError(f"no 'action help' block in {twl2}: unsupported alfworld version")
+        raise EnvSetupError(f"no 'action help' block in {twl2}: unsupported alfworld version")
     return text[start:]
 
 

@@ -16,6 +16,11 @@ and info {"error", "truncated_reason", "won": False, "valid": False, "admissible
 Slots that were not stepped in that call report it on their next step. An exception inside the env ends only that
 slot's episode ("env_error"). The next reset() of any slot works again. mode="inline" runs the same code in-process
 (no timeouts, no crash isolation) for debugging.
+
+Every worker fault is also recorded as a `PoolFault` (worker, reason, task id, message) in `pool.faults`; callers
+take them with `drain_faults()` to log them. reset() first restarts any worker that died while idle (between
+steps, "worker_dead"), and retries once the resets of a worker that crashed during them, so a worker that died
+between episodes loses no episode.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from multiprocessing.reduction import ForkingPickler
 from typing import Any
 
@@ -128,6 +134,21 @@ def _worker_main(conn: Any, make_env: Callable[..., Any], env_kwargs: dict[str, 
 
 
 # ---- the parent side --------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class PoolFault:
+    """One worker fault: the worker index, why ("worker_crash", "timeout", "worker_dead": found dead before a
+    reset), the task of one episode it ended ("" if it ended none) and the pool's message."""
+
+    worker: int
+    reason: str
+    task: str
+    message: str
+
+    def line(self) -> str:
+        on = f" on task {self.task}" if self.task else ""
+        return f"env worker {self.worker} {self.reason}{on}: {self.message}"
+
+
 class _Worker:
     """One worker process and the parent's end of its pipe."""
 
@@ -201,6 +222,8 @@ class EnvPool:
         self._last_info: dict[int, dict[str, Any]] = {}  # slot -> last info seen (for "task" after a crash)
         self._active: set[int] = set()
         self._lost: dict[int, tuple[str, str]] = {}  # live slot -> (reason, message) of a worker that died under it
+        self._tasks: dict[int, str] = {}  # slot -> task id of its current episode
+        self.faults: list[PoolFault] = []  # worker faults not yet taken by drain_faults()
         self._closed = False
         self._workers: list[_Worker | None] = []
         if mode == "inline":
@@ -238,7 +261,14 @@ class EnvPool:
         self._check_open()
         self._active.clear()
         self._lost.clear()
+        self._tasks = {slot: str(task_id) for slot, task_id in enumerate(task_ids)}
+        self.revive_dead_workers()
         replies = self._call("reset", dict(enumerate(task_ids)), self.reset_timeout_s)
+        # A worker that died just before or during the resets (not caught by the revive: a kill racing it) is
+        # already restarted; a reset starts an episode afresh, so retrying it once on the new worker loses nothing.
+        crashed = {s: task_ids[s] for s, (status, _) in replies.items() if status == "worker_crash"}
+        if crashed:
+            replies.update(self._call("reset", crashed, self.reset_timeout_s))
         results = []
         for slot, task_id in enumerate(task_ids):
             status, out = replies[slot]
@@ -279,6 +309,21 @@ class EnvPool:
         ask = {s: None for s in slots if s in self._active and s not in self._lost}
         replies = self._call("expert", ask, self.step_timeout_s)
         return {s: replies[s][1] if s in replies and replies[s][0] == "ok" else None for s in slots}
+
+    def revive_dead_workers(self) -> list[int]:
+        """Restart workers that died while idle (killed between commands); returns their indices."""
+        if self.mode == "inline":
+            return []
+        dead = [w for w, worker in enumerate(self._workers) if worker is not None and not worker.process.is_alive()]
+        for w in dead:
+            code = self._workers[w].process.exitcode
+            self._restart(w, "worker_dead", f"worker {w} had died while idle (exit code {code}); restarted", [])
+        return dead
+
+    def drain_faults(self) -> list[PoolFault]:
+        """The worker faults recorded since the last call (oldest first)."""
+        faults, self.faults = self.faults, []
+        return faults
 
     def close(self) -> None:
         if self._closed:
@@ -342,14 +387,23 @@ class EnvPool:
                     code = self._workers[w].process.exitcode
                     failed[w] = ("worker_crash", f"worker {w} died (exit code {code}; {type(e).__name__})")
         for w, (reason, message) in failed.items():
-            self._restart(w, reason, message)
+            self._restart(w, reason, message, list(by_worker[w]))
             for slot in by_worker[w]:
                 replies[slot] = (reason, message)
         return replies
 
-    def _restart(self, w: int, reason: str, message: str) -> None:
+    def _restart(self, w: int, reason: str, message: str, called: list[int]) -> None:
+        """Replace worker w; its live episodes end. One PoolFault per episode ended (or one without a task)."""
         self._workers[w].kill()
         self._workers[w] = _Worker(self._ctx, self._make_env, self.env_kwargs)
+        self._end_episodes_of(w, reason, message, called)
+
+    def _end_episodes_of(self, w: int, reason: str, message: str, called: list[int]) -> None:
+        """Bookkeeping of a replaced worker w (any executor): its live episodes end, one PoolFault each."""
+        ended = set(called)
         for slot in self._active:
             if self.worker_of(slot) == w:
                 self._lost[slot] = (reason, message)
+                ended.add(slot)
+        tasks = [self._tasks.get(slot, "") for slot in sorted(ended)] or [""]
+        self.faults.extend(PoolFault(w, reason, task, message) for task in tasks)

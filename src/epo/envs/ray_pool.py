@@ -130,15 +130,18 @@ class RayEnvPool(EnvPool):
             w = refs[ref]
             failed[w] = ("timeout", f"worker {w} did not answer '{cmd}' within {timeout_s:g} s")
         for w, (reason, message) in failed.items():
-            self._restart(w, reason, message)
+            self._restart(w, reason, message, list(by_worker[w]))
             for slot in by_worker[w]:
                 replies[slot] = (reason, message)
         return replies
 
-    def _restart(self, w: int, reason: str, message: str) -> None:
+    def _restart(self, w: int, reason: str, message: str, called: list[int]) -> None:
         with contextlib.suppress(Exception):
             _ray().kill(self._workers[w])
         self._workers[w] = self._start()
-        for slot in self._active:
-            if self.worker_of(slot) == w:
-                self._lost[slot] = (reason, message)
+        self._end_episodes_of(w, reason, message, called)  # lost episodes and PoolFaults, as the local pool
+
+    def revive_dead_workers(self) -> list[int]:
+        """Nothing to poll without a round trip: an actor that died while idle fails its reset with
+        "worker_crash", is replaced, and EnvPool.reset retries that reset once on the new actor."""
+        return []

@@ -6,6 +6,7 @@ import importlib
 from typing import Any
 
 from epo.envs.base import EnvSpec, TextEnv
+from epo.errors import EpoError
 
 # name -> "module:ATTRIBUTE" holding an EnvSpec; imported on first use.
 _BUILTIN: dict[str, str] = {
@@ -16,7 +17,7 @@ _BUILTIN: dict[str, str] = {
 _REGISTERED: dict[str, EnvSpec] = {}
 
 
-class UnknownEnvError(ValueError):
+class UnknownEnvError(EpoError, ValueError):
     pass
 
 

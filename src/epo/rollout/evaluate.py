@@ -29,6 +29,8 @@ class EvalResult:
     per_type: dict[str, dict[str, float]] = field(default_factory=dict)
     transcripts: list[list[dict]] = field(default_factory=list)
     seconds: float = 0.0
+    episode_tasks: list[str] = field(default_factory=list)  # task id of each episode, in eval order
+    episode_wins: list[int] = field(default_factory=list)  # 1 if that episode was won: pairs two evals task by task
 
     def metrics(self, prefix: str = "eval") -> dict[str, float]:
         p = f"{prefix}/{self.split}"
@@ -68,7 +70,8 @@ def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, flo
 
 
 def fisher_one_sided(wins_a: int, n_a: int, wins_b: int, n_b: int) -> float:
-    """P-value of Fisher's exact test that B's success rate is higher than A's (one-sided).
+    """P-value of Fisher's exact test that B's success rate is higher than A's (one-sided), for unpaired samples
+    (paired before/after evals of the same tasks use `mcnemar_one_sided`, see `gain_test`).
 
     The probability, with the margins fixed, of B winning at least wins_b of the wins_a + wins_b total
     (hypergeometric tail). Exact at any n, so it is meaningful for the small evals a CPU run can afford."""
@@ -78,6 +81,26 @@ def fisher_one_sided(wins_a: int, n_a: int, wins_b: int, n_b: int) -> float:
         return 1.0
     tail = sum(math.comb(n_b, k) * math.comb(n_a, wins - k) for k in range(wins_b, min(wins, n_b) + 1))
     return tail / total
+
+
+def mcnemar_one_sided(gained: int, lost: int) -> float:
+    """P-value of McNemar's exact test that the later success rate is higher, for paired outcomes (the same tasks
+    evaluated before and after). Only discordant pairs carry information: `gained` tasks failed before and won
+    after, `lost` the reverse. Under no change each discordant pair goes either way with probability 1/2, so the
+    p-value is the binomial tail P(X >= gained), X ~ Binomial(gained + lost, 1/2)."""
+    n = gained + lost
+    return sum(math.comb(n, k) for k in range(gained, n + 1)) / 2**n
+
+
+def gain_test(before: EvalResult, after: EvalResult) -> tuple[float, str]:
+    """One-sided p-value that `after` succeeds more often than `before`, and the test used: McNemar's exact test
+    when both evals ran the same task ids in the same order (paired), else Fisher's exact test (unpaired:
+    different task samples, seeds or splits)."""
+    paired = before.episode_tasks and before.episode_tasks == after.episode_tasks
+    if paired and len(before.episode_wins) == len(after.episode_wins) == len(before.episode_tasks):
+        pairs = list(zip(before.episode_wins, after.episode_wins))
+        return mcnemar_one_sided(pairs.count((0, 1)), pairs.count((1, 0))), "McNemar"
+    return fisher_one_sided(before.wins, before.episodes, after.wins, after.episodes), "Fisher"
 
 
 def eval_task_ids(all_ids: list[str], n: int, seed: int = 1234) -> list[str]:
@@ -114,6 +137,8 @@ def summarize(split: str, trajs: list[Trajectory], transcripts: int = 0) -> Eval
         truncated_rate=sum(t.truncated for t in trajs) / n if n else 0.0,
         per_type=per_type,
         transcripts=[t.transcript for t in trajs[:transcripts] if t.transcript],
+        episode_tasks=[t.task_id for t in trajs],
+        episode_wins=[int(t.won) for t in trajs],
     )
 
 

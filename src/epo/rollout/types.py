@@ -23,6 +23,7 @@ class TurnSample:
     traj_id: int
     group_id: int  # same task instance => same group (GRPO)
     reward: float = 0.0  # at the last response token: episode return R + this turn's own invalid penalty/bonus
+    shaping: float = 0.0  # this turn's own part of `reward` (its invalid penalty / format bonus); reward - shaping = R
     invalid: bool = False
     done: bool = False  # this turn ended the episode (won, or the env ended it)
 
@@ -35,7 +36,7 @@ class Trajectory:
     task_type: str
     length: int = 0  # turns played
     won: bool = False
-    episode_return: float = 0.0  # R = win_reward * won
+    episode_return: float = 0.0  # R, from the agent.reward function (paper: win_reward * won)
     invalid_turns: int = 0
     truncated: bool = False
     truncated_reason: str = ""  # "" | "max_turns" | "worker_crash" | "timeout" | "env_error" | env's own reason

@@ -23,6 +23,7 @@ back to the previous valid one. `load_checkpoint(checkpoint_dir)` on a damaged c
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -40,6 +41,8 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from epo.errors import EpoError
+
 CHECKPOINTS_DIR = "checkpoints"
 LATEST_FILE = "latest"
 MANIFEST_FILE = "MANIFEST.json"
@@ -50,8 +53,13 @@ FORMAT_VERSION = 1
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(EpoError, RuntimeError):
     """A missing, partial or corrupted checkpoint (always one line)."""
+
+
+class DiskFullError(CheckpointError):
+    """The disk filled up while a checkpoint was written: one line with the path, the bytes needed and the free
+    bytes. The half-written temp dir is removed; every earlier checkpoint is untouched."""
 
 
 @dataclass
@@ -147,8 +155,9 @@ def save_checkpoint(
     name = f"step_{step:06d}"
     tmp = ckpt_root / f".tmp-{name}-{os.getpid()}"
     final = ckpt_root / name
-    tmp.mkdir()
+    needed = _tensor_bytes([model_state, value_state, optimizer_states, extra_state])
     try:
+        tmp.mkdir()
         if model_state is not None:
             _save_safetensors(model_state, tmp / (ADAPTER_FILE if is_adapter else MODEL_FILE), step)
         if value_state is not None:
@@ -175,12 +184,69 @@ def save_checkpoint(
         _write_manifest(tmp, step)  # last: its presence marks the checkpoint complete
         _fsync_dir(tmp)
         _move_into_place(tmp, final)
-    except BaseException:
+    except BaseException as error:
+        free = _free_bytes(ckpt_root)  # before the temp dir is removed: what the writer saw
         shutil.rmtree(tmp, ignore_errors=True)
+        if _is_disk_full(error, free, needed):
+            raise DiskFullError(_disk_full_message(final, needed, free)) from None
         raise
     _atomic_write_text(ckpt_root / LATEST_FILE, name + "\n")
     _prune(ckpt_root, keep_last, newest=final)
     return final
+
+
+def _tensor_bytes(obj: Any) -> int:
+    """Bytes of the tensors inside nested dicts/lists: what a checkpoint of them needs on disk, roughly."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(_tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, list | tuple):
+        return sum(_tensor_bytes(v) for v in obj)
+    return 0
+
+
+def _free_bytes(path: Path) -> int | None:
+    try:
+        return shutil.disk_usage(path).free
+    except OSError:
+        return None
+
+
+_DISK_FULL_TEXT = ("no space left on device", "storagefull", "os error 28", "disk quota exceeded")
+
+
+def _is_disk_full(error: BaseException, free: int | None, needed: int) -> bool:
+    """ENOSPC/EDQUOT anywhere in the error chain (safetensors wraps it in its own error text), or a write error
+    that lost the errno (torch.save's "unexpected pos 5248 vs 5140") while less than `needed` bytes are free."""
+    e: BaseException | None = error
+    while e is not None:
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if any(text in str(e).lower() for text in _DISK_FULL_TEXT):
+            return True
+        e = e.__cause__ or e.__context__
+    return isinstance(error, OSError | RuntimeError) and free is not None and free < needed
+
+
+def _disk_full_message(final: Path, needed: int, free: int | None) -> str:
+    pointer = final.parent / LATEST_FILE
+    previous = pointer.read_text().strip() if pointer.is_file() else ""
+    kept = f"the previous checkpoint {previous} is still valid" if previous else "no earlier checkpoint exists"
+    free_text = f", {_human_bytes(free)} free" if free is not None else ""
+    return (
+        f"no space left on device writing checkpoint {final}: needs about {_human_bytes(needed)}{free_text}; "
+        f"{kept}. Free some space (or set train.keep_last lower) and resume"
+    )
+
+
+def _human_bytes(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "kB", "MB", "GB"):
+        if value < 1000 or unit == "GB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1000
+    return f"{value:.1f} TB"
 
 
 def _save_safetensors(tensors: dict[str, torch.Tensor], path: Path, step: int) -> None:
@@ -198,6 +264,8 @@ def _save_safetensors(tensors: dict[str, torch.Tensor], path: Path, step: int) -
 def _torch_save(obj: Any, path: Path, what: str) -> None:
     try:
         torch.save(obj, path)
+    except (OSError, RuntimeError):  # a write failure (e.g. a full disk), not an unpicklable object
+        raise
     except Exception as e:  # e.g. a lambda somewhere in a state dict
         raise ValueError(f"{what}: cannot be saved ({type(e).__name__}: {str(e).splitlines()[0]})") from None
 

@@ -16,7 +16,8 @@ How a step is split (whole GRPO groups stay on one rank):
     (`all_reduce_grads`, DDP's reduction without its wrapper: our loss runs the backbone and the LM head separately,
     which DDP's forward hooks would not see). Since every loss term is a sum over tokens divided by *global*
     mini-batch counts, the summed gradient equals the single-process gradient up to float summation order.
-    Metrics are reduced as sums and weights (`reduce_metric_sums`), never as means of means.
+    Metrics are merged from every rank's per-micro-batch values (`MetricMeans`: weighted, NaN-safe), never as means
+    of means.
 
 Rollout sampling uses a per-(seed, step, rank) torch seed (`seed_rollout`), so a run resumes on any number of
 processes with well-defined random streams; the update itself draws no torch random numbers.
@@ -24,12 +25,19 @@ processes with well-defined random streams; the update itself draws no torch ran
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
+import pickle
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -110,6 +118,67 @@ def from_main(obj):
     return all_gather_objects(obj)[0]
 
 
+def first_nonempty(value: str) -> str:
+    """The first non-empty string of the ranks' values (e.g. the name of the signal that one rank received)."""
+    return next((v for v in all_gather_objects(value) if v), "")
+
+
+def run_on_main(fn: Callable[[], T]) -> T:
+    """fn() on rank 0 only; its (picklable) result on every rank. An exception on rank 0 is raised on every rank
+    (the others would otherwise wait forever at the next collective). One process: just fn()."""
+    if world_size() == 1:
+        return fn()
+    out: Any = None
+    err: BaseException | None = None
+    if rank() == 0:
+        try:
+            out = fn()
+        except BaseException as e:  # re-raised below, on rank 0 as itself
+            err = e
+    sent = err
+    if err is not None:
+        try:
+            pickle.dumps(err)
+        except Exception:
+            sent = RuntimeError(f"rank 0: {type(err).__name__}: {err}")
+    out, sent = from_main((out, sent))
+    if err is not None:
+        raise err
+    if sent is not None:
+        raise sent
+    return out
+
+
+@contextlib.contextmanager
+def own_run_dir_on_main(run_dir: str | Path, resume: bool = False, on_stale=None) -> Iterator[Path]:
+    """`rundir.own_run_dir` on rank 0 only (the lock is one process's: rank 0 writes everything); the other ranks
+    enter the block only after rank 0 owns the dir, and raise rank 0's error (e.g. a refused dir) instead of
+    hanging. One process: exactly own_run_dir."""
+    from epo.trainer.rundir import own_run_dir
+
+    if world_size() == 1:
+        with own_run_dir(run_dir, resume=resume, on_stale=on_stale) as path:
+            yield path
+        return
+    with contextlib.ExitStack() as stack:
+
+        def take() -> None:  # rank 0 holds the lock until the ExitStack closes
+            stack.enter_context(own_run_dir(run_dir, resume=resume, on_stale=on_stale))
+
+        run_on_main(take)
+        yield Path(run_dir)
+
+
+def gather_faults(faults: list) -> list[dict[str, Any]]:
+    """Every rank's env faults (PoolFaults or dicts) as dicts, rank 0's first; with several processes each record
+    names its rank (worker indices are per rank). The same list on every rank."""
+    recs = [f if isinstance(f, dict) else {"worker": f.worker, "reason": f.reason, "task": f.task,
+                                           "message": f.message} for f in faults]  # fmt: skip
+    if world_size() == 1:
+        return recs
+    return [{"rank": r, **rec} for r, part in enumerate(all_gather_objects(recs)) for rec in part]
+
+
 # ---------------------------------------------------------------------------------------------------- work split
 def shard_bounds(n: int, world: int, r: int) -> tuple[int, int]:
     """[start, end) of rank r's contiguous chunk of n items (sizes differ by at most one, earlier ranks larger)."""
@@ -177,26 +246,6 @@ def all_reduce_grads(params: list[torch.nn.Parameter]) -> None:
         # a parameter no rank touched keeps grad None, as in one process (AdamW then skips it)
         p.grad = flat[offset : offset + n].view_as(p).to(p.dtype) if flat[-len(params) + k] > 0 else None
         offset += n
-
-
-def reduce_metric_sums(
-    sums: dict[str, float], weights: dict[str, float], maxes: dict[str, float]
-) -> tuple[dict[str, float], dict[str, float], dict[str, float]]:
-    """Global weighted sums and weights (and maxima) of per-micro-batch metrics; keys may differ between ranks."""
-    if world_size() == 1:
-        return sums, weights, maxes
-    parts = all_gather_objects((sums, weights, maxes))
-    out_s: dict[str, float] = {}
-    out_w: dict[str, float] = {}
-    out_m: dict[str, float] = {}
-    for s, w, m in parts:
-        for k, v in s.items():
-            out_s[k] = out_s.get(k, 0.0) + v
-        for k, v in w.items():
-            out_w[k] = out_w.get(k, 0.0) + v
-        for k, v in m.items():
-            out_m[k] = max(out_m.get(k, float("-inf")), v)
-    return out_s, out_w, out_m
 
 
 def broadcast_parameters(module: torch.nn.Module) -> None:

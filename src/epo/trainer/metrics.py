@@ -18,6 +18,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from epo.errors import EnvSetupError, RunDirError
+
 METRICS_FILE = "metrics.jsonl"
 WARNINGS_FILE = "warnings.jsonl"
 _NONFINITE_IN = {"Infinity": math.inf, "-Infinity": -math.inf, "NaN": math.nan}
@@ -137,7 +139,7 @@ class MetricsLogger:
             truncate_after(self.path, resume_step)
             truncate_after(self.warnings_path, resume_step)
         elif self.path.is_file() and self.path.stat().st_size > 0:
-            raise ValueError(f"{self.path}: already exists; resume (resume_step) or use a new run dir")
+            raise RunDirError(f"{self.path}: already exists; resume (resume_step) or use a new run dir")
         self._file = open(self.path, "a")  # noqa: SIM115 (kept open for the whole run)
         self._tb = _open_tensorboard(self.run_dir, resume_step) if tensorboard else None
         self._wandb = _open_wandb(self.run_dir, wandb_project, wandb_config) if wandb else None
@@ -203,7 +205,7 @@ def _open_tensorboard(run_dir: Path, resume_step: int | None) -> Any:
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
-        raise RuntimeError(
+        raise EnvSetupError(
             "train.tensorboard=true but the tensorboard package is not installed "
             "(pip install tensorboard, or set train.tensorboard=false)"
         ) from None
@@ -216,7 +218,7 @@ def _open_wandb(run_dir: Path, project: str, config: dict[str, Any] | None) -> A
     try:
         import wandb
     except ImportError:
-        raise RuntimeError("train.wandb=true but wandb is not installed (pip install wandb)") from None
+        raise EnvSetupError("train.wandb=true but wandb is not installed (pip install wandb)") from None
     # A stable id per run dir lets a resumed run continue the same W&B run.
     id_file = run_dir / "wandb_id.txt"
     if not id_file.is_file():

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 
@@ -10,10 +9,12 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from epo.config import Config
-from epo.rollout.evaluate import EvalResult, eval_task_ids, evaluate, fisher_one_sided
+from epo.config import Config, ConfigError, replace, save_config
+from epo.rollout.evaluate import EvalResult, eval_task_ids, evaluate, gain_test
 from epo.trainer import distributed, setup
+from epo.trainer.checkpoint import list_checkpoints
 from epo.trainer.report_data import BEFORE_AFTER_FILE
+from epo.trainer.rundir import CONFIG_FILE, resume_changes, saved_config
 from epo.trainer.trainer import Trainer, TrainResult, default_run_dir
 
 
@@ -30,16 +31,46 @@ def train_pipeline(
         console = Console(quiet=True)
     run_dir = Path(distributed.from_main(str(run_dir) if run_dir else str(default_run_dir(cfg, preset_name))))
     setup.check_env(cfg)
-    sft_result = None
-    if cfg.sft.warm_start and not cfg.init_from and not resume:
-        from epo.trainer.sft import run_sft
+    # under torchrun only rank 0 locks the dir; the others follow once it owns it, or fail with its error
+    with distributed.own_run_dir_on_main(run_dir, resume=resume, on_stale=console.print):  # refuses before writing
+        return _train_owned(cfg, run_dir, resume, console)
 
-        console.rule("warm start: behaviour cloning")
-        if main:  # behaviour cloning is small: rank 0 runs it, the others wait and start RL from its export
-            sft_result = run_sft(cfg, run_dir / "sft", console=console, eval_after=False)
-        distributed.barrier()
-        cfg = dataclasses.replace(cfg, init_from=str(run_dir / "sft"))
+
+def _train_owned(cfg: Config, run_dir: Path, resume: bool, console: Console) -> TrainResult:
+    """Rank 0 writes config.yaml, runs the warm start and reports; every rank learns the warm start's outcome (a
+    stopped warm start ends all ranks, with rank 0's stop signal) and trains."""
+
+    def prepare() -> bool:
+        if resume:
+            resume_changes(saved_config(run_dir), cfg, run_dir)  # fail fast, before loading models (Trainer logs)
+        else:
+            save_config(cfg, run_dir / CONFIG_FILE)  # resumable from now on, even if killed before a checkpoint
+        return resume and bool(list_checkpoints(run_dir))  # a run without a checkpoint starts over from step 0
+
+    started = distributed.run_on_main(prepare)
+    sft_result = None
+    sft_dir = run_dir / "sft"
+    if cfg.sft.warm_start and not cfg.init_from and not started:
+
+        def warm_start() -> tuple[bool, str]:
+            nonlocal sft_result
+            if resume and (sft_dir / "export").is_dir():  # the warm start finished: start RL from it
+                return False, ""
+            from epo.trainer.sft import run_sft
+
+            console.rule("warm start: behaviour cloning")
+            # resume: a warm start stopped by a signal continues from its checkpoint (sft/checkpoints)
+            sft_result = run_sft(cfg, sft_dir, console=console, eval_after=False, resume=resume)
+            return sft_result.interrupted, sft_result.stop_signal
+
+        # behaviour cloning is small: rank 0 runs it, the others wait and start RL from its export
+        interrupted, stop_signal = distributed.run_on_main(warm_start)
+        if interrupted:
+            distributed.shutdown()
+            return TrainResult(run_dir, 0, interrupted=True, stop_signal=stop_signal)
+        cfg = replace(cfg, init_from=str(sft_dir))  # keeps ${...} values unresolved in the saved config
     console.rule("reinforcement learning")
+    main = distributed.rank() == 0
     result = Trainer(cfg, run_dir, resume=resume, console=console).train()
     distributed.shutdown()  # train() ended with a barrier: no collective is left
     if not main:
@@ -54,7 +85,8 @@ def train_pipeline(
 
 
 def _print_before_after(console: Console, sft_result, result: TrainResult) -> None:
-    """Zero-shot -> start of RL -> end of RL, each with its Wilson CI, and one-sided Fisher p-values of the gains.
+    """Zero-shot -> start of RL -> end of RL, each with its Wilson CI, and one-sided exact p-values of the gains:
+    McNemar's test when both evals ran the same tasks (paired), Fisher's otherwise; each p says which.
 
     Also written to RUN_DIR/before_after.json, so the numbers outlive the terminal."""
     if not result.evals:
@@ -62,7 +94,7 @@ def _print_before_after(console: Console, sft_result, result: TrainResult) -> No
     first, last = min(result.evals), max(result.evals)
     zero_shot = sft_result.before if sft_result is not None else {}
     starts = result.evals[first] if first != last else {}  # train.eval_at_start=false: no start-of-RL eval
-    table = Table(title="success rate, 95% Wilson CI; p = one-sided Fisher exact test of the gain")
+    table = Table(title="success rate, 95% Wilson CI; p = one-sided exact test of the gain (McNemar: same tasks)")
     table.add_column("split")
     if zero_shot:
         table.add_column("zero-shot")
@@ -88,21 +120,23 @@ def _print_before_after(console: Console, sft_result, result: TrainResult) -> No
             for name, r in (("zero_shot", before), ("start_of_rl", start), ("end_of_rl", end))
             if r is not None
         }
-        rows[split]["p_rl_gain"], rows[split]["p_total_gain"] = p_rl, p_total
+        rows[split]["p_rl_gain"], rows[split]["test_rl_gain"] = p_rl or (None, None)
+        rows[split]["p_total_gain"], rows[split]["test_total_gain"] = p_total or (None, None)
     console.print(table)
     (result.run_dir / BEFORE_AFTER_FILE).write_text(json.dumps(rows, indent=1))
 
 
-def _p_gain(before: EvalResult | None, after: EvalResult | None) -> float | None:
+def _p_gain(before: EvalResult | None, after: EvalResult | None) -> tuple[float, str] | None:
+    """(p, test name) of the gain, see `gain_test`."""
     if before is None or after is None:
         return None
-    return fisher_one_sided(before.wins, before.episodes, after.wins, after.episodes)
+    return gain_test(before, after)
 
 
-def _gain(before: EvalResult | None, after: EvalResult, p: float | None) -> str:
-    if before is None:
+def _gain(before: EvalResult | None, after: EvalResult, p: tuple[float, str] | None) -> str:
+    if before is None or p is None:
         return "-"
-    return f"{100 * (after.success - before.success):+.1f} pts (p={p:.3f})"
+    return f"{100 * (after.success - before.success):+.1f} pts (p={p[0]:.3f}, {p[1]})"
 
 
 def _fmt(res: EvalResult | None) -> str:
@@ -116,11 +150,12 @@ def evaluate_policy(cfg: Config, splits: list[str], console: Console | None = No
     all_splits = setup.check_env(cfg)
     unknown = [s for s in splits if s not in all_splits]
     if unknown:
-        raise ValueError(f"--split: {', '.join(unknown)} not in {cfg.env.name} (splits: {', '.join(all_splits)})")
+        raise ConfigError(f"--split: {', '.join(unknown)} not in {cfg.env.name} (splits: {', '.join(all_splits)})")
     setup.set_threads()
     setup.seed_everything(cfg.train.seed)
     device = setup.pick_device(cfg.model.device)
-    model, tokenizer = setup.load_policy(cfg, device)
+    model, tokenizer = setup.load_policy(cfg, device, train=False)
+    setup.log_precision(console, cfg, device)
     out = {}
     with setup.make_pool(cfg) as pool:
         collector = setup.make_collector(cfg, pool, model, tokenizer)
@@ -128,4 +163,6 @@ def evaluate_policy(cfg: Config, splits: list[str], console: Console | None = No
             ids = eval_task_ids(all_splits[split], cfg.train.eval_episodes, seed=cfg.train.seed + 1)
             with torch.no_grad():
                 out[split] = evaluate(collector, split, ids, cfg.train.eval_temperature, cfg.rollout.max_new_tokens)
+            for fault in pool.drain_faults():  # episodes a crashed or hung env worker ended (counted as lost)
+                console.print(f"[yellow]env fault:[/] eval {split}: {fault.line()}", soft_wrap=True)
     return out

@@ -12,10 +12,12 @@ Definitions used in the table (success rates shown in %):
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from epo.trainer.report_data import RunData, load_runs
+from epo.trainer.report_faults import faults_section, issues_section
 from epo.trainer.report_plots import write_all
 
 CONVERGED_FRACTION = 0.2
@@ -26,9 +28,15 @@ KEY_SETTINGS = ("algo.name", "epo.mode", "env.name", "model.path", "train.total_
 IGNORED_CONFIG_KEYS = ("train.run_name", "train.output_dir")
 
 
-def write_report(run_dirs: list[Path], out_dir: Path) -> Path:
-    """Write the figures and summary.md into out_dir; returns the path of summary.md."""
+def write_report(run_dirs: list[Path], out_dir: Path, on_issue: Callable[[str], None] | None = None) -> Path:
+    """Write the figures and summary.md into out_dir; returns the path of summary.md.
+
+    on_issue(line) is called once per data problem (torn metrics lines, duplicate steps), e.g. to print it."""
     runs = load_runs([Path(p) for p in run_dirs])
+    for run in runs:
+        for issue in run.issues:
+            if on_issue is not None:
+                on_issue(issue)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     splits = sorted({s for run in runs for s in run.eval_splits()})
@@ -135,7 +143,8 @@ def render_summary(runs: list[RunData], splits: list[str], figures: list[Path], 
         rows.append(row + [warnings_text(run)])
     lines += _table(header, rows)
     lines += _before_after_section(runs)
-    lines += ["", *_config_section(runs), "", *_warnings_section(runs), "", "## Figures", ""]
+    lines += ["", *_config_section(runs), "", *_warnings_section(runs), "", *faults_section(runs), ""]
+    lines += [*issues_section(runs), "", "## Figures", ""] if any(r.issues for r in runs) else ["## Figures", ""]
     lines += [f"![{p.stem}]({p.name})" for p in figures]
     if skipped:
         lines += ["", f"Not plotted (no run logged these metrics): {', '.join(skipped)}."]
@@ -156,7 +165,7 @@ def _before_after_section(runs: list[RunData]) -> list[str]:
                     if r
                     else "—"
                 )
-            cells += [_num(res.get("p_rl_gain")), _num(res.get("p_total_gain"))]
+            cells += [_p_cell(res, "rl_gain"), _p_cell(res, "total_gain")]
             rows.append(cells)
     if not rows:
         return []
@@ -164,10 +173,17 @@ def _before_after_section(runs: list[RunData]) -> list[str]:
         "",
         "## Before and after training",
         "",
-        "Success in % with its 95% Wilson interval; p = one-sided Fisher exact test that the later success is higher.",
+        "Success in % with its 95% Wilson interval; p = one-sided exact test that the later success is higher, "
+        "named in each cell: McNemar (paired: both evals ran the same tasks) or Fisher (unpaired).",
         "",
     ]
     return head + _table(["run", "split", *(name for _, name in stages), "p (RL gain)", "p (total gain)"], rows)
+
+
+def _p_cell(res: dict, gain: str) -> str:
+    """'0.031 (McNemar)'; files written before the test was recorded used Fisher's test."""
+    p = res.get(f"p_{gain}")
+    return "—" if p is None else f"{_num(p)} ({res.get(f'test_{gain}') or 'Fisher'})"
 
 
 def _config_section(runs: list[RunData]) -> list[str]:

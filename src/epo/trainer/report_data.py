@@ -1,4 +1,5 @@
-"""What `epo report` reads from a run dir: metrics.jsonl, warnings.jsonl, config.yaml, before_after.json."""
+"""What `epo report` reads from a run dir: metrics.jsonl, warnings.jsonl, faults.jsonl, config.yaml,
+before_after.json."""
 
 from __future__ import annotations
 
@@ -13,13 +14,16 @@ from typing import Any
 import numpy as np
 from omegaconf import OmegaConf
 
-from epo.trainer.metrics import METRICS_FILE, read_metrics, read_warnings
+from epo.errors import RunDirError
+from epo.trainer.faults import read_faults
+from epo.trainer.metrics import METRICS_FILE, read_warnings
+from epo.trainer.report_faults import read_metrics_checked
 
 BEFORE_AFTER_FILE = "before_after.json"
 _EVAL_SUCCESS = re.compile(r"^eval/([^/]+)/success$")
 # Other names the same quantity has been logged under (older runs, other code paths); first match wins.
 ALIASES = {
-    "critic/explained_var": ("critic/explained_var",),
+    "critic/explained_var": ("critic/explained_variance",),
     "epo/penalty_term": ("epo/smoothing_term",),
 }
 
@@ -34,6 +38,10 @@ class RunData:
     """Flattened config.yaml (dotted keys); empty when the run has none."""
     before_after: dict[str, Any] = field(default_factory=dict)
     """before_after.json of `epo train` (zero-shot / start / end of RL per split); empty when absent."""
+    faults: list[dict[str, Any]] = field(default_factory=list)
+    """faults.jsonl: env worker faults (step, phase, worker, reason, task, message)."""
+    issues: list[str] = field(default_factory=list)
+    """One line per problem found in metrics.jsonl (torn lines, duplicate steps)."""
 
     def has(self, key: str) -> bool:
         return len(self.series(key)[0]) > 0
@@ -68,10 +76,10 @@ class RunData:
 def load_run(path: str | Path, label: str | None = None) -> RunData:
     path = Path(path)
     if not path.is_dir():
-        raise ValueError(f"{path}: not a run directory")
+        raise RunDirError(f"{path}: not a run directory")
     if not (path / METRICS_FILE).is_file():
-        raise ValueError(f"{path}: no {METRICS_FILE} (is this a run directory?)")
-    records = sorted(read_metrics(path), key=lambda r: r.get("step", 0))
+        raise RunDirError(f"{path}: no {METRICS_FILE} (is this a run directory?)")
+    records, issues = read_metrics_checked(path / METRICS_FILE)
     return RunData(
         path,
         label or path.name,
@@ -79,6 +87,8 @@ def load_run(path: str | Path, label: str | None = None) -> RunData:
         read_warnings(path),
         _read_config(path / "config.yaml"),
         _read_json(path / BEFORE_AFTER_FILE),
+        read_faults(path),
+        issues,
     )
 
 
@@ -106,7 +116,7 @@ def _read_config(path: Path) -> dict[str, Any]:
 def load_runs(paths: list[Path]) -> list[RunData]:
     """Load runs; labels are dir names, or parent/name where names collide."""
     if not paths:
-        raise ValueError("report: no run directories given")
+        raise RunDirError("report: no run directories given")
     names = [Path(p).resolve().name for p in paths]
     labels = [
         f"{Path(p).resolve().parent.name}/{n}" if names.count(n) > 1 else n for p, n in zip(paths, names, strict=True)

@@ -13,9 +13,10 @@ import numpy as np
 import torch
 
 from epo.agent import PromptBuilder
-from epo.config import Config
+from epo.config import Config, ConfigError
 from epo.envs import get_spec
 from epo.envs.pool import EnvPool
+from epo.errors import EnvSetupError
 from epo.models import (
     apply_lora,
     enable_activation_checkpointing,
@@ -23,8 +24,10 @@ from epo.models import (
     load_model_and_tokenizer,
     only_adapters_train,
 )
+from epo.models.precision import Precision, check_master_weights, resolve_precision
 from epo.rollout.backend import HFBackend
 from epo.rollout.collector import Collector
+from epo.trainer.checkpoint_model import is_checkpoint_source, load_checkpoint_model
 
 
 def seed_everything(seed: int) -> None:
@@ -39,12 +42,13 @@ def pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"model.device: '{name}' requested but CUDA is not available")
+        raise EnvSetupError(f"model.device: '{name}' requested but CUDA is not available")
     return torch.device(name)
 
 
 def model_source(cfg: Config) -> str:
-    """init_from wins over model.path; an `epo sft` output dir means its export/, an RL run dir its final/."""
+    """init_from wins over model.path; an `epo sft` output dir means its export/, an RL run dir its final/ (a run
+    without final/ and checkpoint dirs are loaded by `load_policy` through epo.trainer.checkpoint_model)."""
     if cfg.init_from:
         path = Path(cfg.init_from)
         for sub in ("export", "final"):
@@ -54,15 +58,37 @@ def model_source(cfg: Config) -> str:
     return cfg.model.path
 
 
-def load_policy(cfg: Config, device: torch.device):
-    model, tokenizer = load_model_and_tokenizer(model_source(cfg), dtype=cfg.model.dtype, device="cpu")
+def load_policy(cfg: Config, device: torch.device, train: bool = True):
+    """train=False (evaluation only) allows bf16 weights; training requires fp32 trainable (master) weights."""
+    source = model_source(cfg)
+    if is_checkpoint_source(source):  # RUN/checkpoints/step_N, or a run without final/: LoRA merged on load
+        model, tokenizer = load_checkpoint_model(source, dtype=cfg.model.dtype)
+    else:
+        model, tokenizer = load_model_and_tokenizer(source, dtype=cfg.model.dtype, device="cpu")
     if cfg.model.lora.enabled:
         lc = cfg.model.lora
         model = apply_lora(model, r=lc.r, alpha=lc.alpha, dropout=lc.dropout, target_modules=list(lc.target_modules))
     freeze_to_top_layers(model, cfg.model.trainable_layers)
     if cfg.model.gradient_checkpointing:
         enable_activation_checkpointing(model)
+    if train:
+        check_master_weights(model.named_parameters())
     return model.to(device), tokenizer
+
+
+def precision(cfg: Config, device: torch.device) -> Precision:
+    """The run's compute precision (train.precision resolved for this device); print its .line() once per run."""
+    return resolve_precision(cfg.train.precision, device)
+
+
+def log_precision(console, cfg: Config, device: torch.device) -> Precision:
+    """Print the precision line once per console: a warm-start SFT and the RL run after it share one command."""
+    chosen = precision(cfg, device)
+    line = chosen.line()
+    if getattr(console, "_epo_precision_line", None) != line:
+        console.print(line, markup=False, highlight=False)
+        console._epo_precision_line = line
+    return chosen
 
 
 def make_optimizer(params, lr: float, cfg: Config) -> torch.optim.Optimizer:
@@ -97,6 +123,9 @@ def make_reference(policy, cfg: Config):
         return policy
     ref = copy.deepcopy(policy)
     ref.requires_grad_(False)
+    run_precision = precision(cfg, next(policy.parameters()).device)
+    if run_precision.mixed:  # an inference-only copy: bf16 weights halve its memory, autocast computes in bf16 anyway
+        ref.to(run_precision.dtype)
     return ref.eval()
 
 
@@ -121,32 +150,29 @@ def list_older(cfg: Config) -> bool:
     return cfg.agent.list_older_actions == "true"
 
 
+def pool_class(cfg: Config) -> type[EnvPool]:
+    """The env pool class make_pool builds: local worker processes, or Ray actors (env.executor=ray)."""
+    if cfg.env.executor == "ray":
+        from epo.envs.ray_pool import RayEnvPool  # imports ray only when the pool starts
+
+        return RayEnvPool
+    return EnvPool
+
+
 def make_pool(cfg: Config) -> EnvPool:
     get_spec(cfg.env.name)  # unknown env names fail here, with the list of known ones
+    cls = pool_class(cfg)
+    common = {"num_workers": cfg.env.num_workers, "step_timeout_s": cfg.env.step_timeout_s}
     if cfg.env.executor == "ray":
-        from epo.envs.ray_pool import RayEnvPool
-
-        return RayEnvPool(
-            cfg.env.name,
-            dict(cfg.env.kwargs),
-            num_workers=cfg.env.num_workers,
-            step_timeout_s=cfg.env.step_timeout_s,
-            num_cpus_per_worker=cfg.env.ray_num_cpus,
-            memory_mb=cfg.env.ray_memory_mb,
-            address=cfg.env.ray_address,
-        )
-    return EnvPool(
-        cfg.env.name,
-        dict(cfg.env.kwargs),
-        num_workers=cfg.env.num_workers,
-        mode=cfg.env.pool_mode,
-        step_timeout_s=cfg.env.step_timeout_s,
-    )
+        ray_options = {"num_cpus_per_worker": cfg.env.ray_num_cpus, "memory_mb": cfg.env.ray_memory_mb}
+        return cls(cfg.env.name, dict(cfg.env.kwargs), address=cfg.env.ray_address, **ray_options, **common)
+    return cls(cfg.env.name, dict(cfg.env.kwargs), mode=cfg.env.pool_mode, **common)
 
 
 def make_collector(cfg: Config, pool, model, tokenizer) -> Collector:
     prompts = PromptBuilder(tokenizer, cfg.agent, list_older_actions=list_older(cfg), env_name=cfg.env.name)
-    backend = HFBackend(model, tokenizer, batch_size=cfg.rollout.generation_batch_size)
+    compute = precision(cfg, next(model.parameters()).device)
+    backend = HFBackend(model, tokenizer, batch_size=cfg.rollout.generation_batch_size, precision=compute)
     return Collector(pool, backend, prompts, tokenizer, cfg.agent, max_turns(cfg))
 
 
@@ -159,7 +185,7 @@ def check_env(cfg: Config) -> dict[str, list[str]]:
     splits = env_splits(cfg)
     for split in [cfg.env.train_split, *cfg.env.eval_splits]:
         if split not in splits:
-            raise ValueError(f"env: split '{split}' not in {cfg.env.name} (splits: {', '.join(splits)})")
+            raise ConfigError(f"env: split '{split}' not in {cfg.env.name} (splits: {', '.join(splits)})")
     return splits
 
 

@@ -4,6 +4,13 @@
     -> eval before/after -> export (LoRA merged) to OUT/export, which `epo train init_from=OUT` starts from.
 
 A 135M model cannot act zero-shot in these envs (no reward ever), so sparse-reward RL needs this first.
+
+Stop and resume work as in the RL loop: the first SIGINT/SIGTERM finishes the current optimizer step, writes
+OUT/checkpoints/step_N (weights or LoRA adapter, optimizer, scheduler, epoch order and position, losses, RNG
+states) and returns with `interrupted=True`; a second signal aborts at once. `run_sft(..., resume=True)` (and
+`epo train --resume RUN` for a warm start that was stopped) re-collects the oracle episodes (deterministic), skips
+the zero-shot eval already done (OUT/sft_before.json) and continues from the checkpoint: the result equals an
+uninterrupted run bit for bit. `sft.save_every` also checkpoints every N optimizer steps (for SIGKILL).
 """
 
 from __future__ import annotations
@@ -11,19 +18,35 @@ from __future__ import annotations
 import json
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 from rich.console import Console
 
-from epo.config import Config, save_config
+from epo.config import Config, save_config, to_yaml
+from epo.errors import TrainingError
 from epo.models import merge_and_save, response_logprobs
+from epo.models.precision import autocast_for
 from epo.rollout.evaluate import EvalResult, eval_task_ids, evaluate
 from epo.rollout.oracle import collect_oracle
 from epo.trainer import setup
 from epo.trainer.batching import collate, pack_by_tokens
+from epo.trainer.checkpoint import (
+    CheckpointError,
+    GracefulExit,
+    capture_rng_state,
+    latest_checkpoint,
+    load_checkpoint,
+    restore_rng_state,
+    save_checkpoint,
+)
+from epo.trainer.metrics import truncate_after
 from epo.trainer.progress import StepProgress
+from epo.trainer.rundir import atomic_dir
+
+BEFORE_FILE = "sft_before.json"
+METRICS_FILE = "sft_metrics.jsonl"
 
 
 @dataclass
@@ -34,10 +57,24 @@ class SFTResult:
     after: dict[str, EvalResult] = field(default_factory=dict)
     oracle_win_rate: float = 0.0
     samples: int = 0
+    interrupted: bool = False
+    """Stopped by SIGINT/SIGTERM (or stop_after): resume with run_sft(..., resume=True); nothing exported."""
+    stop_signal: str = ""
+    """SIGINT/SIGTERM when a signal stopped it; empty otherwise."""
 
 
-def run_sft(cfg: Config, out_dir: str | Path, console: Console | None = None, eval_after: bool = True) -> SFTResult:
-    """eval_after=False when RL follows at once: its step-0 evaluation measures the same policy."""
+def run_sft(
+    cfg: Config,
+    out_dir: str | Path,
+    console: Console | None = None,
+    eval_after: bool = True,
+    resume: bool = False,
+    stop_after: int | None = None,
+) -> SFTResult:
+    """eval_after=False when RL follows at once: its step-0 evaluation measures the same policy.
+
+    resume: continue OUT from its newest checkpoint (or from the start if it has none). stop_after: stop after
+    that optimizer step as a signal would (tests)."""
     console = console or Console()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -47,10 +84,14 @@ def run_sft(cfg: Config, out_dir: str | Path, console: Console | None = None, ev
     setup.seed_everything(cfg.train.seed)
     device = setup.pick_device(cfg.model.device)
     model, tokenizer = setup.load_policy(cfg, device)
+    setup.log_precision(console, cfg, device)
     result = SFTResult(out, out / "export")
-    with setup.make_pool(cfg) as pool:
+    with GracefulExit(console.print) as stop, setup.make_pool(cfg) as pool:
         collector = setup.make_collector(cfg, pool, model, tokenizer)
-        result.before = _eval_all(cfg, collector, splits, console, "before SFT")
+        result.before = _before_eval(cfg, collector, splits, console, out, resume)
+        if stop.requested:  # nothing trained yet: a resume starts training from scratch (the eval is kept)
+            result.interrupted, result.stop_signal = True, stop.signal_name
+            return result
         ids = random.Random(cfg.train.seed).sample(
             sorted(splits[cfg.env.train_split]), min(cfg.sft.episodes, len(splits[cfg.env.train_split]))
         )
@@ -63,12 +104,18 @@ def run_sft(cfg: Config, out_dir: str | Path, console: Console | None = None, ev
             f"{len(samples)} turn samples ({time.perf_counter() - t0:.1f}s)"
         )
         if not samples:
-            raise RuntimeError(f"sft: the {cfg.env.name} oracle won no episode; nothing to clone")
-        losses = _train(cfg, model, tokenizer.pad_token_id, samples, console, out)
+            raise TrainingError(f"sft: the {cfg.env.name} oracle won no episode; nothing to clone")
+        loop = _SFTLoop(cfg, model, tokenizer.pad_token_id, samples, out, stop, stop_after)
+        losses = loop.run(console, resume)
+        if losses is None:
+            result.interrupted, result.stop_signal = True, stop.signal_name
+            console.print(f"behaviour cloning stopped after step {len(loop.losses)}/{loop.total}")
+            return result
         if eval_after:
             result.after = _eval_all(cfg, collector, splits, console, "after SFT")
     model.eval()
-    merge_and_save(model, tokenizer, result.export_dir)
+    with atomic_dir(result.export_dir) as tmp:  # complete or absent: `epo train --resume` trusts an export/
+        merge_and_save(model, tokenizer, tmp)
     summary = {
         "oracle_win_rate": result.oracle_win_rate,
         "samples": result.samples,
@@ -79,6 +126,16 @@ def run_sft(cfg: Config, out_dir: str | Path, console: Console | None = None, ev
     (out / "sft_summary.json").write_text(json.dumps(summary, indent=1))
     console.print(f"SFT model exported to {result.export_dir}")
     return result
+
+
+def _before_eval(cfg: Config, collector, splits, console: Console, out: Path, resume: bool) -> dict[str, EvalResult]:
+    """The zero-shot eval, saved to OUT/sft_before.json so a resumed warm start does not repeat it."""
+    path = out / BEFORE_FILE
+    if resume and path.is_file():
+        return {split: EvalResult(**res) for split, res in json.loads(path.read_text()).items()}
+    before = _eval_all(cfg, collector, splits, console, "before SFT")
+    path.write_text(json.dumps({split: asdict(res) for split, res in before.items()}))
+    return before
 
 
 def _eval_all(cfg: Config, collector, splits, console: Console, label: str) -> dict[str, EvalResult]:
@@ -93,43 +150,123 @@ def _eval_all(cfg: Config, collector, splits, console: Console, label: str) -> d
     return out
 
 
-def _train(cfg: Config, model, pad_id: int, samples, console: Console, out: Path) -> list[float]:
-    """Token-mean NLL of the oracle responses; micro-batches normalised by the batch's token count."""
-    steps_per_epoch = (len(samples) + cfg.sft.batch_size - 1) // cfg.sft.batch_size
-    total = steps_per_epoch * cfg.sft.epochs
-    optimizer = setup.make_optimizer(model.parameters(), cfg.sft.lr, cfg)
-    scheduler = setup.warmup_cosine(optimizer, total, cfg.optim.warmup_ratio, cfg.optim.min_lr_ratio)
-    rng = random.Random(cfg.train.seed)
-    params = [p for p in model.parameters() if p.requires_grad]
-    losses: list[float] = []
-    model.train()
-    with StepProgress(console, total, label="SFT steps") as progress, open(out / "sft_metrics.jsonl", "w") as log:
-        progress.phase("behaviour cloning", 0)
-        for epoch in range(cfg.sft.epochs):
-            order = list(range(len(samples)))
-            rng.shuffle(order)
-            for start in range(0, len(order), cfg.sft.batch_size):
-                batch = order[start : start + cfg.sft.batch_size]
-                num_tokens = float(sum(len(samples[i].response_ids) for i in batch))
-                optimizer.zero_grad(set_to_none=True)
-                total_loss = 0.0
-                for micro in pack_by_tokens(batch, samples, cfg.train.micro_batch_tokens):
-                    mb = collate(samples, micro, pad_id).to(next(model.parameters()).device)
-                    stats = response_logprobs(
-                        model,
-                        mb.input_ids,
-                        mb.attention_mask,
-                        mb.response_mask,
-                        chunk_tokens=cfg.model.logprob_chunk_tokens,
-                        with_entropy=False,
-                    )
-                    loss = -(stats.logprobs * mb.response_mask).sum() / num_tokens
-                    loss.backward()
-                    total_loss += float(loss.detach())
-                torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip or float("inf"))
-                optimizer.step()
-                scheduler.step()
-                losses.append(total_loss)
-                log.write(json.dumps({"epoch": epoch, "step": len(losses), "loss": total_loss}) + "\n")
-                progress.step_done(f"sft epoch {epoch} step {len(losses)}/{total} loss {total_loss:.4f}")
-    return losses
+class _SFTLoop:
+    """Epochs of shuffled optimizer steps over the oracle samples, with checkpoints at a stop (or every
+    sft.save_every steps) and exact resume."""
+
+    def __init__(self, cfg: Config, model, pad_id: int, samples, out: Path, stop: GracefulExit, stop_after):
+        self.cfg, self.model, self.pad_id, self.samples, self.out = cfg, model, pad_id, samples, out
+        self.stop, self.stop_after = stop, stop_after
+        self.steps_per_epoch = (len(samples) + cfg.sft.batch_size - 1) // cfg.sft.batch_size
+        self.total = self.steps_per_epoch * cfg.sft.epochs
+        self.optimizer = setup.make_optimizer(model.parameters(), cfg.sft.lr, cfg)
+        self.scheduler = setup.warmup_cosine(self.optimizer, self.total, cfg.optim.warmup_ratio, cfg.optim.min_lr_ratio)
+        self.rng = random.Random(cfg.train.seed)
+        self.losses: list[float] = []
+        self.epoch, self.order, self.start = 0, [], 0  # position: epoch, its shuffled sample order, next batch start
+
+    def run(self, console: Console, resume: bool) -> list[float] | None:
+        """The per-step losses, or None when stopped (a checkpoint was written)."""
+        if resume and latest_checkpoint(self.out) is not None:
+            self._restore(console)
+        truncate_after(self.out / METRICS_FILE, len(self.losses))  # drop steps after the checkpoint
+        self.model.train()
+        with (
+            StepProgress(console, self.total, len(self.losses), label="SFT steps") as progress,
+            open(self.out / METRICS_FILE, "a") as log,
+        ):
+            progress.phase("behaviour cloning", 0)
+            while self.epoch < self.cfg.sft.epochs:
+                if not self.order:
+                    self.order = list(range(len(self.samples)))
+                    self.rng.shuffle(self.order)
+                while self.start < len(self.order):
+                    loss = self._step(self.order[self.start : self.start + self.cfg.sft.batch_size])
+                    self.start += self.cfg.sft.batch_size
+                    self.losses.append(loss)
+                    log.write(json.dumps({"epoch": self.epoch, "step": len(self.losses), "loss": loss}) + "\n")
+                    log.flush()
+                    progress.step_done(f"sft epoch {self.epoch} step {len(self.losses)}/{self.total} loss {loss:.4f}")
+                    if self.start >= len(self.order):
+                        self.epoch, self.order, self.start = self.epoch + 1, [], 0
+                    stopping = self.stop.requested or len(self.losses) == self.stop_after
+                    every = self.cfg.sft.save_every
+                    if stopping or (every > 0 and len(self.losses) % every == 0 and len(self.losses) < self.total):
+                        console.print(f"  SFT checkpoint: {self._save()}")
+                    if stopping:
+                        return None
+        return self.losses
+
+    def _step(self, batch: list[int]) -> float:
+        """Token-mean NLL of the oracle responses; micro-batches normalised by the batch's token count."""
+        cfg, samples = self.cfg, self.samples
+        num_tokens = float(sum(len(samples[i].response_ids) for i in batch))
+        self.optimizer.zero_grad(set_to_none=True)
+        total_loss = 0.0
+        for micro in pack_by_tokens(batch, samples, cfg.train.micro_batch_tokens):
+            mb = collate(samples, micro, self.pad_id).to(next(self.model.parameters()).device)
+            with autocast_for(cfg.train.precision, mb.input_ids.device):  # fp32 master weights, bf16 compute
+                stats = response_logprobs(
+                    self.model,
+                    mb.input_ids,
+                    mb.attention_mask,
+                    mb.response_mask,
+                    chunk_tokens=cfg.model.logprob_chunk_tokens,
+                    with_entropy=False,
+                )
+            loss = -(stats.logprobs * mb.response_mask).sum() / num_tokens
+            loss.backward()
+            total_loss += float(loss.detach())
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip or float("inf"))
+        self.optimizer.step()
+        self.scheduler.step()
+        return total_loss
+
+    def _trainable_state(self) -> dict[str, torch.Tensor]:
+        if self.cfg.model.lora.enabled:
+            return {n: p.detach().cpu().clone() for n, p in self.model.named_parameters() if p.requires_grad}
+        return {n: t.detach().cpu().clone() for n, t in self.model.state_dict().items()}
+
+    def _save(self) -> Path:
+        rng_state = self.rng.getstate()
+        extra = {
+            "epoch": self.epoch,
+            "order": list(self.order),
+            "start": self.start,
+            "losses": list(self.losses),
+            "samples": len(self.samples),
+            "shuffle_rng": list(rng_state[1]) + [rng_state[2] or 0],
+        }
+        return save_checkpoint(
+            self.out,
+            len(self.losses),
+            model_state=self._trainable_state(),
+            optimizer_states={"sft": self.optimizer.state_dict()},
+            scheduler_states={"sft": self.scheduler.state_dict()},
+            extra_state=extra,
+            rng=capture_rng_state(),
+            config_yaml=to_yaml(self.cfg),
+            is_adapter=self.cfg.model.lora.enabled,
+            keep_last=self.cfg.train.keep_last,
+        )
+
+    def _restore(self, console: Console) -> None:
+        ckpt = load_checkpoint(self.out)
+        extra = ckpt.extra_state
+        if int(extra["samples"]) != len(self.samples):
+            raise TrainingError(
+                f"{ckpt.path}: was trained on {extra['samples']} oracle samples, now there are {len(self.samples)} "
+                "(the env or sft config changed); start a new warm start"
+            )
+        _missing, unexpected = self.model.load_state_dict(ckpt.model_state, strict=not ckpt.is_adapter)
+        if unexpected:
+            raise CheckpointError(f"{ckpt.path}: checkpoint weights do not match the model ({unexpected[:3]} ...)")
+        self.optimizer.load_state_dict(ckpt.optimizer_states["sft"])
+        self.scheduler.load_state_dict(ckpt.scheduler_states["sft"])
+        self.epoch, self.start = int(extra["epoch"]), int(extra["start"])
+        self.order, self.losses = [int(i) for i in extra["order"]], [float(x) for x in extra["losses"]]
+        state = extra["shuffle_rng"]
+        self.rng.setstate((3, tuple(int(x) for x in state[:-1]), None))
+        restore_rng_state(ckpt.rng)
+        console.print(f"resumed behaviour cloning from {ckpt.path} (step {len(self.losses)}/{self.total})")

@@ -18,14 +18,26 @@ from rich.console import Console
 
 from epo.algos import EntropyHistory, EntropyTrend
 from epo.config import Config, save_config, to_yaml
+from epo.errors import ResumeConfigError
 from epo.models import SharedValueHead, merge_and_save
 from epo.rollout.evaluate import EvalResult, eval_task_ids, evaluate
 from epo.rollout.types import SamplingParams
 from epo.trainer import distributed, setup
-from epo.trainer.checkpoint import GracefulExit, capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
+from epo.trainer.checkpoint import (
+    CheckpointError,
+    GracefulExit,
+    capture_rng_state,
+    latest_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    restore_rng_state,
+    save_checkpoint,
+)
+from epo.trainer.faults import EnvBatchFailed, FaultLog, collect_with_retries, fault_metrics, turn_limit_rate
 from epo.trainer.metrics import MetricsLogger, summary_line
 from epo.trainer.monitor import CascadeMonitor
 from epo.trainer.progress import StepProgress
+from epo.trainer.rundir import apply_optim_overrides, atomic_dir, log_resume, resume_changes, saved_config
 from epo.trainer.update import StepData, prepare_step, update_critic, update_policy
 
 
@@ -35,6 +47,8 @@ class TrainResult:
     steps_done: int
     evals: dict[int, dict[str, EvalResult]] = field(default_factory=dict)
     interrupted: bool = False
+    stop_signal: str = ""
+    """SIGINT/SIGTERM when a signal stopped the run (after its checkpoint); empty otherwise."""
 
 
 def default_run_dir(cfg: Config, preset_name: str = "run") -> Path:
@@ -80,15 +94,21 @@ class Trainer:
         self.sampler = setup.TaskSampler(self.splits[cfg.env.train_split], seed=cfg.train.seed)
         self.shuffle_rng = random.Random(cfg.train.seed)
         self.step = 0
+        self.faults: FaultLog | None = None  # set by train(): env faults -> console + faults.jsonl
 
     # ------------------------------------------------------------------ public
     def train(self, stop_after: int | None = None) -> TrainResult:
-        """Run until train.total_steps (or until step `stop_after`, checkpointing there: simulates an interruption)."""
+        """Run until train.total_steps (or until step `stop_after`, checkpointing there: simulates an interruption).
+
+        The run dir is owned (locked) for the whole call, by rank 0 under torchrun; see trainer/rundir.py."""
+        with distributed.own_run_dir_on_main(self.run_dir, resume=self.resume, on_stale=self.console.print):
+            return self._train(stop_after)
+
+    def _train(self, stop_after: int | None) -> TrainResult:
         cfg = self.cfg
-        resume_step = self._restore() if self.resume else None
+        resume_step = self._resume_or_start()
         main = self.dist.is_main
         if main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
             save_config(cfg, self.run_dir / "config.yaml")
         result = TrainResult(self.run_dir, self.step)
         self.console.print(
@@ -97,6 +117,7 @@ class Trainer:
             + (f", {self.dist.world_size} processes" if self.dist.enabled else "")
             + ")"
         )
+        setup.log_precision(self.console, cfg, self.device)
         with (
             setup.make_pool(cfg) as pool,
             (
@@ -109,6 +130,7 @@ class Trainer:
         ):
             collector = setup.make_collector(cfg, pool, self.policy, self.tokenizer)
             collector.on_turn = progress.turn
+            self.faults = FaultLog(self.run_dir, self.console.print, resume_step) if main else None
             if self.step == 0 and cfg.train.eval_at_start and main:
                 result.evals[0] = self._evaluate(collector, progress, logger)
             while self.step < cfg.train.total_steps:
@@ -126,10 +148,11 @@ class Trainer:
                     self.console.print(f"[yellow]monitor:[/] {w.message}")
                 progress.step_done(summary_line(metrics, self.step))
                 stop_now = distributed.any_rank(stop.requested) or self.step == stop_after
-                if self.step % max(cfg.train.save_every, 1) == 0 or self.step == cfg.train.total_steps or stop_now:
+                if checkpoint_due(self.step, cfg.train.save_every, cfg.train.total_steps) or stop_now:
                     self._save()
                 if stop_now:
                     result.interrupted = True
+                    result.stop_signal = distributed.first_nonempty(stop.signal_name)  # every rank: same exit code
                     break
         result.steps_done = self.step
         if self.step == cfg.train.total_steps and main:
@@ -138,8 +161,10 @@ class Trainer:
         return result
 
     def export(self, out_dir: Path) -> Path:
-        """The policy as a Hugging Face model dir (LoRA merged) that transformers and `init_from` load."""
-        merge_and_save(self.policy, self.tokenizer, out_dir)
+        """The policy as a Hugging Face model dir (LoRA merged) that transformers and `init_from` load. Written to a
+        temp dir and renamed into place: `out_dir` is complete or absent, never half-written."""
+        with atomic_dir(out_dir) as tmp:
+            merge_and_save(self.policy, self.tokenizer, tmp)
         self.console.print(f"final policy: {out_dir}")
         return out_dir
 
@@ -147,22 +172,15 @@ class Trainer:
     def _rl_step(self, collector, progress) -> dict:
         cfg = self.cfg
         t0 = time.perf_counter()
-        tasks = self.sampler.sample(cfg.rollout.tasks_per_step)  # the same global list on every rank
         params = SamplingParams(
             cfg.rollout.temperature, cfg.rollout.top_p, cfg.rollout.top_k, cfg.rollout.max_new_tokens
         )
         progress.phase("rollout", collector.max_turns)
-        if self.dist.enabled:  # this rank plays its chunk of whole groups; all ranks then hold the whole batch
-            distributed.seed_rollout(cfg.train.seed, self.step)
-            rollout = distributed.gather_rollout(
-                collector.collect(distributed.my_tasks(tasks), cfg.rollout.group_size, params)
-            )
-        else:
-            rollout = collector.collect(tasks, cfg.rollout.group_size, params)
+        rollout, retries = self._collect(collector, params)
         t1 = time.perf_counter()
         progress.phase("update", 0)
         data = prepare_step(self.policy, rollout.samples, self.pad_id, cfg, self.reference, self.critic)
-        # H̄ is the mean of *past* steps' entropies (EPO_SPEC; P = 0 before any history), so this rollout enters it
+        # H̄ is the mean of *past* steps' entropies (docs/METHOD.md §4; P = 0 before any history), so this rollout enters it
         # after the update. "reference" mode adds it before, as the reference code does.
         history_first = cfg.epo.mode == "reference"
         turn_entropy = self._update_history(data) if history_first else {}
@@ -196,6 +214,7 @@ class Trainer:
         trend = self.trend.update(entropy_mean)
         metrics.update(trend)
         metrics.update(_rollout_metrics(rollout))
+        metrics["rollout/batch_retries"] = float(retries)
         metrics.update(
             {
                 "epo/entropy_mean": entropy_mean,
@@ -208,6 +227,52 @@ class Trainer:
             }
         )
         return metrics
+
+    def _collect(self, collector, params: SamplingParams):
+        """Sample this step's tasks and collect them, again (same tasks) while every episode fails; log env faults.
+
+        Under torchrun every rank draws the same global task list and plays its chunk of whole groups; all ranks
+        then hold the gathered global batch, so "every episode failed" is decided on the whole batch, identically
+        on every rank, and all ranks retry (or stop) together. Rank 0 logs every rank's faults."""
+        cfg = self.cfg
+        rng, sampler = capture_rng_state(), self.sampler.state_dict()
+        tasks = self.sampler.sample(cfg.rollout.tasks_per_step)  # the same global list on every rank
+        pool, step = collector.pool, self.step + 1
+        if self.dist.enabled:
+            distributed.seed_rollout(cfg.train.seed, self.step)
+
+        def collect():
+            if not self.dist.enabled:
+                return collector.collect(tasks, cfg.rollout.group_size, params)
+            mine = collector.collect(distributed.my_tasks(tasks), cfg.rollout.group_size, params)
+            return distributed.gather_rollout(mine)
+
+        def failed(attempt: int, _rollout) -> None:
+            self._record_faults(step, "rollout", pool)
+            self.console.print(f"[yellow]env:[/] step {step}: every episode failed (attempt {attempt + 1})")
+
+        try:
+            rollout, retries = collect_with_retries(collect, cfg.env.batch_retries, failed)
+        except RuntimeError as e:
+            # stop with a valid checkpoint of the last finished step, exactly as that step left things
+            self._record_faults(step, "rollout", pool)
+            restore_rng_state(rng)
+            self.sampler.load_state_dict(sampler)
+            ckpt = latest_checkpoint(self.run_dir)
+            if ckpt is None or ckpt.name != f"step_{self.step:06d}":
+                ckpt = self._save()
+            raise EnvBatchFailed(
+                f"{str(e).splitlines()[0]}; stopped after step {self.step} (checkpoint {ckpt}); "
+                f"fix the env, then: epo train --resume {self.run_dir}"
+            ) from None
+        self._record_faults(step, "rollout", pool)
+        return rollout, retries
+
+    def _record_faults(self, step: int, phase: str, pool) -> None:
+        """Every rank's env faults since the last call, logged by rank 0 (a collective under torchrun)."""
+        faults = distributed.gather_faults(pool.drain_faults())
+        if self.faults is not None:
+            self.faults.record(step, phase, faults)
 
     def _update_history(self, data: StepData) -> dict[int, float]:
         """Feed the per-turn-index entropy of the turn samples actually played to the EPO history."""
@@ -234,6 +299,8 @@ class Trainer:
             with torch.no_grad():
                 res = evaluate(collector, split, ids, cfg.train.eval_temperature, cfg.rollout.max_new_tokens)
             out[split] = res
+            if self.faults is not None:
+                self.faults.record(self.step, f"eval {split}", collector.pool.drain_faults())
             eval_dir = self.run_dir / "eval"
             eval_dir.mkdir(exist_ok=True)
             res.save(eval_dir / f"step_{self.step:06d}_{split}.json")
@@ -285,19 +352,42 @@ class Trainer:
         self.console.print(f"  checkpoint: {path}")
         return path
 
+    def _resume_or_start(self) -> int | None:
+        """None for a new run; else the step metrics are truncated after: the checkpoint's step, or -1 for a run
+        that was stopped before its first checkpoint (it starts over from step 0 with the same config and seed)."""
+        if not self.resume:
+            return None
+        changes = resume_changes(saved_config(self.run_dir), self.cfg, self.run_dir)
+        if list_checkpoints(self.run_dir):
+            step = self._restore()
+        else:
+            self.console.print(f"{self.run_dir}: no checkpoint yet; starting the run over from step 0 (same seed)")
+            step = -1
+        if self.dist.is_main:  # one resumes.jsonl line per resume, not per rank
+            log_resume(self.run_dir, max(step, 0), changes, self.console.print)
+        return step
+
     def _restore(self) -> int | None:
         ckpt = load_checkpoint(self.run_dir)
         missing, unexpected = self.policy.load_state_dict(ckpt.model_state, strict=not ckpt.is_adapter)
         if unexpected:
-            raise RuntimeError(f"{ckpt.path}: checkpoint weights do not match the model ({unexpected[:3]} ...)")
+            raise CheckpointError(f"{ckpt.path}: checkpoint weights do not match the model ({unexpected[:3]} ...)")
         self.optimizer.load_state_dict(ckpt.optimizer_states["policy"])
         self.scheduler.load_state_dict(ckpt.scheduler_states["policy"])
+        apply_optim_overrides(self.optimizer, self.scheduler, self.cfg.optim.lr, self.cfg.optim.weight_decay)
         if self.critic is not None:
             self.critic.load_state_dict(ckpt.value_state)
             self.critic_optimizer.load_state_dict(ckpt.optimizer_states["critic"])
             self.critic_scheduler.load_state_dict(ckpt.scheduler_states["critic"])
+            apply_optim_overrides(
+                self.critic_optimizer, self.critic_scheduler, self.cfg.optim.value_lr, self.cfg.optim.weight_decay
+            )
         extra = ckpt.extra_state
         self.step = int(extra["step"])
+        if self.step > self.cfg.train.total_steps:
+            raise ResumeConfigError(
+                f"train.total_steps: {self.cfg.train.total_steps} is below the checkpoint's step {self.step}"
+            )
         self.history.load_state_dict(extra["history"])
         self.trend.load_state_dict(extra["trend"])
         self.monitor.load_state_dict(extra["monitor"])
@@ -307,6 +397,12 @@ class Trainer:
         restore_rng_state(ckpt.rng)
         self.console.print(f"resumed from {ckpt.path} (step {self.step})")
         return self.step
+
+
+def checkpoint_due(step: int, save_every: int, total_steps: int) -> bool:
+    """Periodic checkpoints every `save_every` steps (0: none) and always at the last step; a stop signal (Ctrl-C,
+    SIGTERM) checkpoints on its own."""
+    return (save_every > 0 and step % save_every == 0) or step == total_steps
 
 
 def _mean_entropy(data: StepData) -> float:
@@ -321,9 +417,10 @@ def _rollout_metrics(rollout) -> dict[str, float]:
     turns = max(sum(t.length for t in trajs), 1)
     return {
         "rollout/success_rate": sum(t.won for t in trajs) / n,
-        "rollout/return_mean": sum(t.episode_return for t in trajs) / n,
+        "rollout/return_mean": sum(t.episode_return for t in trajs) / n,  # R = win_reward·won: no penalties
         "rollout/episode_len": sum(t.length for t in trajs) / n,
         "rollout/invalid_rate": sum(t.invalid_turns for t in trajs) / turns,
-        "rollout/truncated_rate": sum(t.truncated for t in trajs) / n,
+        "rollout/truncated_rate": turn_limit_rate(trajs),
         "rollout/samples": float(len(rollout.samples)),
+        **fault_metrics(trajs),
     }

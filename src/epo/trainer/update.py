@@ -13,8 +13,7 @@ Per-token arrays are kept per sample as 1-D tensors of the response length (see 
 from __future__ import annotations
 
 import random
-from collections import defaultdict
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -24,8 +23,10 @@ from epo.algos import (
     aggregate,
     epo_loss,
     gae_token,
+    gae_turn,
     grpo_advantages,
     kl_penalty,
+    merge_metrics,
     policy_loss,
     trajectory_sample_weights,
     value_loss,
@@ -33,6 +34,7 @@ from epo.algos import (
 )
 from epo.config import Config
 from epo.models import SharedValueHead, adapter_disabled, response_logprobs
+from epo.models.precision import autocast_for
 from epo.rollout.types import TurnSample
 from epo.trainer import distributed as dist
 from epo.trainer.batching import MicroBatch, collate, pack_by_tokens
@@ -51,27 +53,28 @@ class StepData:
 
 
 class MetricMeans:
-    """Weighted means of per-micro-batch metrics (max for '*_max' keys)."""
+    """Accumulates per-micro-batch metrics; `result()` merges them with `merge_metrics` (the one merge rule:
+    weighted mean, max for '*_max' keys, NaN entries skipped so one constant-return micro-batch's NaN explained
+    variance does not turn the step's metric into NaN)."""
 
     def __init__(self) -> None:
-        self.sums: dict[str, float] = defaultdict(float)
-        self.weights: dict[str, float] = defaultdict(float)
-        self.maxes: dict[str, float] = {}
+        self.metrics: list[dict[str, float]] = []
+        self.weights: list[float] = []
 
     def add(self, metrics: dict[str, float], weight: float) -> None:
-        for k, v in metrics.items():
-            if k.endswith("_max"):
-                self.maxes[k] = max(self.maxes.get(k, float("-inf")), v)
-            else:
-                self.sums[k] += v * weight
-                self.weights[k] += weight
+        self.metrics.append(dict(metrics))
+        self.weights.append(float(weight))
 
     def result(self) -> dict[str, float]:
-        """Means over every rank's micro-batches (sums and weights all-reduced: not a mean of rank means)."""
-        sums, weights, maxes = dist.reduce_metric_sums(dict(self.sums), dict(self.weights), self.maxes)
-        out = {k: sums[k] / weights[k] for k in sums if weights.get(k, 0) > 0}
-        out.update(maxes)
-        return out
+        """The merged metrics of every rank's micro-batches (one process: exactly `merge_metrics`). Under torchrun
+        the ranks' per-micro-batch dicts and weights are gathered and merged as one list, so the result is the
+        global weighted mean / max with NaN entries skipped, never a mean of rank means."""
+        metrics: list[dict[str, float]] = []
+        weights: list[float] = []
+        for part_metrics, part_weights in dist.all_gather_objects((self.metrics, self.weights)):
+            metrics += part_metrics
+            weights += part_weights
+        return merge_metrics(metrics, weights)
 
 
 def _device(model) -> torch.device:
@@ -79,22 +82,46 @@ def _device(model) -> torch.device:
 
 
 def model_stats(model, mb: MicroBatch, cfg: Config, with_entropy: bool, return_hidden: bool = False):
-    """Response log-probs/entropies of one micro-batch, with the numerics of both the old-policy pass and training."""
-    return response_logprobs(
-        model,
-        mb.input_ids,
-        mb.attention_mask,
-        mb.response_mask,
-        temperature=cfg.rollout.temperature or 1.0,
-        chunk_tokens=cfg.model.logprob_chunk_tokens,
-        with_entropy=with_entropy,
-        return_hidden=return_hidden,
-    )
+    """Response log-probs/entropies of one micro-batch, with the numerics of both the old-policy pass and training
+    (under train.precision's autocast; backward runs outside it, in the dtypes autocast recorded)."""
+    with autocast_for(cfg.train.precision, mb.input_ids.device):
+        return response_logprobs(
+            model,
+            mb.input_ids,
+            mb.attention_mask,
+            mb.response_mask,
+            temperature=cfg.rollout.temperature or 1.0,
+            chunk_tokens=cfg.model.logprob_chunk_tokens,
+            with_entropy=with_entropy,
+            return_hidden=return_hidden,
+        )
+
+
+@contextmanager
+def eval_mode(*modules):
+    """Dropout off while computing what must equal the sampling policy's numbers (old and reference log-probs,
+    critic values): with LoRA dropout > 0 a train-mode pass would make the first update's ratio != 1. Every
+    submodule's own train/eval flag is restored afterwards."""
+    flags = [(sub, sub.training) for m in modules if m is not None for sub in m.modules()]
+    for m in modules:
+        if m is not None:
+            m.eval()
+    try:
+        yield
+    finally:
+        for sub, training in flags:
+            sub.training = training
 
 
 @torch.no_grad()
 def forward_pass(model, samples: list[TurnSample], pad_id: int, cfg: Config, with_entropy: bool, value_head=None):
-    """Per-sample response log-probs (and entropies, and shared-head values) with the training numerics, no grad."""
+    """Per-sample response log-probs (and entropies, and shared-head values) with the training numerics, no grad,
+    in eval mode (see `eval_mode`)."""
+    with eval_mode(model, value_head):
+        return _forward_pass(model, samples, pad_id, cfg, with_entropy, value_head)
+
+
+def _forward_pass(model, samples: list[TurnSample], pad_id: int, cfg: Config, with_entropy: bool, value_head):
     logps: list[torch.Tensor | None] = [None] * len(samples)
     ents: list[torch.Tensor | None] = [None] * len(samples)
     values: list[torch.Tensor | None] = [None] * len(samples)
@@ -115,11 +142,15 @@ def forward_pass(model, samples: list[TurnSample], pad_id: int, cfg: Config, wit
 
 @torch.no_grad()
 def critic_values(critic, samples: list[TurnSample], pad_id: int, cfg: Config) -> list[torch.Tensor]:
+    """The separate critic's per-token values [R] per sample, in eval mode (see `eval_mode`)."""
     out: list[torch.Tensor | None] = [None] * len(samples)
-    for micro in dist.my_share(pack_by_tokens(list(range(len(samples))), samples, cfg.train.micro_batch_tokens)):
-        mb = collate(samples, micro, pad_id).to(_device(critic))
-        for i, v in zip(micro, mb.gather_tokens(critic(mb.input_ids, mb.attention_mask))):
-            out[i] = v
+    with eval_mode(critic):
+        for micro in dist.my_share(pack_by_tokens(list(range(len(samples))), samples, cfg.train.micro_batch_tokens)):
+            mb = collate(samples, micro, pad_id).to(_device(critic))
+            with autocast_for(cfg.train.precision, mb.input_ids.device):
+                values = critic(mb.input_ids, mb.attention_mask)
+            for i, v in zip(micro, mb.gather_tokens(values)):
+                out[i] = v
     return dist.merge_per_sample(out)
 
 
@@ -165,8 +196,21 @@ def prepare_step(policy, samples: list[TurnSample], pad_id: int, cfg: Config, re
     return data
 
 
+def turn_rewards(samples: list[TurnSample]) -> torch.Tensor:
+    """Each turn's own reward [N] for turn-level GAE: its shaping (invalid penalty / format bonus) on every turn,
+    plus the episode return R = reward - shaping on the trajectory's final turn only. (`reward` carries R on every
+    turn, which summed over a trajectory would count R once per turn.)"""
+    last_turn: dict[int, int] = {}
+    for s in samples:
+        last_turn[s.traj_id] = max(last_turn.get(s.traj_id, -1), s.turn_idx)
+    own = [s.shaping + (s.reward - s.shaping if s.turn_idx == last_turn[s.traj_id] else 0.0) for s in samples]
+    return torch.tensor(own, dtype=torch.float32)
+
+
 def _gae(samples: list[TurnSample], values: list[torch.Tensor], cfg: Config):
-    """Token-level GAE within each turn (reward at its last response token), whitened over the batch."""
+    """GAE whitened over the batch. gae_level=token: within each turn, its reward at the last response token (the
+    reference); turn: across a trajectory's turns with each turn's own reward (`turn_rewards`), V_t read at the
+    turn's first response token, A_t on all its tokens."""
     width = max(len(s.response_ids) for s in samples)
     rewards = torch.zeros(len(samples), width)
     vals = torch.zeros(len(samples), width)
@@ -176,8 +220,14 @@ def _gae(samples: list[TurnSample], values: list[torch.Tensor], cfg: Config):
         rewards[b, n - 1] = s.reward
         vals[b, :n] = v
         mask[b, :n] = 1
-    adv, ret = gae_token(rewards, vals, mask, gamma=cfg.algo.gamma, lam=cfg.algo.lam)
-    if cfg.algo.whiten_advantages:
+    algo = cfg.algo
+    if algo.gae_level == "turn":
+        turn_idx = torch.tensor([s.turn_idx for s in samples])
+        traj_ids = [s.traj_id for s in samples]
+        adv, ret = gae_turn(turn_rewards(samples), vals, mask, traj_ids, turn_idx, gamma=algo.gamma, lam=algo.lam)
+    else:
+        adv, ret = gae_token(rewards, vals, mask, gamma=algo.gamma, lam=algo.lam)
+    if algo.whiten_advantages:
         adv = whiten(adv, mask)
     lens = [len(s.response_ids) for s in samples]
     return [adv[b, :n].clone() for b, n in enumerate(lens)], [ret[b, :n].clone() for b, n in enumerate(lens)]
@@ -325,7 +375,8 @@ def update_critic(critic, optimizer, data: StepData, cfg: Config, pad_id: int, r
             optimizer.zero_grad(set_to_none=True)
             for micro in dist.my_share(pack_by_tokens(mini, samples, cfg.train.micro_batch_tokens)):
                 mb = collate(samples, micro, pad_id).to(_device(critic))
-                values = critic(mb.input_ids, mb.attention_mask)  # [B, T], V(state before token p) at p
+                with autocast_for(cfg.train.precision, mb.input_ids.device):
+                    values = critic(mb.input_ids, mb.attention_mask)  # [B, T], V(state before token p) at p
                 loss, metrics = value_loss(
                     values,
                     mb.scatter_tokens(data.old_values),

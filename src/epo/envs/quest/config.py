@@ -11,6 +11,7 @@ from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from epo.envs.quest.names import CONTAINER_NAMES, JUNK, KEY_COLORS, RECIPES, ROOM_NAMES
+from epo.errors import EnvSetupError
 
 TASK_TYPES = ("fetch", "craft")
 SPLITS = ("train", "iid", "ood")
@@ -107,10 +108,10 @@ def _as_range(name: str, value: Any) -> tuple[int, int]:
     if isinstance(value, int) and not isinstance(value, bool):
         value = (value, value)
     if not (isinstance(value, (tuple, list)) and len(value) == 2 and all(isinstance(v, int) for v in value)):
-        raise ValueError(f"quest: {name} must be an int or a [lo, hi] pair of ints, got {value!r}")
+        raise EnvSetupError(f"quest: {name} must be an int or a [lo, hi] pair of ints, got {value!r}")
     lo, hi = value
     if not 0 <= lo <= hi:
-        raise ValueError(f"quest: {name} needs 0 <= lo <= hi, got {value!r}")
+        raise EnvSetupError(f"quest: {name} needs 0 <= lo <= hi, got {value!r}")
     return (lo, hi)
 
 
@@ -118,14 +119,14 @@ def parse_kwargs(**kwargs: Any) -> QuestConfig:
     """Build a QuestConfig from env kwargs: difficulty=easy|medium|hard, per-knob overrides, split sizes."""
     difficulty = kwargs.pop("difficulty", "medium")
     if difficulty not in PRESETS:
-        raise ValueError(f"quest: unknown difficulty {difficulty!r}; choose one of {', '.join(PRESETS)}")
+        raise EnvSetupError(f"quest: unknown difficulty {difficulty!r}; choose one of {', '.join(PRESETS)}")
     expert = kwargs.pop("expert", "exact")
     if expert not in EXPERTS:
-        raise ValueError(f"quest: unknown expert {expert!r}; choose one of {', '.join(EXPERTS)}")
+        raise EnvSetupError(f"quest: unknown expert {expert!r}; choose one of {', '.join(EXPERTS)}")
     sizes = {k: kwargs.pop(k) for k in _SIZE_FIELDS if k in kwargs}
     for name, n in sizes.items():
         if not (isinstance(n, int) and n >= 0):
-            raise ValueError(f"quest: {name} must be a non-negative int, got {n!r}")
+            raise EnvSetupError(f"quest: {name} must be a non-negative int, got {n!r}")
     overrides: dict[str, Any] = {}
     for name in list(kwargs):
         if name in _RANGE_FIELDS:
@@ -133,11 +134,11 @@ def parse_kwargs(**kwargs: Any) -> QuestConfig:
         elif name == "task_types":
             types = tuple(kwargs.pop(name))
             if not types or any(t not in TASK_TYPES for t in types):
-                raise ValueError(f"quest: task_types must be a non-empty subset of {TASK_TYPES}, got {types!r}")
+                raise EnvSetupError(f"quest: task_types must be a non-empty subset of {TASK_TYPES}, got {types!r}")
             overrides[name] = types
     if kwargs:
         known = ", ".join(("difficulty", "expert", *_SIZE_FIELDS, *_RANGE_FIELDS, "task_types"))
-        raise ValueError(f"quest: unknown env kwargs {sorted(kwargs)}; known: {known}")
+        raise EnvSetupError(f"quest: unknown env kwargs {sorted(kwargs)}; known: {known}")
     base = replace(PRESETS[difficulty], **overrides)
     _check_limits(base, harder(base))
     return QuestConfig(base=base, ood=harder(base), difficulty=difficulty, expert=expert, **sizes)
@@ -146,7 +147,7 @@ def parse_kwargs(**kwargs: Any) -> QuestConfig:
 def _check_limits(base: LevelParams, ood: LevelParams) -> None:
     """The word lists bound how big a game can be; say so up front rather than failing inside the generator."""
     if base.locks[0] < 1 or base.rooms[0] < 1 or base.ingredients[0] < 1:
-        raise ValueError("quest: rooms, locks and ingredients need at least 1")
+        raise EnvSetupError("quest: rooms, locks and ingredients need at least 1")
     limits = {
         "rooms": (ood.rooms[1], len(ROOM_NAMES)),
         "locks + distractor_keys": (ood.locks[1] + ood.distractor_keys[1], len(KEY_COLORS)),
@@ -159,14 +160,14 @@ def _check_limits(base: LevelParams, ood: LevelParams) -> None:
     }
     for name, (value, limit) in limits.items():
         if value > limit:
-            raise ValueError(f"quest: {name} can be at most {limit} (OOD adds to the base ranges), got {value}")
+            raise EnvSetupError(f"quest: {name} can be at most {limit} (OOD adds to the base ranges), got {value}")
 
 
 def parse_task_id(task_id: str) -> tuple[str, int]:
     """'train/00017' -> ('train', 17)."""
     split, sep, index = str(task_id).partition("/")
     if not sep or split not in SPLITS or not index.isdigit():
-        raise ValueError(f"quest: bad task id {task_id!r}; expected '<split>/<index>' with split in {SPLITS}")
+        raise EnvSetupError(f"quest: bad task id {task_id!r}; expected '<split>/<index>' with split in {SPLITS}")
     return split, int(index)
 
 

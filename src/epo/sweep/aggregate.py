@@ -1,0 +1,174 @@
+"""`epo report SWEEP_DIR`: per-method statistics over seeds, paired tests against the baseline, figures.
+
+Per seed (one run): Succ.* (best eval) and Succ. (mean of the last evals) per split, as `epo report` defines them;
+the RL gain (last eval - first eval, the start-of-RL eval at step 0); the variance of the batch-mean entropy across
+RL steps; the mean band-violation fractions (epo/frac_below, epo/frac_above; EPO runs only). Per method: mean ± std
+and a 95% t-interval over seeds. Each method against the baseline: paired over shared seeds (`stats.paired`).
+Writes SWEEP_DIR/report/: summary.md, results.json, per_seed.csv and PNG figures.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from epo.sweep import plots
+from epo.sweep.grid import GRID_FILE
+from epo.sweep.stats import paired, summarize
+from epo.trainer.report import run_summary
+from epo.trainer.report_data import RunData, load_run
+
+SEED_METRICS_DOC = {
+    "succ_max": "Succ.*: best eval success of the seed",
+    "succ_converged": "Succ.: mean of the seed's last evals",
+    "rl_gain": "last eval - first (start-of-RL) eval",
+    "entropy_var": "variance of the batch-mean entropy across RL steps",
+    "entropy_mean": "mean entropy over RL steps",
+    "frac_below": "mean fraction of tokens below the EPO band",
+    "frac_above": "mean fraction of tokens above the EPO band",
+    "train_success": "rollout success, last 5 steps",
+}
+
+
+def load_sweep(sweep_dir: Path) -> tuple[dict, dict[str, dict[int, RunData]]]:
+    """(grid dict, {method: {seed: RunData}}) of the runs that logged metrics."""
+    grid = yaml.safe_load((sweep_dir / GRID_FILE).read_text())
+    runs: dict[str, dict[int, RunData]] = {}
+    for method in grid["methods"]:
+        for seed in grid["seeds"]:
+            path = sweep_dir / method / f"seed{seed}"
+            if (path / "metrics.jsonl").is_file():
+                runs.setdefault(method, {})[seed] = load_run(path, f"{method}/seed{seed}")
+    return grid, runs
+
+
+def seed_numbers(run: RunData, splits: list[str]) -> dict[str, float | None]:
+    """The per-seed numbers aggregated over seeds (keys: '<split>/succ_max', 'entropy_var', ...)."""
+    row = run_summary(run, splits)
+    out: dict[str, float | None] = {k: row.get(k) for k in row if "/" in k}
+    for split in splits:
+        _, values = run.series(f"eval/{split}/success")
+        out[f"{split}/rl_gain"] = float(values[-1] - values[0]) if len(values) >= 2 else None
+    _, entropy = run.series("epo/entropy_mean")
+    out["entropy_mean"] = float(entropy.mean()) if len(entropy) else None
+    out["entropy_var"] = float(entropy.var()) if len(entropy) >= 2 else None
+    for key in ("frac_below", "frac_above"):
+        _, v = run.series(f"epo/{key}")
+        out[key] = float(v.mean()) if len(v) else None
+    out["train_success"] = row.get("train_success")
+    return out
+
+
+def aggregate(sweep_dir: Path) -> dict[str, Any]:
+    grid, runs = load_sweep(sweep_dir)
+    if not runs:
+        raise ValueError(f"{sweep_dir}: no run has logged metrics yet")
+    splits = sorted({s for by_seed in runs.values() for r in by_seed.values() for s in r.eval_splits()})
+    per_seed = {m: {s: seed_numbers(r, splits) for s, r in by_seed.items()} for m, by_seed in runs.items()}
+    metrics = sorted({k for seeds in per_seed.values() for row in seeds.values() for k in row})
+    summary = {
+        m: {k: _as_dict(summarize([row[k] for row in seeds.values() if row.get(k) is not None])) for k in metrics}
+        for m, seeds in per_seed.items()
+    }
+    base = grid["baseline"]
+    tests = {}
+    for m in per_seed:
+        if m == base or base not in per_seed:
+            continue
+        tests[m] = {k: _as_dict(paired(_by_seed(per_seed[m], k), _by_seed(per_seed[base], k))) for k in metrics}
+    return {"grid": grid, "splits": splits, "per_seed": per_seed, "summary": summary, "tests": tests, "runs": runs}
+
+
+def write_sweep_report(sweep_dir: str | Path, out_dir: str | Path | None = None) -> Path:
+    sweep_dir = Path(sweep_dir)
+    out_dir = Path(out_dir) if out_dir else sweep_dir / "report"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    agg = aggregate(sweep_dir)
+    runs = agg.pop("runs")
+    (out_dir / "results.json").write_text(json.dumps(agg, indent=1, default=str))
+    _write_csv(out_dir / "per_seed.csv", agg["per_seed"])
+    figures = plots.write_sweep_figures(runs, agg["splits"], out_dir)
+    path = out_dir / "summary.md"
+    path.write_text(render(agg, figures))
+    return path
+
+
+def render(agg: dict[str, Any], figures: list[str]) -> str:
+    grid, splits, summary = agg["grid"], agg["splits"], agg["summary"]
+    lines = [
+        "# Sweep report",
+        "",
+        f"Base config `{grid['base']}`, common overrides `{' '.join(grid['overrides']) or '-'}`, "
+        f"seeds {grid['seeds']}, baseline `{grid['baseline']}`.",
+        "",
+        "## Success (the paper's form): mean ± std over seeds, in %",
+        "",
+        "Succ.* = mean over seeds of each seed's best eval; Succ. = mean over seeds of the mean of each seed's last "
+        "evals. n = seeds with data.",
+        "",
+    ]
+    cols = [f"{s} Succ.*" for s in splits] + [f"{s} Succ." for s in splits]
+    lines += ["| method | n | " + " | ".join(cols) + " |", "|---" * (len(cols) + 2) + "|"]
+    for m, row in summary.items():
+        cells = [_pm(row.get(f"{s}/succ_max"), 100) for s in splits]
+        cells += [_pm(row.get(f"{s}/succ_converged"), 100) for s in splits]
+        n = max((v["n"] for v in row.values() if v), default=0)
+        lines.append(f"| {m} | {n} | " + " | ".join(cells) + " |")
+    lines += ["", "## Entropy and RL gain: mean [95% t-interval] over seeds", ""]
+    keys = [f"{s}/rl_gain" for s in splits] + ["entropy_mean", "entropy_var", "frac_below", "frac_above"]
+    lines += ["| method | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
+    for m, row in summary.items():
+        lines.append(f"| {m} | " + " | ".join(_ci(row.get(k)) for k in keys) + " |")
+    lines += [
+        "",
+        f"## Against the baseline `{grid['baseline']}`",
+        "",
+        "Difference method - baseline, mean [95% t-interval]; p: two-sided paired t-test over shared seeds "
+        "(Welch's t-test where no seeds are shared) and exact sign-flip permutation test (paired only; with n seeds "
+        "its smallest possible p is 2/2^n).",
+        "",
+    ]
+    keys = [f"{s}/succ_max" for s in splits] + [f"{s}/succ_converged" for s in splits] + ["entropy_var"]
+    lines += ["| method | metric | n | test | diff [95% CI] | p (t) | p (perm) |", "|---|---|---|---|---|---|---|"]
+    for m, by_key in agg["tests"].items():
+        for k in keys:
+            c = by_key.get(k)
+            if c:
+                perm = "-" if c["p_perm"] is None else f"{c['p_perm']:.3f}"
+                lines.append(
+                    f"| {m} | {k} | {c['n']} | {c['test']} | {c['diff']:+.4g} [{c['ci_low']:+.4g}, "
+                    f"{c['ci_high']:+.4g}] | {c['p_t']:.3f} | {perm} |"
+                )
+    lines += ["", "## Figures", ""] + [f"![{f}]({f})" for f in figures]
+    lines += ["", "Per-seed numbers: per_seed.csv; everything above: results.json.", ""]
+    return "\n".join(lines)
+
+
+def _by_seed(seeds: dict[int, dict], key: str) -> dict[int, float]:
+    return {s: row[key] for s, row in seeds.items() if row.get(key) is not None}
+
+
+def _as_dict(obj) -> dict | None:
+    return None if obj is None else obj.as_dict()
+
+
+def _pm(s: dict | None, scale: float = 1.0) -> str:
+    return "-" if not s else f"{scale * s['mean']:.1f} ± {scale * s['std']:.1f}"
+
+
+def _ci(s: dict | None) -> str:
+    return "-" if not s else f"{s['mean']:.4g} [{s['ci_low']:.4g}, {s['ci_high']:.4g}]"
+
+
+def _write_csv(path: Path, per_seed: dict[str, dict[int, dict]]) -> None:
+    keys = sorted({k for seeds in per_seed.values() for row in seeds.values() for k in row})
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["method", "seed", *keys])
+        for m, seeds in per_seed.items():
+            for s, row in sorted(seeds.items()):
+                w.writerow([m, s, *("" if row.get(k) is None else f"{row[k]:.6g}" for k in keys)])

@@ -1,0 +1,123 @@
+"""A sweep grid: a base preset, common overrides, named methods (their own overrides) and seeds.
+
+GRID.yaml:
+    base: quest_fast_tier            # preset name or YAML path (relative paths: to the grid file)
+    overrides: [train.total_steps=60]
+    seeds: [0, 1, 2, 3, 4]
+    baseline: grpo                   # paired tests compare every method with this one (default: the first)
+    methods:
+      grpo: []
+      grpo_epo: [epo.mode=on]
+
+Run (method m, seed s) = base <- overrides <- methods[m] <- train.seed=s, written to SWEEP_DIR/m/seed<s>.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from epo.config import Config, ConfigError, load_config
+
+GRID_FILE = "sweep.yaml"  # the grid as run, copied into SWEEP_DIR (marks a directory as a sweep)
+_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    method: str
+    seed: int
+    overrides: tuple[str, ...]
+    """Common overrides, then the method's, then train.seed."""
+
+    @property
+    def run_id(self) -> str:
+        return f"{self.method}/seed{self.seed}"
+
+    def run_dir(self, sweep_dir: Path) -> Path:
+        return Path(sweep_dir) / self.method / f"seed{self.seed}"
+
+
+@dataclass
+class Grid:
+    base: str
+    seeds: list[int]
+    methods: dict[str, list[str]]
+    overrides: list[str] = field(default_factory=list)
+    baseline: str = ""
+
+    def runs(self) -> list[RunSpec]:
+        """Seed-major order: every method's seed 0 first, so a sweep cut short still has paired seeds."""
+        return [
+            RunSpec(m, s, (*self.overrides, *self.methods[m], f"train.seed={s}"))
+            for s in self.seeds
+            for m in self.methods
+        ]
+
+    def config(self, run: RunSpec) -> Config:
+        return load_config(self.base, list(run.overrides))
+
+    def to_dict(self) -> dict:
+        return {
+            "base": self.base,
+            "overrides": list(self.overrides),
+            "seeds": list(self.seeds),
+            "baseline": self.baseline,
+            "methods": {k: list(v) for k, v in self.methods.items()},
+        }
+
+
+def load_grid(path: str | Path, check_configs: bool = True) -> Grid:
+    """Read and validate GRID.yaml; with check_configs every run's config is loaded (fails before any run starts)."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read the grid ({e.strerror})") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    return parse_grid(raw, path.parent, check_configs, where=str(path))
+
+
+def parse_grid(raw: object, base_dir: Path, check_configs: bool = True, where: str = "grid") -> Grid:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: must be a mapping with base, seeds and methods")
+    unknown = set(raw) - {"base", "overrides", "seeds", "methods", "baseline"}
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}")
+    base = str(raw.get("base") or "")
+    if not base:
+        raise ConfigError(f"{where}: base: a preset name or YAML path is required")
+    if (base_dir / base).is_file():
+        base = str((base_dir / base).resolve())
+    seeds, methods = raw.get("seeds"), raw.get("methods")
+    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and s >= 0 for s in seeds):
+        raise ConfigError(f"{where}: seeds: a non-empty list of non-negative integers is required")
+    if len(set(seeds)) != len(seeds):
+        raise ConfigError(f"{where}: seeds: duplicates in {seeds}")
+    if not isinstance(methods, dict) or not methods:
+        raise ConfigError(f"{where}: methods: a mapping name -> list of overrides is required")
+    for name, ovr in methods.items():
+        if not _NAME.match(str(name)):
+            raise ConfigError(f"{where}: methods.{name}: names may hold only letters, digits, '_', '-', '.'")
+        if not isinstance(ovr, list) or not all(isinstance(o, str) for o in ovr):
+            raise ConfigError(f"{where}: methods.{name}: must be a list of 'key=value' strings")
+    common = raw.get("overrides") or []
+    if not isinstance(common, list) or not all(isinstance(o, str) for o in common):
+        raise ConfigError(f"{where}: overrides: must be a list of 'key=value' strings")
+    if any(o.split("=", 1)[0].strip() == "train.seed" for o in [*common, *sum(methods.values(), [])]):
+        raise ConfigError(f"{where}: train.seed is set by the grid's seeds; remove it from the overrides")
+    baseline = str(raw.get("baseline") or next(iter(methods)))
+    if baseline not in methods:
+        raise ConfigError(f"{where}: baseline: '{baseline}' is not one of the methods ({', '.join(methods)})")
+    grid = Grid(base, list(seeds), {str(k): list(v) for k, v in methods.items()}, list(common), baseline)
+    if check_configs:
+        for run in grid.runs()[: len(methods)]:  # one seed suffices: seeds change only train.seed
+            try:
+                grid.config(run)
+            except ConfigError as e:
+                raise ConfigError(f"{where}: method '{run.method}': {e}") from None
+    return grid

@@ -1,0 +1,122 @@
+"""Run a grid: each run is its own `epo train` process (a crash or OOM ends that run, not the sweep).
+
+Resumable: SWEEP_DIR/status.json records each finished run; a rerun skips those, resumes runs that have a run dir
+(`epo train --resume`), and starts the rest. Runs go one after another, or as Ray tasks (`ray=True`, needs the
+`ray` extra; RAY_ADDRESS or a local instance), each asking for `cpus_per_run` CPUs so Ray packs them.
+Each run's console output goes to SWEEP_DIR/<method>/seed<s>.log.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import yaml
+
+from epo.config import ConfigError
+from epo.sweep.grid import GRID_FILE, Grid, RunSpec
+
+STATUS_FILE = "status.json"
+
+
+def train_command(grid: Grid, run: RunSpec, sweep_dir: Path) -> list[str]:
+    """The exact `epo train` command line of one run (a resume when its run dir already holds a config)."""
+    run_dir = run.run_dir(sweep_dir)
+    cli = [sys.executable, "-m", "epo.cli", "train"]
+    if (run_dir / "config.yaml").is_file():
+        return [*cli, "--resume", str(run_dir)]
+    return [*cli, "--config", grid.base, "--run-dir", str(run_dir), *run.overrides]
+
+
+def read_status(sweep_dir: Path) -> dict[str, dict]:
+    path = Path(sweep_dir) / STATUS_FILE
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except ValueError:
+        raise ConfigError(f"{path}: unreadable (torn write?); delete it to re-check every run") from None
+    return data if isinstance(data, dict) else {}
+
+
+def _write_status(sweep_dir: Path, status: dict[str, dict]) -> None:
+    tmp = Path(sweep_dir) / f".{STATUS_FILE}.tmp"
+    tmp.write_text(json.dumps(status, indent=1, sort_keys=True))
+    os.replace(tmp, Path(sweep_dir) / STATUS_FILE)
+
+
+def prepare(grid: Grid, sweep_dir: Path) -> None:
+    """Create SWEEP_DIR with the grid; refuse a directory that holds a different grid."""
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    saved = sweep_dir / GRID_FILE
+    if saved.is_file():
+        old = yaml.safe_load(saved.read_text())
+        if old != grid.to_dict():
+            raise ConfigError(f"{sweep_dir}: holds a different grid ({saved}); use another --out or the same grid")
+    else:
+        saved.write_text(yaml.safe_dump(grid.to_dict(), sort_keys=False))
+
+
+def run_one(cmd: list[str], log_path: str) -> int:
+    """Run one `epo train` process, its output appended to log_path; returns its exit code."""
+    Path(log_path).parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "a") as log:
+        log.write(f"$ {' '.join(cmd)}\n")
+        log.flush()
+        return subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL).returncode
+
+
+def run_sweep(
+    grid: Grid,
+    sweep_dir: str | Path,
+    ray: bool = False,
+    cpus_per_run: float = 1.0,
+    echo: Callable[[str], None] = print,
+) -> dict[str, dict]:
+    """Run every pending run of the grid; returns the status ({run_id: {state, exit_code, seconds}})."""
+    sweep_dir = Path(sweep_dir)
+    prepare(grid, sweep_dir)
+    status = read_status(sweep_dir)
+    pending = [r for r in grid.runs() if status.get(r.run_id, {}).get("state") != "done"]
+    echo(f"sweep {sweep_dir}: {len(grid.runs()) - len(pending)} done, {len(pending)} to run")
+    jobs = [(r, train_command(grid, r, sweep_dir), str(sweep_dir / r.method / f"seed{r.seed}.log")) for r in pending]
+
+    def record(run: RunSpec, code: int, seconds: float) -> None:
+        status[run.run_id] = {"state": "done" if code == 0 else "failed", "exit_code": code, "seconds": seconds}
+        _write_status(sweep_dir, status)
+        echo(f"{run.run_id}: {'done' if code == 0 else f'FAILED (exit {code})'} in {seconds:.0f} s")
+
+    if ray:
+        _run_on_ray(jobs, cpus_per_run, record, echo)
+    else:
+        for i, (run, cmd, log) in enumerate(jobs, 1):
+            echo(f"[{i}/{len(jobs)}] {run.run_id}: {' '.join(cmd[1:])}  (log: {log})")
+            start = time.monotonic()
+            record(run, run_one(cmd, log), time.monotonic() - start)
+    return status
+
+
+def _run_on_ray(jobs, cpus_per_run: float, record, echo) -> None:
+    try:
+        import ray
+    except ImportError:
+        raise RuntimeError("--ray needs Ray: pip install 'epo[ray]'") from None
+    if not ray.is_initialized():
+        ray.init(address=os.environ.get("RAY_ADDRESS"), include_dashboard=False, log_to_driver=False)
+    remote = ray.remote(num_cpus=cpus_per_run)(_timed_run)
+    futures = {remote.remote(cmd, log): run for run, cmd, log in jobs}
+    echo(f"submitted {len(futures)} runs to Ray ({cpus_per_run} CPU each)")
+    while futures:
+        ready, _ = ray.wait(list(futures), num_returns=1)
+        code, seconds = ray.get(ready[0])
+        record(futures.pop(ready[0]), code, seconds)
+
+
+def _timed_run(cmd: list[str], log: str) -> tuple[int, float]:
+    start = time.monotonic()
+    return run_one(cmd, log), time.monotonic() - start

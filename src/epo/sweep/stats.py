@@ -1,0 +1,95 @@
+"""Statistics over seeds: mean ± std with a Student-t 95% interval, and paired tests between methods.
+
+Seeds are the unit of replication (each seed's number is one observation). Two methods run on the same seeds share
+the task sampler and initial weights, so their numbers are paired: the paired t-test and an exact sign-flip
+permutation test on the per-seed differences. Unpaired (different seed sets): Welch's t-test.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from scipy import stats as sps
+
+
+@dataclass
+class Summary:
+    n: int
+    mean: float
+    std: float
+    """Sample standard deviation (ddof = 1); 0 with one seed."""
+    ci_low: float
+    ci_high: float
+    """95% Student-t interval of the mean (equal to the mean with one seed)."""
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def summarize(values: list[float] | np.ndarray) -> Summary | None:
+    x = np.asarray([v for v in values if v is not None and math.isfinite(v)], dtype=float)
+    if x.size == 0:
+        return None
+    mean = float(x.mean())
+    if x.size == 1:
+        return Summary(1, mean, 0.0, mean, mean)
+    std = float(x.std(ddof=1))
+    half = float(sps.t.ppf(0.975, x.size - 1)) * std / math.sqrt(x.size)
+    return Summary(int(x.size), mean, std, mean - half, mean + half)
+
+
+@dataclass
+class Comparison:
+    test: str
+    """'paired' (same seeds) or 'welch' (different seeds)."""
+    n: int
+    diff: float
+    """Mean of (method - baseline)."""
+    ci_low: float
+    ci_high: float
+    """95% t-interval of the (mean) difference."""
+    p_t: float
+    """Two-sided p of the paired t-test (or Welch's t-test)."""
+    p_perm: float | None
+    """Two-sided exact sign-flip permutation p on the paired differences (None for unpaired)."""
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def sign_flip_p(diffs: np.ndarray) -> float:
+    """Exact two-sided p: the share of the 2^n sign assignments whose |mean| >= the observed |mean|."""
+    observed = abs(diffs.mean())
+    flips = np.array(list(itertools.product((1.0, -1.0), repeat=diffs.size)))
+    means = np.abs((flips * diffs).mean(axis=1))
+    return float(np.mean(means >= observed - 1e-12))
+
+
+def paired(method: dict[int, float], baseline: dict[int, float]) -> Comparison | None:
+    """method/baseline: {seed: value}. Paired on the shared seeds; Welch's test when they share fewer than 2."""
+    shared = sorted(s for s in set(method) & set(baseline) if _ok(method[s]) and _ok(baseline[s]))
+    if len(shared) >= 2:
+        d = np.array([method[s] - baseline[s] for s in shared])
+        s = _t_interval(d)
+        p_t = 1.0 if d.std(ddof=1) == 0 and d.mean() == 0 else float(sps.ttest_1samp(d, 0.0).pvalue)
+        p_t = 0.0 if math.isnan(p_t) else p_t  # all differences equal and non-zero: t is infinite
+        return Comparison("paired", len(shared), float(d.mean()), s[0], s[1], p_t, sign_flip_p(d))
+    a = np.array([v for v in method.values() if _ok(v)])
+    b = np.array([v for v in baseline.values() if _ok(v)])
+    if a.size < 2 or b.size < 2:
+        return None
+    res = sps.ttest_ind(a, b, equal_var=False)
+    ci = res.confidence_interval(0.95)
+    return Comparison("welch", int(min(a.size, b.size)), float(a.mean() - b.mean()), ci.low, ci.high, res.pvalue, None)
+
+
+def _t_interval(d: np.ndarray) -> tuple[float, float]:
+    half = float(sps.t.ppf(0.975, d.size - 1)) * float(d.std(ddof=1)) / math.sqrt(d.size)
+    return float(d.mean()) - half, float(d.mean()) + half
+
+
+def _ok(v: float | None) -> bool:
+    return v is not None and math.isfinite(v)

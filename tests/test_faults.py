@@ -1,0 +1,183 @@
+"""Env faults during RL (issue 12 items 4, 5): worker crashes/hangs are reported, dead workers are revived before a
+step's resets, and a step whose whole batch fails is retried, then stops the run with one line and a checkpoint."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import pytest
+from rich.console import Console
+
+from epo.config import load_config
+from epo.envs.pool import EnvPool
+from epo.trainer import setup
+from epo.trainer.checkpoint import latest_checkpoint, load_checkpoint
+from epo.trainer.faults import EnvBatchFailed, read_faults
+from epo.trainer.metrics import read_metrics
+from epo.trainer.trainer import Trainer
+
+BASE = [
+    "model.path=tiny",
+    "env.pool_mode=process",
+    "env.num_workers=1",
+    "env.kwargs.difficulty=easy",
+    "env.max_turns=3",
+    "env.eval_splits=[iid]",
+    "agent.action_prefix=true",
+    "agent.max_prompt_tokens=384",
+    "rollout.tasks_per_step=2",
+    "rollout.group_size=2",
+    "rollout.max_new_tokens=5",
+    "train.total_steps=3",
+    "train.eval_every=0",
+    "train.eval_at_start=false",
+    "train.eval_episodes=2",
+    "train.save_every=1",
+    "train.mini_batch_size=64",
+    "train.micro_batch_tokens=1500",
+    "train.tensorboard=false",
+    "train.report=false",
+    "optim.warmup_ratio=0",
+]
+QUIET = Console(quiet=True)
+_REAL_STEP = EnvPool.step
+
+
+def _capture_pool(monkeypatch) -> list:
+    """setup.make_pool, remembering the pools it made."""
+    made, make = [], setup.make_pool
+    monkeypatch.setattr(setup, "make_pool", lambda cfg: made.append(make(cfg)) or made[-1])
+    return made
+
+
+def _before_step(monkeypatch, hook) -> None:
+    """Call hook(trainer, collector) before every RL step."""
+    rl_step = Trainer._rl_step
+
+    def wrapped(self, collector, progress):
+        hook(self, collector)
+        return rl_step(self, collector, progress)
+
+    monkeypatch.setattr(Trainer, "_rl_step", wrapped)
+
+
+def test_a_worker_killed_between_steps_is_restarted_before_the_resets(monkeypatch, tmp_path):
+    pools = _capture_pool(monkeypatch)
+    killed = []
+
+    def kill_idle_worker(trainer, collector):
+        if trainer.step == 1:
+            pid = pools[0].worker_pids()[0]
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+
+    _before_step(monkeypatch, kill_idle_worker)
+    result = Trainer(load_config(None, BASE), tmp_path / "run", console=QUIET).train()
+    assert result.steps_done == 3 and killed
+    rows = [r for r in read_metrics(tmp_path / "run") if "rollout/samples" in r]
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    assert all(r["rollout/samples"] > 0 for r in rows)
+    assert all(r["rollout/env_crashes"] == 0 and r["rollout/env_timeouts"] == 0 for r in rows)
+    faults = read_faults(tmp_path / "run")
+    assert [(f["step"], f["worker"], f["reason"], f["task"]) for f in faults] == [(2, 0, "worker_dead", "")]
+
+
+def _fault_before_pool_steps(monkeypatch, plan: dict[int, tuple[int, int]]) -> list[int]:
+    """Before the n-th EnvPool.step call (0-based), send plan[n] = (signal, worker index) to that worker."""
+    calls, step = [], EnvPool.step
+
+    def faulty_step(self, actions):
+        if len(calls) in plan:
+            sig, w = plan[len(calls)]
+            os.kill(self.worker_pids()[w], sig)
+        calls.append(len(actions))
+        return step(self, actions)
+
+    monkeypatch.setattr(EnvPool, "step", faulty_step)
+    return calls
+
+
+def test_crashes_and_hangs_are_logged_and_counted_apart_from_the_turn_limit(monkeypatch, tmp_path, capsys):
+    # 4 slots on 2 workers: worker 0 plays slots 0 and 2, worker 1 slots 1 and 3. Step 1: worker 0 crashes at its
+    # first turn; step 2: worker 1 hangs (SIGSTOP: it never answers) at its first turn.
+    plan = {0: (signal.SIGKILL, 0)}
+    calls = _fault_before_pool_steps(monkeypatch, plan)
+
+    def hang_worker_1_at_step_2(trainer, collector):
+        if trainer.step == 1:
+            plan[len(calls)] = (signal.SIGSTOP, 1)
+
+    _before_step(monkeypatch, hang_worker_1_at_step_2)
+    overrides = BASE + ["env.num_workers=2", "env.step_timeout_s=2", "train.total_steps=2"]
+    Trainer(load_config(None, overrides), tmp_path / "run", console=Console(width=200)).train()
+    rows = [r for r in read_metrics(tmp_path / "run") if "rollout/samples" in r]
+    assert [(r["rollout/env_crashes"], r["rollout/env_timeouts"]) for r in rows] == [(2.0, 0.0), (0.0, 2.0)]
+    assert rows[0]["rollout/truncated_rate"] <= 0.5 and rows[1]["rollout/truncated_rate"] <= 0.5
+    faults = read_faults(tmp_path / "run")
+    assert [(f["step"], f["phase"], f["worker"], f["reason"]) for f in faults] == [
+        (1, "rollout", 0, "worker_crash"),
+        (1, "rollout", 0, "worker_crash"),
+        (2, "rollout", 1, "timeout"),
+        (2, "rollout", 1, "timeout"),
+    ]
+    assert all(f["task"].startswith("train/") for f in faults)
+    out = capsys.readouterr().out
+    assert out.count("env fault:") == 4 and "worker 1 timeout on task train/" in out
+
+
+def test_a_step_whose_whole_batch_fails_is_retried_then_stops_with_a_checkpoint(monkeypatch, tmp_path):
+    # one worker; killed before every pool.step of RL step 2: every episode of every attempt crashes
+    killed = {}
+
+    def kill_always_from_step_2(trainer, collector):
+        if trainer.step == 1:
+            killed["from"] = True
+
+    def step(self, actions):
+        if killed:
+            os.kill(self.worker_pids()[0], signal.SIGKILL)
+        return _REAL_STEP(self, actions)
+
+    monkeypatch.setattr(EnvPool, "step", step)
+    _before_step(monkeypatch, kill_always_from_step_2)
+    overrides = BASE + ["env.batch_retries=2", "train.save_every=5"]
+    trainer = Trainer(load_config(None, overrides), tmp_path / "run", console=QUIET)
+    with pytest.raises(EnvBatchFailed, match="every episode of the batch failed .*worker_crash.* 3 attempts") as err:
+        trainer.train()
+    assert "epo train --resume" in str(err.value) and len(str(err.value).splitlines()) == 1
+    ckpt = latest_checkpoint(tmp_path / "run")
+    assert ckpt is not None and ckpt.name == "step_000001" and load_checkpoint(ckpt).step == 1
+    crashes = [f for f in read_faults(tmp_path / "run") if f["step"] == 2]
+    assert len(crashes) == 3 * 4  # 3 attempts x 4 episodes, each logged with its task
+    # the checkpoint resumes like the uninterrupted run: same sampler position as after step 1
+    monkeypatch.setattr(EnvPool, "step", _REAL_STEP)
+    killed.clear()
+    resumed = Trainer(load_config(None, overrides), tmp_path / "run", resume=True, console=QUIET)
+    resumed.train()
+    full = Trainer(load_config(None, overrides), tmp_path / "full", console=QUIET)
+    full.train()
+    keep = ("rollout/success_rate", "rollout/samples", "actor/pg_loss", "epo/entropy_mean")
+    a = [{k: r.get(k) for k in keep} for r in read_metrics(tmp_path / "run")]
+    b = [{k: r.get(k) for k in keep} for r in read_metrics(tmp_path / "full")]
+    assert a == b
+
+
+def test_a_step_recovers_when_a_retry_succeeds(monkeypatch, tmp_path):
+    calls = _fault_before_pool_steps(monkeypatch, {0: (signal.SIGKILL, 0)})  # only the first attempt of step 1
+    overrides = BASE + ["train.total_steps=1", "env.max_turns=1"]
+    Trainer(load_config(None, overrides), tmp_path / "run", console=QUIET).train()
+    (row,) = [r for r in read_metrics(tmp_path / "run") if "rollout/samples" in r]
+    assert row["rollout/batch_retries"] == 1.0 and row["rollout/env_crashes"] == 0.0
+    assert calls[:2] == [4, 4]  # the failed attempt, then the retry (the final eval steps after)
+
+
+def test_a_worker_dying_during_the_resets_loses_no_episode(monkeypatch):
+    """A kill racing the revive check: the worker looks alive, then fails the resets; they are retried once."""
+    with EnvPool("quest", {"difficulty": "easy"}, num_workers=2) as pool:
+        expected = [obs for obs, _ in pool.reset(["train/00000", "train/00001"])]
+        os.kill(pool.worker_pids()[1], signal.SIGKILL)
+        monkeypatch.setattr(pool, "revive_dead_workers", lambda: [])  # the check ran just before the kill
+        out = pool.reset(["train/00000", "train/00001"])
+        assert [obs for obs, _ in out] == expected and pool.active_slots == [0, 1]
+        assert [(f.worker, f.reason, f.task) for f in pool.drain_faults()] == [(1, "worker_crash", "train/00001")]

@@ -1,0 +1,121 @@
+"""SIGINT/SIGTERM during behaviour cloning: a checkpoint, then a resume that equals the uninterrupted run bit for
+bit (issue 12 item 8), also as the warm start of `epo train`."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+
+import torch
+from rich.console import Console
+from typer.testing import CliRunner
+
+from epo.cli import app
+from epo.config import load_config
+from epo.models import load_model_and_tokenizer
+from epo.trainer import sft
+from epo.trainer.checkpoint import list_checkpoints
+from epo.trainer.metrics import read_metrics
+from epo.trainer.pipeline import train_pipeline
+
+TINY = [
+    "model.path=tiny",
+    "env.pool_mode=inline",
+    "env.kwargs.difficulty=easy",
+    "env.max_turns=15",
+    "env.eval_splits=[iid]",
+    "agent.action_prefix=true",
+    "agent.max_prompt_tokens=384",
+    "sft.episodes=3",
+    "sft.epochs=2",
+    "sft.lr=3e-3",
+    "sft.batch_size=4",
+    "sft.eval_episodes=1",
+    "rollout.max_new_tokens=4",
+    "optim.warmup_ratio=0",
+    "train.micro_batch_tokens=2048",
+]
+QUIET = Console(quiet=True)
+
+
+def _sigterm_during_step(monkeypatch, step: int) -> None:
+    """SIGTERM this process inside the forward pass of SFT optimizer step `step` (1-based, one micro-batch each)."""
+    calls, forward = [], sft.response_logprobs
+
+    def forward_then_signal(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == step:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return forward(*args, **kwargs)
+
+    monkeypatch.setattr(sft, "response_logprobs", forward_then_signal)
+
+
+def _weights(path) -> dict[str, torch.Tensor]:
+    return load_model_and_tokenizer(str(path))[0].state_dict()
+
+
+def _lines(path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_sigterm_then_resume_equals_an_uninterrupted_warm_start(monkeypatch, tmp_path):
+    full = sft.run_sft(load_config(None, TINY), tmp_path / "full", console=QUIET)
+    assert not full.interrupted
+
+    _sigterm_during_step(monkeypatch, 3)
+    part = sft.run_sft(load_config(None, TINY), tmp_path / "part", console=QUIET)
+    assert part.interrupted and not (tmp_path / "part" / "export").exists()
+    assert [p.name for p in list_checkpoints(tmp_path / "part")] == ["step_000003"]  # step 3 finished, then saved
+    assert len(_lines(tmp_path / "part" / "sft_metrics.jsonl")) == 3
+    monkeypatch.undo()
+
+    evals = []
+    monkeypatch.setattr(sft, "_eval_all", lambda *a: evals.append(a[-1]) or {})
+    resumed = sft.run_sft(load_config(None, TINY), tmp_path / "part", console=QUIET, resume=True)
+    assert not resumed.interrupted and evals == ["after SFT"]  # the zero-shot eval was kept, not repeated
+    assert resumed.before["iid"].episodes == full.before["iid"].episodes == 1
+    assert _lines(tmp_path / "part" / "sft_metrics.jsonl") == _lines(tmp_path / "full" / "sft_metrics.jsonl")
+    a, b = _weights(full.export_dir), _weights(resumed.export_dir)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_lora_warm_start_stops_and_resumes_with_its_adapter(tmp_path):
+    lora = [*TINY, "model.lora.enabled=true", "model.lora.r=2", "sft.epochs=1", "sft.eval_episodes=0"]
+    full = sft.run_sft(load_config(None, lora), tmp_path / "full", console=QUIET)
+    part = sft.run_sft(load_config(None, lora), tmp_path / "part", console=QUIET, stop_after=2)
+    assert part.interrupted
+    resumed = sft.run_sft(load_config(None, lora), tmp_path / "part", console=QUIET, resume=True)
+    a, b = _weights(full.export_dir), _weights(resumed.export_dir)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+RL = [
+    "sft.warm_start=true",
+    "sft.eval_episodes=0",
+    "sft.epochs=1",
+    "rollout.tasks_per_step=1",
+    "rollout.group_size=2",
+    "train.total_steps=1",
+    "train.eval_at_start=false",
+    "train.eval_episodes=1",
+    "train.tensorboard=false",
+    "train.report=false",
+    "model.trainable_layers=0",
+]
+
+
+def test_train_stopped_in_the_warm_start_resumes_with_train_resume(monkeypatch, tmp_path):
+    run = tmp_path / "run"
+    _sigterm_during_step(monkeypatch, 2)
+    overrides = [*TINY, *RL, "env.max_turns=15", "rollout.max_new_tokens=3"]  # the oracle needs up to 10 moves
+    result = train_pipeline(load_config(None, overrides), run, console=QUIET)
+    assert result.interrupted and result.steps_done == 0
+    assert (run / "sft" / "config.yaml").is_file() and list_checkpoints(run / "sft")
+    monkeypatch.undo()
+    out = CliRunner().invoke(app, ["train", "--resume", str(run)])
+    assert out.exit_code == 0, out.output
+    assert "resumed behaviour cloning from" in out.output
+    assert (run / "sft" / "export" / "config.json").is_file() and (run / "final" / "config.json").is_file()
+    assert [r["step"] for r in read_metrics(run) if "rollout/samples" in r] == [1]

@@ -1,0 +1,170 @@
+"""`epo sweep` and the sweep report: grid validation, resumable running, aggregation and paired statistics."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from epo.cli import app
+from epo.config import ConfigError
+from epo.sweep import load_grid
+from epo.sweep.grid import parse_grid
+from epo.sweep.runner import prepare, read_status, train_command
+from epo.sweep.stats import paired, sign_flip_p, summarize
+
+runner = CliRunner()
+TINY = [
+    "model.path=tiny",
+    "model.trainable_layers=0",
+    "env.pool_mode=inline",
+    "env.kwargs.difficulty=easy",
+    "env.max_turns=2",
+    "env.eval_splits=[iid]",
+    "rollout.tasks_per_step=1",
+    "rollout.group_size=2",
+    "rollout.max_new_tokens=4",
+    "agent.max_prompt_tokens=320",
+    "train.total_steps=2",
+    "train.eval_every=1",
+    "train.eval_episodes=2",
+    "train.tensorboard=false",
+    "train.report=false",
+    "train.mini_batch_size=8",
+    "sft.warm_start=false",
+]
+
+
+def _grid_file(tmp_path, **extra):
+    raw = {
+        "base": "quest_demo_cpu",
+        "overrides": TINY,
+        "seeds": [0, 1],
+        "methods": {"grpo": ["epo.mode=off"], "grpo_epo": ["epo.mode=on"]},
+        **extra,
+    }
+    path = tmp_path / "grid.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+# ----------------------------------------------------------------------------- statistics
+
+
+def test_summary_uses_a_student_t_interval():
+    s = summarize([0.2, 0.4, 0.6])
+    assert s.mean == pytest.approx(0.4) and s.std == pytest.approx(0.2)
+    half = 4.302652729911275 * 0.2 / math.sqrt(3)  # t_{0.975, 2}
+    assert (s.ci_low, s.ci_high) == pytest.approx((0.4 - half, 0.4 + half))
+    assert summarize([0.5]).ci_low == 0.5 and summarize([]) is None
+
+
+def test_sign_flip_p_is_exact():
+    # all 4 differences positive: only the all-plus and all-minus assignments reach |mean| -> 2/16
+    assert sign_flip_p(np.array([1.0, 2.0, 3.0, 4.0])) == pytest.approx(2 / 16)
+    assert sign_flip_p(np.array([1.0, -1.0])) == pytest.approx(1.0)
+
+
+def test_paired_uses_shared_seeds_and_welch_otherwise():
+    base = {0: 0.1, 1: 0.2, 2: 0.3, 3: 0.4}
+    method = {0: 0.2, 1: 0.35, 2: 0.35, 3: 0.6}
+    c = paired(method, base)
+    d = np.array([0.1, 0.15, 0.05, 0.2])
+    assert c.test == "paired" and c.n == 4 and c.diff == pytest.approx(d.mean())
+    t = d.mean() / (d.std(ddof=1) / 2)
+    assert t == pytest.approx(math.sqrt(15))  # mean 0.125, sd sqrt(1/240)
+    # Student t with 3 dof has a closed-form CDF: F(t) = 1/2 + (u / (1 + u^2) + atan(u)) / pi, u = t / sqrt(3)
+    u = t / math.sqrt(3)
+    assert c.p_t == pytest.approx(2 * (0.5 - (u / (1 + u * u) + math.atan(u)) / math.pi))  # = 0.0305
+    assert c.p_perm == pytest.approx(2 / 16)
+    unpaired = paired({10: 0.5, 11: 0.7}, {0: 0.1, 1: 0.2})
+    assert unpaired.test == "welch" and unpaired.p_perm is None
+
+
+# ----------------------------------------------------------------------------- grid
+
+
+def test_grid_expands_methods_by_seeds(tmp_path):
+    grid = load_grid(_grid_file(tmp_path))
+    runs = grid.runs()
+    assert [r.run_id for r in runs] == ["grpo/seed0", "grpo_epo/seed0", "grpo/seed1", "grpo_epo/seed1"]
+    assert runs[-1].overrides[-2:] == ("epo.mode=on", "train.seed=1")
+    assert grid.config(runs[1]).epo.mode == "on" and grid.config(runs[1]).train.seed == 0
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ({"seeds": [0], "methods": {"a": []}}, "base"),
+        ({"base": "quest_demo_cpu", "seeds": [], "methods": {"a": []}}, "seeds"),
+        ({"base": "quest_demo_cpu", "seeds": [0, 0], "methods": {"a": []}}, "duplicates"),
+        ({"base": "quest_demo_cpu", "seeds": [0], "methods": {"a": ["train.seed=3"]}}, "train.seed"),
+        ({"base": "quest_demo_cpu", "seeds": [0], "methods": {"a": []}, "baseline": "b"}, "baseline"),
+        ({"base": "quest_demo_cpu", "seeds": [0], "methods": {"a b": []}}, "names"),
+        ({"base": "quest_demo_cpu", "seeds": [0], "methods": {"a": ["epo.mode=maybe"]}}, "method 'a': epo.mode"),
+        ({"base": "quest_demo_cpu", "seeds": [0], "methods": {"a": []}, "sedes": 1}, "unknown key"),
+    ],
+)
+def test_bad_grids_fail_with_one_line(tmp_path, raw, message):
+    with pytest.raises(ConfigError, match=message) as err:
+        parse_grid(raw, tmp_path)
+    assert "\n" not in str(err.value)
+
+
+def test_train_command_resumes_a_started_run(tmp_path):
+    grid = load_grid(_grid_file(tmp_path))
+    run = grid.runs()[0]
+    assert "--run-dir" in train_command(grid, run, tmp_path / "s")
+    run.run_dir(tmp_path / "s").mkdir(parents=True)
+    (run.run_dir(tmp_path / "s") / "config.yaml").write_text("{}")
+    assert train_command(grid, run, tmp_path / "s")[-2:] == ["--resume", str(run.run_dir(tmp_path / "s"))]
+
+
+# ----------------------------------------------------------------------------- end to end (miniature grid)
+
+
+def test_miniature_sweep_runs_resumes_and_aggregates(tmp_path):
+    grid_path, out = _grid_file(tmp_path), tmp_path / "sweep"
+    result = runner.invoke(app, ["sweep", str(grid_path), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    status = read_status(out)
+    assert sorted(status) == ["grpo/seed0", "grpo/seed1", "grpo_epo/seed0", "grpo_epo/seed1"]
+    assert all(v["state"] == "done" for v in status.values())
+    summary = (out / "report" / "summary.md").read_text()
+    assert "| grpo_epo | 2 |" in summary and "paired" in summary
+    results = json.loads((out / "report" / "results.json").read_text())
+    assert results["summary"]["grpo"]["iid/succ_max"]["n"] == 2
+    assert set(results["tests"]) == {"grpo_epo"}  # every method against the baseline (the first)
+    # EPO runs log band fractions, the baseline does not
+    assert results["summary"]["grpo_epo"]["frac_above"] is not None and results["summary"]["grpo"]["frac_above"] is None
+    assert (out / "report" / "success_curves.png").stat().st_size > 0
+    assert (out / "report" / "per_seed.csv").read_text().count("\n") == 5
+    # a rerun finds everything done and starts nothing
+    again = runner.invoke(app, ["sweep", str(grid_path), "--out", str(out)])
+    assert again.exit_code == 0 and "4 done, 0 to run" in again.output
+    # `epo report SWEEP_DIR` aggregates the same way
+    rep = runner.invoke(app, ["report", str(out), "--out", str(tmp_path / "rep")])
+    assert rep.exit_code == 0 and (tmp_path / "rep" / "summary.md").is_file()
+
+
+def test_a_failing_run_is_reported_and_retried(tmp_path):
+    methods = {"ok": ["train.total_steps=1"], "bad": ["env.kwargs.no_such_knob=1"]}
+    grid_path, out = _grid_file(tmp_path, methods=methods, seeds=[0]), tmp_path / "s"
+    result = runner.invoke(app, ["sweep", str(grid_path), "--out", str(out)])
+    assert result.exit_code == 2 and "1 run(s) failed: bad/seed0" in result.output
+    assert read_status(out)["bad/seed0"]["state"] == "failed" and read_status(out)["ok/seed0"]["state"] == "done"
+    assert "no_such_knob" in (out / "bad" / "seed0.log").read_text()
+    again = runner.invoke(app, ["sweep", str(grid_path), "--out", str(out)])
+    assert again.exit_code == 2 and "1 done, 1 to run" in again.output
+
+
+def test_a_sweep_dir_refuses_another_grid(tmp_path):
+    out = tmp_path / "s"
+    prepare(load_grid(_grid_file(tmp_path)), out)
+    prepare(load_grid(_grid_file(tmp_path)), out)  # the same grid again: fine (a resume)
+    with pytest.raises(ConfigError, match="holds a different grid"):
+        prepare(load_grid(_grid_file(tmp_path, seeds=[5])), out)
