@@ -212,3 +212,67 @@ def test_shard_bounds_cover_every_task_once():
         for world in (1, 2, 3, 4):
             chunks = [shard_bounds(n, world, r) for r in range(world)]
             assert [i for s, e in chunks for i in range(s, e)] == list(range(n))
+
+
+# ---------------------------------------------------------------------------------------------------- main's run-dir
+# ownership, fault retries and NaN-safe metrics under 2 processes (no model: the collectives only)
+def _fake_rollout(rank: int, ok: bool):
+    """One task's episode of this rank: a finished one, or one ended by a worker crash with no turn samples."""
+    from epo.rollout.collector import RolloutResult
+    from epo.rollout.types import Trajectory, TurnSample
+
+    traj = Trajectory(
+        0, 0, f"task{rank}", "t", length=1, truncated=not ok, truncated_reason="" if ok else "worker_crash"
+    )
+    samples = [TurnSample([1], [2], 0, 0, 0, reward=1.0)] if ok else []
+    return RolloutResult(samples, [traj], {})
+
+
+def _collectives_worker(rank: int, world: int, port: int, root: str) -> None:
+    from epo.errors import RunDirError
+    from epo.trainer.faults import collect_with_retries
+    from epo.trainer.rundir import owner_pid
+    from epo.trainer.update import MetricMeans
+
+    os.environ.update(
+        RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
+    )
+    distributed.init_from_env("cpu", timeout_s=120)  # a hang fails the test instead of blocking it
+    new, taken = Path(root) / "new", Path(root) / "taken"
+    # only rank 0 takes the lock (rank 1 would be refused by it); both enter the block once rank 0 owns the dir
+    with distributed.own_run_dir_on_main(new) as path:
+        pids = distributed.all_gather_objects(os.getpid())
+        assert path == new and owner_pid(new) == pids[0]  # rank 0's PID on every rank: rank 1 never locked
+        distributed.barrier()
+    # an existing run without --resume: rank 0 is refused, and so is every other rank (no hang)
+    with pytest.raises(RunDirError, match="taken"), distributed.own_run_dir_on_main(taken):
+        raise AssertionError("entered a refused run dir")
+    # whether a step failed entirely is decided on the gathered batch: all ranks retry, or go on, together
+    plans = {0: [False, False, True], 1: [False, True, True]}  # attempt 0 fails on both ranks, attempt 1 only on 0
+    attempts = iter(plans[rank])
+    failed = []
+    rollout, retries = collect_with_retries(
+        lambda: distributed.gather_rollout(_fake_rollout(rank, next(attempts))), 2, lambda a, _r: failed.append(a)
+    )
+    assert (retries, failed, len(rollout.samples), len(rollout.trajectories)) == (1, [0], 1, 2)
+    # every rank's faults reach rank 0, tagged with their rank
+    mine = [{"worker": 0, "reason": "timeout", "task": f"t{rank}", "message": "m"}]
+    assert [(f["rank"], f["task"]) for f in distributed.gather_faults(mine)] == [(0, "t0"), (1, "t1")]
+    # metrics: global weighted means over both ranks' micro-batches, NaN entries skipped, maxima over ranks
+    means = MetricMeans()
+    if rank == 0:
+        means.add({"a": 1.0, "ev": float("nan"), "r_max": 3.0}, weight=1.0)
+    else:
+        means.add({"a": 4.0, "ev": 0.5, "r_max": 2.0}, weight=2.0)
+        means.add({"a": 7.0, "ev": float("nan"), "r_max": 5.0}, weight=1.0)
+    out = means.result()
+    assert out == {"a": pytest.approx((1 + 8 + 7) / 4), "ev": 0.5, "r_max": 5.0}, out
+    assert distributed.run_on_main(lambda: rank) == 0
+    distributed.shutdown()
+
+
+def test_run_dir_faults_and_metrics_across_two_processes(tmp_path):
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "config.yaml").write_text("x: 1\n")  # a run is there
+    mp.start_processes(_collectives_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, start_method="spawn")
+    assert not (tmp_path / "taken" / ".lock").exists()  # refusing a dir never writes to it
