@@ -258,9 +258,12 @@ class Trainer:
             self._record_faults(step, "rollout", pool)
             restore_rng_state(rng)
             self.sampler.load_state_dict(sampler)
-            ckpt = latest_checkpoint(self.run_dir)
-            if ckpt is None or ckpt.name != f"step_{self.step:06d}":
-                ckpt = self._save()
+
+            def last_checkpoint() -> Path:  # rank 0 writes it; every rank names it in its error
+                ckpt = latest_checkpoint(self.run_dir)
+                return self._save() if ckpt is None or ckpt.name != f"step_{self.step:06d}" else ckpt
+
+            ckpt = distributed.run_on_main(last_checkpoint)
             raise EnvBatchFailed(
                 f"{str(e).splitlines()[0]}; stopped after step {self.step} (checkpoint {ckpt}); "
                 f"fix the env, then: epo train --resume {self.run_dir}"
