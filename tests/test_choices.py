@@ -112,6 +112,11 @@ def _pool_workers(cfg: Config) -> Hashable:
         return len(pool.worker_pids())
 
 
+def _pool_kind(cfg: Config) -> Hashable:
+    """The class setup.make_pool builds (not started here: test_ray_pool plays episodes on both kinds)."""
+    return setup.pool_class(cfg).__name__
+
+
 def _collector(cfg: Config):
     model, tokenizer = _tiny()
     return setup.make_collector(cfg, None, model, tokenizer)
@@ -205,6 +210,7 @@ CHECKS: dict[str, Check] = {
     "model.dtype": Check(_param_dtypes),
     "model.value_model": Check(_critic_kind, ["algo.name=ppo"]),
     "env.pool_mode": Check(_pool_workers),
+    "env.executor": Check(_pool_kind, ["env.pool_mode=process"]),
     "agent.list_older_actions": Check(_prompts, ["agent.history_window=1"]),
     "agent.prompt_style": Check(_prompts),
     "rollout.backend": Check(_backend_kind),

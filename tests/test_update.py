@@ -60,3 +60,34 @@ def test_single_pass_only_when_the_batch_is_updated_once_at_rollout_weights():
     assert not single_pass(load_config(None, base), 9)  # two mini-batches: the second is off-policy
     assert not single_pass(load_config(None, base + ["train.ppo_epochs=2"]), 8)
     assert not single_pass(load_config(None, base + ["epo.mode=reference"]), 8)
+
+
+def test_lora_reference_is_the_base_model_with_adapters_disabled():
+    """With LoRA and a KL term, the reference is the policy itself with its adapters off (no second copy); its
+    log-probs equal a frozen copy of the initial model's, before and after the adapters have been trained."""
+    cfg = load_config(
+        None,
+        ["model.path=tiny", "model.lora.enabled=true", "model.lora.target_modules=[q_proj,v_proj]",
+         "algo.kl_coef=0.1", "train.mini_batch_size=8"],
+    )  # fmt: skip
+    torch.manual_seed(0)
+    policy, tokenizer = setup.load_policy(cfg, torch.device("cpu"))
+    initial = copy.deepcopy(policy).requires_grad_(False).eval()
+    reference = setup.make_reference(policy, cfg)
+    assert reference is policy, "LoRA reference must not be a second model copy"
+    samples, pad = _samples(), tokenizer.pad_token_id
+    frozen, _ = forward_pass(initial, samples, pad, cfg, with_entropy=False)
+    optimizer = setup.make_optimizer(policy.parameters(), 5e-2, cfg)
+    for _ in range(2):
+        data = prepare_step(policy, samples, pad, cfg, reference)
+        for a, b in zip(data.ref_logprobs, frozen):
+            assert torch.allclose(a, b, atol=1e-6)
+        policy.train()
+        metrics = update_policy(policy, optimizer, data, cfg, EntropyHistory(), 1, pad, random.Random(0))
+    assert metrics["actor/kl_ref"] > 0, "the adapters moved the policy away from its reference"
+    now, _ = forward_pass(policy, samples, pad, cfg, with_entropy=False)
+    assert any(not torch.allclose(a, b, atol=1e-6) for a, b in zip(now, frozen))
+    # anything but adapters trainable (here: full fine-tuning) keeps the frozen deep copy
+    full = load_config(None, ["model.path=tiny", "algo.kl_coef=0.1"])
+    plain, _ = setup.load_policy(full, torch.device("cpu"))
+    assert setup.make_reference(plain, full) is not plain

@@ -87,6 +87,14 @@ class EnvConfig:
     """process (workers, fault tolerant) | inline (in the main process, for debugging)."""
     step_timeout_s: float = 60.0
     """A worker that takes longer for one step is killed and restarted; its episode ends as truncated."""
+    executor: str = "local"
+    """local (worker processes on this machine) | ray (Ray actors, spread over a Ray cluster; the `ray` extra)."""
+    ray_address: str = ""
+    """executor=ray: cluster to join when Ray is not initialised yet ('auto', 'ray://host:10001'; '' = local)."""
+    ray_num_cpus: float = 1.0
+    """executor=ray: CPUs each env actor reserves (ScienceWorld: 1 per JVM)."""
+    ray_memory_mb: int = 0
+    """executor=ray: memory each env actor reserves for Ray's scheduler (0 = none declared)."""
     batch_retries: int = 2
     """An RL step whose every episode ended by an env fault (worker crash, hang, env exception) is collected again
     at most this many times; then the run stops with one line, keeping a valid checkpoint of the last step."""
@@ -351,6 +359,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.dtype": ("float32", "bfloat16", "auto"),
     "model.value_model": ("separate", "shared"),
     "env.pool_mode": ("process", "inline"),
+    "env.executor": ("local", "ray"),
     "agent.list_older_actions": ("auto", "true", "false"),
     "agent.prompt_style": ("full", "compact"),
     "rollout.backend": ("hf", "vllm", "auto"),
@@ -386,6 +395,7 @@ POSITIVE = (
     "sft.epochs",
     "epo.history_window",
     "env.step_timeout_s",
+    "env.ray_num_cpus",
     "train.eval_episodes",
     "rollout.temperature",
     "rollout.top_p",
@@ -404,6 +414,7 @@ POSITIVE = (
 )
 NON_NEGATIVE = (
     "model.trainable_layers",
+    "env.ray_memory_mb",
     "rollout.top_k",
     "algo.clip_low",
     "algo.clip_high",
@@ -514,6 +525,8 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"optim.betas: must be two numbers in [0, 1), got {list(cfg.optim.betas)}")
     if cfg.algo.name == "grpo" and cfg.rollout.group_size < 2:
         raise ConfigError("rollout.group_size: GRPO needs a group of at least 2 rollouts per task")
+    if cfg.env.executor == "ray" and cfg.env.pool_mode == "inline":
+        raise ConfigError("env.pool_mode: inline runs envs in this process; it cannot combine with env.executor=ray")
     if not cfg.env.eval_splits:
         raise ConfigError("env.eval_splits: at least one split is needed")
     _check_reward(cfg)

@@ -396,6 +396,10 @@ class EnvPool:
         """Replace worker w; its live episodes end. One PoolFault per episode ended (or one without a task)."""
         self._workers[w].kill()
         self._workers[w] = _Worker(self._ctx, self._make_env, self.env_kwargs)
+        self._end_episodes_of(w, reason, message, called)
+
+    def _end_episodes_of(self, w: int, reason: str, message: str, called: list[int]) -> None:
+        """Bookkeeping of a replaced worker w (any executor): its live episodes end, one PoolFault each."""
         ended = set(called)
         for slot in self._active:
             if self.worker_of(slot) == w:

@@ -16,11 +16,12 @@ from epo.models.logprobs import (
     reference_response_logprobs,
     response_logprobs,
 )
-from epo.models.lora import apply_lora, merge_and_save
+from epo.models.lora import adapter_disabled, apply_lora, merge_and_save, only_adapters_train
 from epo.models.value import SharedValueHead, ValueModel
 
 __all__ = [
     "ResponseStats",
+    "adapter_disabled",
     "SharedValueHead",
     "ValueModel",
     "apply_lora",
@@ -31,6 +32,7 @@ __all__ = [
     "load_embedded_tokenizer",
     "load_model_and_tokenizer",
     "merge_and_save",
+    "only_adapters_train",
     "position_ids_from_mask",
     "reference_response_logprobs",
     "response_logprobs",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -60,3 +61,18 @@ def merge_and_save(model: nn.Module, tokenizer: Any, out_dir: str | Path) -> Pat
     plain.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
+
+
+def only_adapters_train(model: nn.Module) -> bool:
+    """True for a peft model whose trainable parameters are all LoRA adapters: its base (adapters disabled) is then
+    exactly the initial policy, since LoRA's B matrices start at zero and the base never changes."""
+    if not hasattr(model, "peft_config"):
+        return False
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    return bool(trainable) and all("lora_" in n for n in trainable)
+
+
+def adapter_disabled(model: nn.Module):
+    """Context in which a peft model runs as its base model (the KL reference without a second copy); a no-op
+    context for any other model."""
+    return model.disable_adapter() if hasattr(model, "peft_config") else nullcontext()

@@ -11,10 +11,10 @@ from rich.table import Table
 
 from epo.config import Config, ConfigError, replace, save_config
 from epo.rollout.evaluate import EvalResult, eval_task_ids, evaluate, gain_test
-from epo.trainer import setup
+from epo.trainer import distributed, setup
 from epo.trainer.checkpoint import list_checkpoints
 from epo.trainer.report_data import BEFORE_AFTER_FILE
-from epo.trainer.rundir import CONFIG_FILE, own_run_dir, resume_changes, saved_config
+from epo.trainer.rundir import CONFIG_FILE, resume_changes, saved_config
 from epo.trainer.trainer import Trainer, TrainResult, default_run_dir
 
 
@@ -26,32 +26,55 @@ def train_pipeline(
     console: Console | None = None,
 ) -> TrainResult:
     console = console or Console()
-    run_dir = Path(run_dir) if run_dir else default_run_dir(cfg, preset_name)
+    main = distributed.init_from_env(cfg.model.device).is_main  # under torchrun: N processes, rank 0 reports
+    if not main:
+        console = Console(quiet=True)
+    run_dir = Path(distributed.from_main(str(run_dir) if run_dir else str(default_run_dir(cfg, preset_name))))
     setup.check_env(cfg)
-    with own_run_dir(run_dir, resume=resume, on_stale=console.print):  # refuses before writing anything
+    # under torchrun only rank 0 locks the dir; the others follow once it owns it, or fail with its error
+    with distributed.own_run_dir_on_main(run_dir, resume=resume, on_stale=console.print):  # refuses before writing
         return _train_owned(cfg, run_dir, resume, console)
 
 
 def _train_owned(cfg: Config, run_dir: Path, resume: bool, console: Console) -> TrainResult:
-    if resume:
-        resume_changes(saved_config(run_dir), cfg, run_dir)  # fail fast, before loading models (Trainer logs them)
-    else:
-        save_config(cfg, run_dir / CONFIG_FILE)  # resumable from now on, even if killed before a checkpoint
-    started = resume and bool(list_checkpoints(run_dir))  # a run without a checkpoint starts over from step 0
+    """Rank 0 writes config.yaml, runs the warm start and reports; every rank learns the warm start's outcome (a
+    stopped warm start ends all ranks, with rank 0's stop signal) and trains."""
+
+    def prepare() -> bool:
+        if resume:
+            resume_changes(saved_config(run_dir), cfg, run_dir)  # fail fast, before loading models (Trainer logs)
+        else:
+            save_config(cfg, run_dir / CONFIG_FILE)  # resumable from now on, even if killed before a checkpoint
+        return resume and bool(list_checkpoints(run_dir))  # a run without a checkpoint starts over from step 0
+
+    started = distributed.run_on_main(prepare)
     sft_result = None
     sft_dir = run_dir / "sft"
     if cfg.sft.warm_start and not cfg.init_from and not started:
-        if not (resume and (sft_dir / "export").is_dir()):  # else the warm start finished: start RL from it
+
+        def warm_start() -> tuple[bool, str]:
+            nonlocal sft_result
+            if resume and (sft_dir / "export").is_dir():  # the warm start finished: start RL from it
+                return False, ""
             from epo.trainer.sft import run_sft
 
             console.rule("warm start: behaviour cloning")
             # resume: a warm start stopped by a signal continues from its checkpoint (sft/checkpoints)
             sft_result = run_sft(cfg, sft_dir, console=console, eval_after=False, resume=resume)
-            if sft_result.interrupted:
-                return TrainResult(run_dir, 0, interrupted=True, stop_signal=sft_result.stop_signal)
+            return sft_result.interrupted, sft_result.stop_signal
+
+        # behaviour cloning is small: rank 0 runs it, the others wait and start RL from its export
+        interrupted, stop_signal = distributed.run_on_main(warm_start)
+        if interrupted:
+            distributed.shutdown()
+            return TrainResult(run_dir, 0, interrupted=True, stop_signal=stop_signal)
         cfg = replace(cfg, init_from=str(sft_dir))  # keeps ${...} values unresolved in the saved config
     console.rule("reinforcement learning")
+    main = distributed.rank() == 0
     result = Trainer(cfg, run_dir, resume=resume, console=console).train()
+    distributed.shutdown()  # train() ended with a barrier: no collective is left
+    if not main:
+        return result
     _print_before_after(console, sft_result, result)
     if cfg.train.report:
         from epo.trainer.report import write_report

@@ -17,7 +17,13 @@ from epo.config import Config, ConfigError
 from epo.envs import get_spec
 from epo.envs.pool import EnvPool
 from epo.errors import EnvSetupError
-from epo.models import apply_lora, enable_activation_checkpointing, freeze_to_top_layers, load_model_and_tokenizer
+from epo.models import (
+    apply_lora,
+    enable_activation_checkpointing,
+    freeze_to_top_layers,
+    load_model_and_tokenizer,
+    only_adapters_train,
+)
 from epo.models.precision import Precision, check_master_weights, resolve_precision
 from epo.rollout.backend import HFBackend
 from epo.rollout.collector import Collector
@@ -108,9 +114,13 @@ def warmup_cosine(optimizer, total_steps: int, warmup_ratio: float, min_lr_ratio
 
 
 def make_reference(policy, cfg: Config):
-    """Frozen copy of the initial policy for the KL term (None when kl_coef is 0: saves a model copy)."""
+    """The initial policy for the KL term (None when kl_coef is 0). With LoRA (adapters the only trainable
+    parameters) it is the policy object itself, run with its adapters disabled (prepare_step): no second copy.
+    Otherwise a frozen deep copy."""
     if cfg.algo.kl_coef <= 0:
         return None
+    if only_adapters_train(policy):
+        return policy
     ref = copy.deepcopy(policy)
     ref.requires_grad_(False)
     run_precision = precision(cfg, next(policy.parameters()).device)
@@ -140,15 +150,23 @@ def list_older(cfg: Config) -> bool:
     return cfg.agent.list_older_actions == "true"
 
 
+def pool_class(cfg: Config) -> type[EnvPool]:
+    """The env pool class make_pool builds: local worker processes, or Ray actors (env.executor=ray)."""
+    if cfg.env.executor == "ray":
+        from epo.envs.ray_pool import RayEnvPool  # imports ray only when the pool starts
+
+        return RayEnvPool
+    return EnvPool
+
+
 def make_pool(cfg: Config) -> EnvPool:
     get_spec(cfg.env.name)  # unknown env names fail here, with the list of known ones
-    return EnvPool(
-        cfg.env.name,
-        dict(cfg.env.kwargs),
-        num_workers=cfg.env.num_workers,
-        mode=cfg.env.pool_mode,
-        step_timeout_s=cfg.env.step_timeout_s,
-    )
+    cls = pool_class(cfg)
+    common = {"num_workers": cfg.env.num_workers, "step_timeout_s": cfg.env.step_timeout_s}
+    if cfg.env.executor == "ray":
+        ray_options = {"num_cpus_per_worker": cfg.env.ray_num_cpus, "memory_mb": cfg.env.ray_memory_mb}
+        return cls(cfg.env.name, dict(cfg.env.kwargs), address=cfg.env.ray_address, **ray_options, **common)
+    return cls(cfg.env.name, dict(cfg.env.kwargs), mode=cfg.env.pool_mode, **common)
 
 
 def make_backend(cfg: Config, model, tokenizer):

@@ -23,7 +23,7 @@ from epo.errors import ResumeConfigError
 from epo.models import SharedValueHead, merge_and_save
 from epo.rollout.evaluate import EvalResult, eval_task_ids, evaluate
 from epo.rollout.types import SamplingParams
-from epo.trainer import setup
+from epo.trainer import distributed, setup
 from epo.trainer.checkpoint import (
     CheckpointError,
     GracefulExit,
@@ -38,7 +38,7 @@ from epo.trainer.faults import EnvBatchFailed, FaultLog, collect_with_retries, f
 from epo.trainer.metrics import MetricsLogger, summary_line
 from epo.trainer.monitor import CascadeMonitor
 from epo.trainer.progress import StepProgress
-from epo.trainer.rundir import apply_optim_overrides, atomic_dir, log_resume, own_run_dir, resume_changes, saved_config
+from epo.trainer.rundir import apply_optim_overrides, atomic_dir, log_resume, resume_changes, saved_config
 from epo.trainer.update import StepData, prepare_step, update_critic, update_policy
 
 
@@ -62,14 +62,18 @@ class Trainer:
         self, cfg: Config, run_dir: str | Path | None = None, resume: bool = False, console: Console | None = None
     ):
         self.cfg = cfg
+        self.dist = distributed.init_from_env(cfg.model.device)  # torchrun/accelerate: join the group; else 1 process
         self.console = console or Console()
-        self.run_dir = Path(run_dir) if run_dir else default_run_dir(cfg)
+        if not self.dist.is_main:  # one voice: rank 0 prints, logs, evaluates and writes checkpoints
+            self.console = Console(quiet=True)
+        self.run_dir = Path(distributed.from_main(str(run_dir) if run_dir else str(default_run_dir(cfg))))
         self.resume = resume
         self.splits = setup.check_env(cfg)  # fail fast on a bad env name/split, before loading any model
         setup.set_threads()
         setup.seed_everything(cfg.train.seed)
-        self.device = setup.pick_device(cfg.model.device)
+        self.device = setup.pick_device(distributed.local_device(cfg.model.device))
         self.policy, self.tokenizer = setup.load_policy(cfg, self.device)
+        distributed.broadcast_parameters(self.policy)
         self.pad_id = self.tokenizer.pad_token_id
         self.optimizer = setup.make_optimizer(self.policy.parameters(), cfg.optim.lr, cfg)
         self.scheduler = setup.warmup_cosine(
@@ -80,6 +84,7 @@ class Trainer:
         self.critic_optimizer = self.critic_scheduler = None
         if self.critic is not None:
             self.critic.to(self.device)
+            distributed.broadcast_parameters(self.critic)
             self.critic_optimizer = setup.make_optimizer(self.critic.parameters(), cfg.optim.value_lr, cfg)
             self.critic_scheduler = setup.warmup_cosine(
                 self.critic_optimizer, cfg.train.total_steps, cfg.optim.warmup_ratio, cfg.optim.min_lr_ratio
@@ -98,35 +103,43 @@ class Trainer:
     def train(self, stop_after: int | None = None) -> TrainResult:
         """Run until train.total_steps (or until step `stop_after`, checkpointing there: simulates an interruption).
 
-        The run dir is owned (locked) for the whole call; see trainer/rundir.py."""
-        with own_run_dir(self.run_dir, resume=self.resume, on_stale=self.console.print):
+        The run dir is owned (locked) for the whole call, by rank 0 under torchrun; see trainer/rundir.py."""
+        with distributed.own_run_dir_on_main(self.run_dir, resume=self.resume, on_stale=self.console.print):
             return self._train(stop_after)
 
     def _train(self, stop_after: int | None) -> TrainResult:
         cfg = self.cfg
         resume_step = self._resume_or_start()
-        save_config(cfg, self.run_dir / "config.yaml")
+        main = self.dist.is_main
+        if main:
+            save_config(cfg, self.run_dir / "config.yaml")
         result = TrainResult(self.run_dir, self.step)
         self.console.print(
             f"[bold]epo[/] run dir: {self.run_dir}  ({cfg.algo.name}, EPO {cfg.epo.mode}, "
-            f"{cfg.env.name}, model {setup.model_source(cfg)}, device {self.device})"
+            f"{cfg.env.name}, model {setup.model_source(cfg)}, device {self.device}"
+            + (f", {self.dist.world_size} processes" if self.dist.enabled else "")
+            + ")"
         )
         setup.log_precision(self.console, cfg, self.device)
         with (
             setup.make_pool(cfg) as pool,
-            MetricsLogger(self.run_dir, cfg.train.tensorboard, cfg.train.wandb, resume_step=resume_step) as logger,
+            (
+                MetricsLogger(self.run_dir, cfg.train.tensorboard, cfg.train.wandb, resume_step=resume_step)
+                if main
+                else distributed.NullLogger()
+            ) as logger,
             GracefulExit(self.console.print) as stop,
             StepProgress(self.console, cfg.train.total_steps, self.step) as progress,
         ):
             collector = setup.make_collector(cfg, pool, self.policy, self.tokenizer)
             collector.on_turn = progress.turn
-            self.faults = FaultLog(self.run_dir, self.console.print, resume_step)
-            if self.step == 0 and cfg.train.eval_at_start:
+            self.faults = FaultLog(self.run_dir, self.console.print, resume_step) if main else None
+            if self.step == 0 and cfg.train.eval_at_start and main:
                 result.evals[0] = self._evaluate(collector, progress, logger)
             while self.step < cfg.train.total_steps:
                 metrics = self._rl_step(collector, progress)
                 self.step += 1
-                if self._eval_due():
+                if self._eval_due() and main:  # evaluation runs on rank 0 only
                     evals = self._evaluate(collector, progress, None)
                     result.evals[self.step] = evals
                     for ev in evals.values():
@@ -139,16 +152,17 @@ class Trainer:
                         f"[yellow]monitor:[/] {w['message']}" + (f" -> {w['action']}" if "action" in w else "")
                     )
                 progress.step_done(summary_line(metrics, self.step))
-                stop_now = stop.requested or self.step == stop_after or acted.stop
+                stop_now = distributed.any_rank(stop.requested) or self.step == stop_after or acted.stop
                 if checkpoint_due(self.step, cfg.train.save_every, cfg.train.total_steps) or stop_now or acted.save:
                     self._save()
                 if stop_now:
                     result.interrupted = True
-                    result.stop_signal = stop.signal_name
+                    result.stop_signal = distributed.first_nonempty(stop.signal_name)  # every rank: same exit code
                     break
         result.steps_done = self.step
-        if self.step == cfg.train.total_steps:
-            self.export(self.run_dir / "final")
+        if self.step == cfg.train.total_steps and main:
+            self.export(self.run_dir / "final")  # consolidated HF export: weights are replicated, rank 0 has them
+        distributed.barrier()
         return result
 
     def export(self, out_dir: Path) -> Path:
@@ -226,35 +240,53 @@ class Trainer:
         return metrics
 
     def _collect(self, collector, params: SamplingParams):
-        """Sample this step's tasks and collect them, again (same tasks) while every episode fails; log env faults."""
+        """Sample this step's tasks and collect them, again (same tasks) while every episode fails; log env faults.
+
+        Under torchrun every rank draws the same global task list and plays its chunk of whole groups; all ranks
+        then hold the gathered global batch, so "every episode failed" is decided on the whole batch, identically
+        on every rank, and all ranks retry (or stop) together. Rank 0 logs every rank's faults."""
+        cfg = self.cfg
         rng, sampler = capture_rng_state(), self.sampler.state_dict()
-        tasks = self.sampler.sample(self.cfg.rollout.tasks_per_step)
+        tasks = self.sampler.sample(cfg.rollout.tasks_per_step)  # the same global list on every rank
         pool, step = collector.pool, self.step + 1
+        if self.dist.enabled:
+            distributed.seed_rollout(cfg.train.seed, self.step)
+
+        def collect():
+            if not self.dist.enabled:
+                return collector.collect(tasks, cfg.rollout.group_size, params)
+            mine = collector.collect(distributed.my_tasks(tasks), cfg.rollout.group_size, params)
+            return distributed.gather_rollout(mine)
 
         def failed(attempt: int, _rollout) -> None:
-            self.faults.record(step, "rollout", pool.drain_faults())
+            self._record_faults(step, "rollout", pool)
             self.console.print(f"[yellow]env:[/] step {step}: every episode failed (attempt {attempt + 1})")
 
         try:
-            rollout, retries = collect_with_retries(
-                lambda: collector.collect(tasks, self.cfg.rollout.group_size, params),
-                self.cfg.env.batch_retries,
-                failed,
-            )
+            rollout, retries = collect_with_retries(collect, cfg.env.batch_retries, failed)
         except RuntimeError as e:
             # stop with a valid checkpoint of the last finished step, exactly as that step left things
-            self.faults.record(step, "rollout", pool.drain_faults())
+            self._record_faults(step, "rollout", pool)
             restore_rng_state(rng)
             self.sampler.load_state_dict(sampler)
-            ckpt = latest_checkpoint(self.run_dir)
-            if ckpt is None or ckpt.name != f"step_{self.step:06d}":
-                ckpt = self._save()
+
+            def last_checkpoint() -> Path:  # rank 0 writes it; every rank names it in its error
+                ckpt = latest_checkpoint(self.run_dir)
+                return self._save() if ckpt is None or ckpt.name != f"step_{self.step:06d}" else ckpt
+
+            ckpt = distributed.run_on_main(last_checkpoint)
             raise EnvBatchFailed(
                 f"{str(e).splitlines()[0]}; stopped after step {self.step} (checkpoint {ckpt}); "
                 f"fix the env, then: epo train --resume {self.run_dir}"
             ) from None
-        self.faults.record(step, "rollout", pool.drain_faults())
+        self._record_faults(step, "rollout", pool)
         return rollout, retries
+
+    def _record_faults(self, step: int, phase: str, pool) -> None:
+        """Every rank's env faults since the last call, logged by rank 0 (a collective under torchrun)."""
+        faults = distributed.gather_faults(pool.drain_faults())
+        if self.faults is not None:
+            self.faults.record(step, phase, faults)
 
     def _update_history(self, data: StepData) -> dict[int, float]:
         """Feed the per-turn-index entropy of the turn samples actually played to the EPO history."""
@@ -300,7 +332,9 @@ class Trainer:
             return {n: p.detach().cpu().clone() for n, p in self.policy.named_parameters() if p.requires_grad}
         return {n: t.detach().cpu().clone() for n, t in self.policy.state_dict().items()}
 
-    def _save(self) -> Path:
+    def _save(self) -> Path | None:
+        if not self.dist.is_main:  # replicated weights and state: rank 0's checkpoint is the whole run's
+            return None
         optim = {"policy": self.optimizer.state_dict()}
         sched = {"policy": self.scheduler.state_dict()}
         value_state = None
@@ -344,7 +378,8 @@ class Trainer:
         else:
             self.console.print(f"{self.run_dir}: no checkpoint yet; starting the run over from step 0 (same seed)")
             step = -1
-        log_resume(self.run_dir, max(step, 0), changes, self.console.print)
+        if self.dist.is_main:  # one resumes.jsonl line per resume, not per rank
+            log_resume(self.run_dir, max(step, 0), changes, self.console.print)
         return step
 
     def _restore(self) -> int | None:

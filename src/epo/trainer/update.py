@@ -13,7 +13,7 @@ Per-token arrays are kept per sample as 1-D tensors of the response length (see 
 from __future__ import annotations
 
 import random
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -34,9 +34,10 @@ from epo.algos import (
 )
 from epo.algos.mismatch import mismatch_metrics, tis_weights
 from epo.config import Config
-from epo.models import SharedValueHead, response_logprobs
+from epo.models import SharedValueHead, adapter_disabled, response_logprobs
 from epo.models.precision import autocast_for
 from epo.rollout.types import TurnSample
+from epo.trainer import distributed as dist
 from epo.trainer.batching import MicroBatch, collate, pack_by_tokens
 
 
@@ -66,7 +67,15 @@ class MetricMeans:
         self.weights.append(float(weight))
 
     def result(self) -> dict[str, float]:
-        return merge_metrics(self.metrics, self.weights)
+        """The merged metrics of every rank's micro-batches (one process: exactly `merge_metrics`). Under torchrun
+        the ranks' per-micro-batch dicts and weights are gathered and merged as one list, so the result is the
+        global weighted mean / max with NaN entries skipped, never a mean of rank means."""
+        metrics: list[dict[str, float]] = []
+        weights: list[float] = []
+        for part_metrics, part_weights in dist.all_gather_objects((self.metrics, self.weights)):
+            metrics += part_metrics
+            weights += part_weights
+        return merge_metrics(metrics, weights)
 
 
 def _device(model) -> torch.device:
@@ -117,7 +126,7 @@ def _forward_pass(model, samples: list[TurnSample], pad_id: int, cfg: Config, wi
     logps: list[torch.Tensor | None] = [None] * len(samples)
     ents: list[torch.Tensor | None] = [None] * len(samples)
     values: list[torch.Tensor | None] = [None] * len(samples)
-    for micro in pack_by_tokens(list(range(len(samples))), samples, cfg.train.micro_batch_tokens):
+    for micro in dist.my_share(pack_by_tokens(list(range(len(samples))), samples, cfg.train.micro_batch_tokens)):
         mb = collate(samples, micro, pad_id).to(_device(model))
         stats = model_stats(model, mb, cfg, with_entropy, return_hidden=value_head is not None)
         for i, lp in zip(micro, mb.gather_tokens(stats.logprobs)):
@@ -128,6 +137,7 @@ def _forward_pass(model, samples: list[TurnSample], pad_id: int, cfg: Config, wi
         if with_entropy:
             for i, h in zip(micro, mb.gather_tokens(stats.entropy)):
                 ents[i] = h
+    logps, ents, values = dist.merge_per_sample(logps), dist.merge_per_sample(ents), dist.merge_per_sample(values)
     return (logps, ents, values) if value_head is not None else (logps, ents)
 
 
@@ -136,13 +146,13 @@ def critic_values(critic, samples: list[TurnSample], pad_id: int, cfg: Config) -
     """The separate critic's per-token values [R] per sample, in eval mode (see `eval_mode`)."""
     out: list[torch.Tensor | None] = [None] * len(samples)
     with eval_mode(critic):
-        for micro in pack_by_tokens(list(range(len(samples))), samples, cfg.train.micro_batch_tokens):
+        for micro in dist.my_share(pack_by_tokens(list(range(len(samples))), samples, cfg.train.micro_batch_tokens)):
             mb = collate(samples, micro, pad_id).to(_device(critic))
             with autocast_for(cfg.train.precision, mb.input_ids.device):
                 values = critic(mb.input_ids, mb.attention_mask)
             for i, v in zip(micro, mb.gather_tokens(values)):
                 out[i] = v
-    return out
+    return dist.merge_per_sample(out)
 
 
 def single_pass(cfg: Config, num_samples: int, critic=None) -> bool:
@@ -168,8 +178,9 @@ def prepare_step(policy, samples: list[TurnSample], pad_id: int, cfg: Config, re
     else:
         old_logprobs, entropy = forward_pass(policy, samples, pad_id, cfg, with_entropy=True)
     data = StepData(samples, old_logprobs, entropy, advantages=[])
-    if ref_policy is not None:
-        data.ref_logprobs, _ = forward_pass(ref_policy, samples, pad_id, cfg, with_entropy=False)
+    if ref_policy is not None:  # the policy itself under LoRA: its base model, adapters disabled (setup)
+        with adapter_disabled(ref_policy) if ref_policy is policy else nullcontext():
+            data.ref_logprobs, _ = forward_pass(ref_policy, samples, pad_id, cfg, with_entropy=False)
     if cfg.algo.name == "grpo":
         scores = torch.tensor([s.reward for s in samples], dtype=torch.float32)
         adv = grpo_advantages(
@@ -249,7 +260,7 @@ def update_policy(
     optimizers = [optimizer] + ([value_optimizer] if value_head is not None else [])
     samples = data.samples
     if data.old_logprobs is None:
-        data.entropy = [torch.empty(0)] * len(samples)
+        data.entropy = [None] * len(samples)  # filled by this rank's micro-batches, gathered below
     for _epoch in range(cfg.train.ppo_epochs):
         for mini in mini_batches(len(samples), cfg.train.mini_batch_size, rng):
             num_tokens = float(sum(len(samples[i].response_ids) for i in mini))
@@ -258,7 +269,7 @@ def update_policy(
             weight_of = dict(zip(mini, weights.tolist()))
             for opt in optimizers:
                 opt.zero_grad(set_to_none=True)
-            for micro in pack_by_tokens(mini, samples, cfg.train.micro_batch_tokens):
+            for micro in dist.my_share(pack_by_tokens(mini, samples, cfg.train.micro_batch_tokens)):
                 mb = collate(samples, micro, pad_id).to(_device(policy))
                 w = torch.tensor([weight_of[i] for i in micro], device=mb.turn_idx.device)
                 loss, metrics = micro_batch_loss(
@@ -266,6 +277,7 @@ def update_policy(
                 )
                 loss.backward()
                 means.add(metrics, weight=float(mb.response_mask.sum()))
+            dist.all_reduce_grads(params + ([p for p in value_head.parameters()] if value_head is not None else []))
             grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip or float("inf"))
             if value_head is not None:
                 vf_norm = torch.nn.utils.clip_grad_norm_(value_head.parameters(), cfg.optim.grad_clip or float("inf"))
@@ -273,6 +285,8 @@ def update_policy(
             for opt in optimizers:
                 opt.step()
             means.add({"actor/grad_norm": float(grad_norm)}, weight=1.0)
+    if data.old_logprobs is None:
+        data.entropy = dist.merge_per_sample(data.entropy)
     return means.result()
 
 
@@ -378,7 +392,7 @@ def update_critic(critic, optimizer, data: StepData, cfg: Config, pad_id: int, r
         for mini in mini_batches(len(samples), cfg.train.mini_batch_size, rng):
             num_tokens = float(sum(len(samples[i].response_ids) for i in mini))
             optimizer.zero_grad(set_to_none=True)
-            for micro in pack_by_tokens(mini, samples, cfg.train.micro_batch_tokens):
+            for micro in dist.my_share(pack_by_tokens(mini, samples, cfg.train.micro_batch_tokens)):
                 mb = collate(samples, micro, pad_id).to(_device(critic))
                 with autocast_for(cfg.train.precision, mb.input_ids.device):
                     values = critic(mb.input_ids, mb.attention_mask)  # [B, T], V(state before token p) at p
@@ -394,6 +408,7 @@ def update_critic(critic, optimizer, data: StepData, cfg: Config, pad_id: int, r
                 )
                 loss.backward()
                 means.add(metrics, weight=float(mb.response_mask.sum()))
+            dist.all_reduce_grads(params)
             grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip or float("inf"))
             optimizer.step()
             means.add({"critic/grad_norm": float(grad_norm)}, weight=1.0)

@@ -1,0 +1,147 @@
+"""EnvPool with its workers as Ray actors (`env.executor=ray`): env slots spread over a Ray cluster.
+
+    ray.init(address="auto")     # or nothing: the pool joins a running instance or starts a local one
+    with RayEnvPool("sciworld", {}, num_workers=32, num_cpus_per_worker=1, memory_mb=2048) as pool:
+        ...                      # the EnvPool API: reset / step / expert_actions / close
+
+Same slot layout and fault semantics as the local pool (epo.envs.pool): slot i lives on actor i % num_workers,
+which keeps one env per slot; a command goes to every actor first and is gathered with one `ray.wait` deadline.
+A dead actor (its process killed, its node lost: RayActorError) ends its live episodes truncated with
+"worker_crash"; an actor that misses the deadline is killed ("timeout"); either way a fresh actor replaces it and
+the next reset works again. An exception inside the env ends only that slot ("env_error"), as locally.
+
+Resources: each actor declares `num_cpus` (and `memory` when given), and actors are placed with Ray's SPREAD
+strategy, so ScienceWorld JVMs (one per env, ~1 CPU and 1-2 GB each) spread over the cluster's nodes instead of
+piling onto the driver's. `ray` is an optional dependency (`pip install 'epo[ray]'`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import Any
+
+from epo.envs.pool import EnvPool, _SlotEnvs
+
+
+def _ray():
+    try:
+        import ray
+    except ImportError:
+        raise ImportError("env.executor=ray needs Ray: pip install 'epo[ray]' (or pip install ray)") from None
+    return ray
+
+
+class _EnvActor:
+    """One Ray actor: env instances keyed by slot (the local pool's worker loop, as actor methods)."""
+
+    def __init__(self, make_env, env_kwargs: dict[str, Any]):
+        self.envs = _SlotEnvs(make_env, env_kwargs)
+
+    def handle(self, cmd: str, payload: dict[int, Any]) -> dict[int, tuple[str, Any]]:
+        return self.envs.handle(cmd, payload)
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def close(self) -> None:
+        self.envs.close()
+
+
+class RayEnvPool(EnvPool):
+    """EnvPool whose workers are Ray actors. See the module docstring."""
+
+    def __init__(
+        self,
+        env_name: str,
+        env_kwargs: dict[str, Any] | None = None,
+        num_workers: int = 1,
+        step_timeout_s: float = 60.0,
+        reset_timeout_s: float = 300.0,
+        num_cpus_per_worker: float = 1.0,
+        memory_mb: int = 0,
+        address: str = "",
+    ):
+        ray = _ray()
+        # the parent's bookkeeping (slots, lost episodes, last infos) without its local processes
+        super().__init__(env_name, env_kwargs, num_workers, mode="inline", step_timeout_s=step_timeout_s,
+                         reset_timeout_s=reset_timeout_s)  # fmt: skip
+        for envs in self._inline:
+            envs.close()
+        self._inline = []
+        self.mode = "ray"
+        if not ray.is_initialized():
+            ray.init(address=address or None, include_dashboard=False, log_to_driver=False)
+        options: dict[str, Any] = {"num_cpus": num_cpus_per_worker, "max_restarts": 0, "scheduling_strategy": "SPREAD"}
+        if memory_mb:
+            options["memory"] = memory_mb * 1024 * 1024
+        self._actor_cls = ray.remote(_EnvActor).options(**options)
+        self._workers = [self._start() for _ in range(num_workers)]
+
+    def _start(self):
+        return self._actor_cls.remote(self._make_env, self.env_kwargs)
+
+    # ---- public API additions --------------------------------------------------------------------------------
+    def worker_pids(self) -> list[int]:
+        ray = _ray()
+        return ray.get([a.pid.remote() for a in self._workers], timeout=self.reset_timeout_s)
+
+    def actors(self) -> list[Any]:
+        """The actor handles, slot i on actors()[i % num_workers] (tests kill one with ray.kill)."""
+        return list(self._workers)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        ray = _ray()
+        with contextlib.suppress(Exception):  # best effort: envs close their JVMs; dead actors raise here
+            ray.get([a.close.remote() for a in self._workers], timeout=10.0)
+        for actor in self._workers:
+            with contextlib.suppress(Exception):
+                ray.kill(actor)
+        self._workers = []
+
+    # ---- internals (override the local pool's process handling) -----------------------------------------------
+    def _call(self, cmd: str, per_slot: dict[int, Any], timeout_s: float) -> dict[int, tuple[str, Any]]:
+        by_worker: dict[int, dict[int, Any]] = {}
+        for slot, arg in per_slot.items():
+            by_worker.setdefault(self.worker_of(slot), {})[slot] = arg
+        return self._call_workers(cmd, by_worker, timeout_s)
+
+    def _call_workers(
+        self, cmd: str, by_worker: dict[int, dict[int, Any]], timeout_s: float
+    ) -> dict[int, tuple[str, Any]]:
+        ray = _ray()
+        refs = {self._workers[w].handle.remote(cmd, share): w for w, share in by_worker.items()}
+        ready, not_ready = ray.wait(list(refs), num_returns=len(refs), timeout=timeout_s)
+        replies: dict[int, tuple[str, Any]] = {}
+        failed: dict[int, tuple[str, str]] = {}
+        for ref in ready:
+            w = refs[ref]
+            try:
+                replies.update(ray.get(ref))
+            except ray.exceptions.RayActorError as e:  # the actor's process or node died
+                failed[w] = ("worker_crash", f"worker {w} died ({type(e).__name__})")
+            except Exception as e:  # e.g. a reply Ray cannot serialise: those slots' envs are suspect
+                for slot in by_worker[w]:
+                    replies[slot] = ("env_error", f"{type(e).__name__}: {str(e).splitlines()[0][:200]}")
+        for ref in not_ready:
+            w = refs[ref]
+            failed[w] = ("timeout", f"worker {w} did not answer '{cmd}' within {timeout_s:g} s")
+        for w, (reason, message) in failed.items():
+            self._restart(w, reason, message, list(by_worker[w]))
+            for slot in by_worker[w]:
+                replies[slot] = (reason, message)
+        return replies
+
+    def _restart(self, w: int, reason: str, message: str, called: list[int]) -> None:
+        with contextlib.suppress(Exception):
+            _ray().kill(self._workers[w])
+        self._workers[w] = self._start()
+        self._end_episodes_of(w, reason, message, called)  # lost episodes and PoolFaults, as the local pool
+
+    def revive_dead_workers(self) -> list[int]:
+        """Nothing to poll without a round trip: an actor that died while idle fails its reset with
+        "worker_crash", is replaced, and EnvPool.reset retries that reset once on the new actor."""
+        return []
