@@ -53,6 +53,8 @@ def run(kind: str, args, workdir: Path) -> dict:
     run_dir = workdir / kind.replace(" ", "_")
     cli = ["-m", "epo.cli", "train", "--config", "quest_demo_cpu", "--run-dir", str(run_dir)]
     cli += overrides(args.steps, args.tasks, args.group, args.turns)
+    if args.smoke:
+        cli += ["model.path=tiny", "model.trainable_layers=0", "agent.max_prompt_tokens=320", "rollout.max_new_tokens=4"]
     env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), HF_HUB_OFFLINE="1")
     if kind.startswith("2 processes"):
         torchrun = str(Path(sys.executable).with_name("torchrun"))
@@ -74,6 +76,14 @@ def run(kind: str, args, workdir: Path) -> dict:
     return mean
 
 
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=2)
@@ -83,7 +93,11 @@ def main() -> None:
     ap.add_argument("--port", type=int, default=29533)
     ap.add_argument("--no-write", action="store_true")
     ap.add_argument("--skip-2-threads", action="store_true", help="leave out 1 process x 2 threads (slow when loaded)")
+    ap.add_argument("--smoke", action="store_true", help="tiny model, 2 steps of 1-turn episodes, no write (tests)")
     args = ap.parse_args()
+    if args.smoke:
+        args.steps, args.tasks, args.group, args.turns, args.skip_2_threads, args.no_write = 2, 2, 2, 1, True, True
+        args.port = free_port()
     kinds = ["1 process, 1 thread", "1 process, 2 threads", "2 processes, 1 thread each"]
     if args.skip_2_threads:
         kinds.remove("1 process, 2 threads")

@@ -116,10 +116,15 @@ def main() -> None:
     parser.add_argument("--episodes", type=int, default=8, help="parallel quest episodes (tasks x 4 copies)")
     parser.add_argument("--rl-step", action="store_true", help="also time one demo RL step per backend")
     parser.add_argument("--write", action="store_true")
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes (tests): batch 1, 4 new tokens, 2 turns")
     args = parser.parse_args()
     from epo.rollout.vllm_backend import vllm_backend_from_config
 
-    cfg = load_config("quest_demo_cpu", ["rollout.backend=vllm", "rollout.vllm_kv_cache_gb=1"])
+    smoke = ["env.max_turns=2", "rollout.max_new_tokens=4"] if args.smoke else []
+    if args.smoke:
+        args.batches, args.prompt_tokens, args.new_tokens, args.episodes, args.rl_step = "1", 32, 4, 4, False
+        args.write = False
+    cfg = load_config("quest_demo_cpu", ["rollout.backend=vllm", "rollout.vllm_kv_cache_gb=1", *smoke])
     setup.set_threads()
     setup.seed_everything(0)
     model, tok = setup.load_policy(cfg, torch.device("cpu"))

@@ -70,6 +70,7 @@ def test_a_worker_killed_between_steps_is_restarted_before_the_resets(monkeypatc
         if trainer.step == 1:
             pid = pools[0].worker_pids()[0]
             os.kill(pid, signal.SIGKILL)
+            pools[0]._workers[0].process.join(timeout=10)  # dead before the resets (a kill is not instant)
             killed.append(pid)
 
     _before_step(monkeypatch, kill_idle_worker)

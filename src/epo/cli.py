@@ -50,6 +50,7 @@ def _guard(fn):
     code 2. Anything else (out of memory, CUDA errors, bugs) keeps its traceback; `epo --debug` shows it for all."""
     from epo.errors import EpoError
 
+    console._epo_precision_line = None  # each command prints its precision line once (setup.log_precision)
     if _DEBUG["on"]:
         return fn()
     try:
