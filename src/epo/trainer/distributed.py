@@ -72,6 +72,7 @@ def init_from_env(device: str = "cpu", timeout_s: float | None = None) -> DistIn
     timeout_s = timeout_s or float(os.environ.get("EPO_DIST_TIMEOUT_S", "7200"))  # rank 0 may eval/clone alone
     backend = "nccl" if device.startswith("cuda") or (device == "auto" and torch.cuda.is_available()) else "gloo"
     dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout_s))
+    _OWNED["group"] = True
     return info()
 
 
@@ -89,9 +90,16 @@ def rank() -> int:
     return info().rank
 
 
+# Whether init_from_env created the default process group. A colocated vLLM engine creates its own (world size 1)
+# and destroys it at exit; tearing that one down here makes vLLM's exit handler fail.
+_OWNED = {"group": False}
+
+
 def shutdown() -> None:
-    if dist.is_available() and dist.is_initialized():
+    """Destroy the process group that init_from_env created (and only that one)."""
+    if _OWNED["group"] and dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+    _OWNED["group"] = False
 
 
 def barrier() -> None:
