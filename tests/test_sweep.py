@@ -14,7 +14,7 @@ from epo.cli import app
 from epo.config import ConfigError
 from epo.sweep import load_grid
 from epo.sweep.grid import parse_grid
-from epo.sweep.runner import prepare, read_status, train_command
+from epo.sweep.runner import prepare, read_status, run_env, run_sweep, train_command
 from epo.sweep.stats import paired, sign_flip_p, summarize
 
 runner = CliRunner()
@@ -154,12 +154,25 @@ def test_miniature_sweep_runs_resumes_and_aggregates(tmp_path):
 def test_a_failing_run_is_reported_and_retried(tmp_path):
     methods = {"ok": ["train.total_steps=1"], "bad": ["env.kwargs.no_such_knob=1"]}
     grid_path, out = _grid_file(tmp_path, methods=methods, seeds=[0]), tmp_path / "s"
-    result = runner.invoke(app, ["sweep", str(grid_path), "--out", str(out)])
+    result = runner.invoke(app, ["sweep", str(grid_path), "--out", str(out), "--jobs", "2"])  # both runs at once
     assert result.exit_code == 2 and "1 run(s) failed: bad/seed0" in result.output
     assert read_status(out)["bad/seed0"]["state"] == "failed" and read_status(out)["ok/seed0"]["state"] == "done"
     assert "no_such_knob" in (out / "bad" / "seed0.log").read_text()
     again = runner.invoke(app, ["sweep", str(grid_path), "--out", str(out)])
     assert again.exit_code == 2 and "1 done, 1 to run" in again.output
+
+
+def test_parallel_jobs_split_the_cores_and_bad_counts_fail(tmp_path, monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr("os.cpu_count", lambda: 8)
+    assert run_env(4)["OMP_NUM_THREADS"] == "2" and "OMP_NUM_THREADS" not in run_env(1)
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert run_env(4)["OMP_NUM_THREADS"] == "3"  # the user's setting wins
+    grid = load_grid(_grid_file(tmp_path))
+    with pytest.raises(ConfigError, match="--jobs must be >= 1"):
+        run_sweep(grid, tmp_path / "s", jobs=0)
+    with pytest.raises(ConfigError, match="with --ray"):
+        run_sweep(grid, tmp_path / "s", ray=True, jobs=2)
 
 
 def test_a_sweep_dir_refuses_another_grid(tmp_path):

@@ -1,8 +1,10 @@
 """Run a grid: each run is its own `epo train` process (a crash or OOM ends that run, not the sweep).
 
 Resumable: SWEEP_DIR/status.json records each finished run; a rerun skips those, resumes runs that have a run dir
-(`epo train --resume`), and starts the rest. Runs go one after another, or as Ray tasks (`ray=True`, needs the
-`ray` extra; RAY_ADDRESS or a local instance), each asking for `cpus_per_run` CPUs so Ray packs them.
+(`epo train --resume`), and starts the rest. Runs go one after another, `jobs` at a time on this machine (each run
+with OMP_NUM_THREADS = cores // jobs unless set, so N runs do not oversubscribe the cores), or as Ray tasks
+(`ray=True`, needs the `ray` extra; RAY_ADDRESS or a local instance), each asking for `cpus_per_run` CPUs so Ray
+packs them.
 Each run's console output goes to SWEEP_DIR/<method>/seed<s>.log.
 """
 
@@ -12,8 +14,10 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import yaml
@@ -62,13 +66,24 @@ def prepare(grid: Grid, sweep_dir: Path) -> None:
         saved.write_text(yaml.safe_dump(grid.to_dict(), sort_keys=False))
 
 
-def run_one(cmd: list[str], log_path: str) -> int:
+def run_one(cmd: list[str], log_path: str, env: dict[str, str] | None = None) -> int:
     """Run one `epo train` process, its output appended to log_path; returns its exit code."""
     Path(log_path).parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "a") as log:
         log.write(f"$ {' '.join(cmd)}\n")
         log.flush()
-        return subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL).returncode
+        return subprocess.run(
+            cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env
+        ).returncode
+
+
+def run_env(jobs: int) -> dict[str, str]:
+    """The environment of each run: with `jobs` runs at once, each gets cores // jobs torch threads (unless the
+    user set OMP_NUM_THREADS), since N runs with all-core thread pools are many times slower than N x 1 thread."""
+    env = dict(os.environ)
+    if jobs > 1 and "OMP_NUM_THREADS" not in env:
+        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // jobs))
+    return env
 
 
 def run_sweep(
@@ -77,27 +92,41 @@ def run_sweep(
     ray: bool = False,
     cpus_per_run: float = 1.0,
     echo: Callable[[str], None] = print,
+    jobs: int = 1,
 ) -> dict[str, dict]:
     """Run every pending run of the grid; returns the status ({run_id: {state, exit_code, seconds}})."""
+    if jobs < 1:
+        raise ConfigError(f"--jobs must be >= 1, got {jobs}")
+    if ray and jobs != 1:
+        raise ConfigError("--jobs is for this machine; with --ray, Ray packs the runs by --cpus-per-run")
     sweep_dir = Path(sweep_dir)
     prepare(grid, sweep_dir)
     status = read_status(sweep_dir)
     pending = [r for r in grid.runs() if status.get(r.run_id, {}).get("state") != "done"]
     echo(f"sweep {sweep_dir}: {len(grid.runs()) - len(pending)} done, {len(pending)} to run")
-    jobs = [(r, train_command(grid, r, sweep_dir), str(sweep_dir / r.method / f"seed{r.seed}.log")) for r in pending]
+    todo = [(r, train_command(grid, r, sweep_dir), str(sweep_dir / r.method / f"seed{r.seed}.log")) for r in pending]
+
+    lock = threading.Lock()  # with jobs > 1, runs finish on several threads; status.json is written whole
 
     def record(run: RunSpec, code: int, seconds: float) -> None:
-        status[run.run_id] = {"state": "done" if code == 0 else "failed", "exit_code": code, "seconds": seconds}
-        _write_status(sweep_dir, status)
-        echo(f"{run.run_id}: {'done' if code == 0 else f'FAILED (exit {code})'} in {seconds:.0f} s")
+        with lock:
+            status[run.run_id] = {"state": "done" if code == 0 else "failed", "exit_code": code, "seconds": seconds}
+            _write_status(sweep_dir, status)
+            echo(f"{run.run_id}: {'done' if code == 0 else f'FAILED (exit {code})'} in {seconds:.0f} s")
 
     if ray:
-        _run_on_ray(jobs, cpus_per_run, record, echo)
-    else:
-        for i, (run, cmd, log) in enumerate(jobs, 1):
-            echo(f"[{i}/{len(jobs)}] {run.run_id}: {' '.join(cmd[1:])}  (log: {log})")
-            start = time.monotonic()
-            record(run, run_one(cmd, log), time.monotonic() - start)
+        _run_on_ray(todo, cpus_per_run, record, echo)
+        return status
+    env = run_env(jobs)
+
+    def one(i: int, run: RunSpec, cmd: list[str], log: str) -> None:
+        echo(f"[{i}/{len(todo)}] {run.run_id}: {' '.join(cmd[1:])}  (log: {log})")
+        start = time.monotonic()
+        record(run, run_one(cmd, log, env), time.monotonic() - start)
+
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        for future in [pool.submit(one, i, *job) for i, job in enumerate(todo, 1)]:
+            future.result()
     return status
 
 
