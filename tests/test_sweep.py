@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 from epo.cli import app
 from epo.config import ConfigError
 from epo.sweep import load_grid
+from epo.sweep.aggregate import comparisons
 from epo.sweep.grid import parse_grid
 from epo.sweep.runner import prepare, read_status, run_env, run_sweep, train_command
 from epo.sweep.stats import paired, sign_flip_p, summarize
@@ -173,6 +174,24 @@ def test_parallel_jobs_split_the_cores_and_bad_counts_fail(tmp_path, monkeypatch
         run_sweep(grid, tmp_path / "s", jobs=0)
     with pytest.raises(ConfigError, match="with --ray"):
         run_sweep(grid, tmp_path / "s", ray=True, jobs=2)
+
+
+def test_compare_adds_paired_comparisons_and_rejects_unknown_methods(tmp_path):
+    methods = {"grpo": [], "ppo": ["algo.name=ppo"], "ppo_epo": ["algo.name=ppo", "epo.mode=on"]}
+    grid = parse_grid(
+        {"base": "quest_demo_cpu", "seeds": [0], "methods": methods, "compare": {"ppo_epo": "ppo"}},
+        tmp_path,
+        check_configs=False,
+    )
+    assert comparisons(grid.to_dict()) == [("ppo", "grpo"), ("ppo_epo", "grpo"), ("ppo_epo", "ppo")]
+    for bad, message in [
+        ({"ppo_epo": ["nope"]}, "'nope' is not one of the methods"),
+        ({"ppo": "ppo"}, "compared with itself"),
+        (["ppo"], "must be a mapping"),
+    ]:
+        raw = {"base": "quest_demo_cpu", "seeds": [0], "methods": methods, "compare": bad}
+        with pytest.raises(ConfigError, match=message):
+            parse_grid(raw, tmp_path, check_configs=False)
 
 
 def test_a_sweep_dir_refuses_another_grid(tmp_path):

@@ -74,13 +74,20 @@ def aggregate(sweep_dir: Path) -> dict[str, Any]:
         m: {k: _as_dict(summarize([row[k] for row in seeds.values() if row.get(k) is not None])) for k in metrics}
         for m, seeds in per_seed.items()
     }
-    base = grid["baseline"]
     tests = {}
-    for m in per_seed:
-        if m == base or base not in per_seed:
-            continue
-        tests[m] = {k: _as_dict(paired(_by_seed(per_seed[m], k), _by_seed(per_seed[base], k))) for k in metrics}
+    for m, ref in comparisons(grid):
+        if m in per_seed and ref in per_seed:
+            label = m if ref == grid["baseline"] else f"{m} vs {ref}"
+            tests[label] = {k: _as_dict(paired(_by_seed(per_seed[m], k), _by_seed(per_seed[ref], k))) for k in metrics}
     return {"grid": grid, "splits": splits, "per_seed": per_seed, "summary": summary, "tests": tests, "runs": runs}
+
+
+def comparisons(grid: dict) -> list[tuple[str, str]]:
+    """The paired comparisons of a saved grid.yaml: each method vs the baseline, then the grid's `compare`."""
+    base = grid["baseline"]
+    pairs = [(m, base) for m in grid["methods"] if m != base]
+    extra = [(m, ref) for m, refs in (grid.get("compare") or {}).items() for ref in refs]
+    return pairs + [p for p in extra if p not in pairs]
 
 
 def write_sweep_report(sweep_dir: str | Path, out_dir: str | Path | None = None) -> Path:
@@ -125,9 +132,9 @@ def render(agg: dict[str, Any], figures: list[str]) -> str:
         lines.append(f"| {m} | " + " | ".join(_ci(row.get(k)) for k in keys) + " |")
     lines += [
         "",
-        f"## Against the baseline `{grid['baseline']}`",
+        f"## Against the baseline `{grid['baseline']}` (and the grid's `compare` pairs, named `method vs reference`)",
         "",
-        "Difference method - baseline, mean [95% t-interval]; p: two-sided paired t-test over shared seeds "
+        "Difference method - reference, mean [95% t-interval]; p: two-sided paired t-test over shared seeds "
         "(Welch's t-test where no seeds are shared) and exact sign-flip permutation test (paired only; with n seeds "
         "its smallest possible p is 2/2^n).",
         "",
