@@ -138,7 +138,7 @@ def test_miniature_sweep_runs_resumes_and_aggregates(tmp_path):
     summary = (out / "report" / "summary.md").read_text()
     assert "| grpo_epo | 2 |" in summary and "paired" in summary
     results = json.loads((out / "report" / "results.json").read_text())
-    assert results["summary"]["grpo"]["iid/succ_max"]["n"] == 2
+    assert results["summary"]["grpo"]["iid/succ_max"]["n"] == 2 and results["summary"]["grpo"]["iid/succ_last"]["n"] == 2
     assert set(results["tests"]) == {"grpo_epo"}  # every method against the baseline (the first)
     # EPO runs log band fractions, the baseline does not
     assert results["summary"]["grpo_epo"]["frac_above"] is not None and results["summary"]["grpo"]["frac_above"] is None
