@@ -66,8 +66,8 @@ class PromptHashBackend:
 def _patch_backend(monkeypatch_setattr) -> None:
     make = setup.make_collector
 
-    def make_collector(cfg, pool, model, tokenizer):
-        collector = make(cfg, pool, model, tokenizer)
+    def make_collector(cfg, pool, model, tokenizer, console=None):
+        collector = make(cfg, pool, model, tokenizer, console)
         collector.backend = PromptHashBackend(tokenizer)
         return collector
 

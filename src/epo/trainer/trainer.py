@@ -131,7 +131,7 @@ class Trainer:
             GracefulExit(self.console.print) as stop,
             StepProgress(self.console, cfg.train.total_steps, self.step) as progress,
         ):
-            collector = setup.make_collector(cfg, pool, self.policy, self.tokenizer)
+            collector = setup.make_collector(cfg, pool, self.policy, self.tokenizer, self.console)
             collector.on_turn = progress.turn
             self.faults = FaultLog(self.run_dir, self.console.print, resume_step) if main else None
             if self.step == 0 and cfg.train.eval_at_start and main:
