@@ -16,28 +16,22 @@ from epo import api
 from epo.cli import app
 from epo.config import ConfigError, load_config
 from epo.models import load_model_and_tokenizer
+from epo.testing import tiny_run
 from epo.trainer import sft
 from epo.trainer.checkpoint import list_checkpoints
 from epo.trainer.metrics import read_metrics
 from epo.trainer.pipeline import train_pipeline
 
-TINY = [
-    "model.path=tiny",
-    "env.pool_mode=inline",
-    "env.kwargs.difficulty=easy",
+TINY = tiny_run(
     "env.max_turns=15",
-    "env.eval_splits=[iid]",
-    "agent.action_prefix=true",
-    "agent.max_prompt_tokens=384",
+    "rollout.max_new_tokens=4",
+    "train.micro_batch_tokens=2048",
     "sft.episodes=3",
     "sft.epochs=2",
     "sft.lr=3e-3",
     "sft.batch_size=4",
     "sft.eval_episodes=1",
-    "rollout.max_new_tokens=4",
-    "optim.warmup_ratio=0",
-    "train.micro_batch_tokens=2048",
-]
+)
 QUIET = Console(quiet=True)
 
 

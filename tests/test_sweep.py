@@ -17,27 +17,19 @@ from epo.sweep.aggregate import comparisons
 from epo.sweep.grid import parse_grid
 from epo.sweep.runner import prepare, read_status, run_env, run_sweep, train_command
 from epo.sweep.stats import paired, sign_flip_p, summarize
+from epo.testing import tiny_run
 
 runner = CliRunner()
-TINY = [
-    "model.path=tiny",
+TINY = tiny_run(
     "model.trainable_layers=0",
-    "env.pool_mode=inline",
-    "env.kwargs.difficulty=easy",
     "env.max_turns=2",
-    "env.eval_splits=[iid]",
     "rollout.tasks_per_step=1",
-    "rollout.group_size=2",
     "rollout.max_new_tokens=4",
     "agent.max_prompt_tokens=320",
-    "train.total_steps=2",
     "train.eval_every=1",
-    "train.eval_episodes=2",
-    "train.tensorboard=false",
-    "train.report=false",
     "train.mini_batch_size=8",
     "sft.warm_start=false",
-]
+)
 
 
 def _grid_file(tmp_path, **extra):

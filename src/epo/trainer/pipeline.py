@@ -158,7 +158,7 @@ def evaluate_policy(cfg: Config, splits: list[str], console: Console | None = No
     setup.log_precision(console, cfg, device)
     out = {}
     with setup.make_pool(cfg) as pool:
-        collector = setup.make_collector(cfg, pool, model, tokenizer)
+        collector = setup.make_collector(cfg, pool, model, tokenizer, console)
         for split in splits:
             ids = eval_task_ids(all_splits[split], cfg.train.eval_episodes, seed=cfg.train.seed + 1)
             with torch.no_grad():

@@ -87,7 +87,7 @@ def run_sft(
     setup.log_precision(console, cfg, device)
     result = SFTResult(out, out / "export")
     with GracefulExit(console.print) as stop, setup.make_pool(cfg) as pool:
-        collector = setup.make_collector(cfg, pool, model, tokenizer)
+        collector = setup.make_collector(cfg, pool, model, tokenizer, console)
         result.before = _before_eval(cfg, collector, splits, console, out, resume)
         if stop.requested:  # nothing trained yet: a resume starts training from scratch (the eval is kept)
             result.interrupted, result.stop_signal = True, stop.signal_name
