@@ -14,9 +14,9 @@ from typer.testing import CliRunner
 from epo.cli import app
 from epo.config import load_config
 from epo.models import load_model_and_tokenizer
+from epo.telemetry.metrics import read_metrics
 from epo.trainer import sft
 from epo.trainer.checkpoint import list_checkpoints
-from epo.trainer.metrics import read_metrics
 from epo.trainer.pipeline import train_pipeline
 
 TINY = [

@@ -9,8 +9,8 @@ import torch
 from rich.console import Console
 
 from epo.config import load_config
+from epo.telemetry.metrics import read_metrics
 from epo.trainer.checkpoint import list_checkpoints
-from epo.trainer.metrics import read_metrics
 from epo.trainer.trainer import Trainer
 
 BASE = [

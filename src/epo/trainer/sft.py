@@ -30,6 +30,8 @@ from epo.models import merge_and_save, response_logprobs
 from epo.models.precision import autocast_for
 from epo.rollout.evaluate import EvalResult, eval_task_ids, evaluate
 from epo.rollout.oracle import collect_oracle
+from epo.telemetry.metrics import truncate_after
+from epo.telemetry.progress import StepProgress
 from epo.trainer import setup
 from epo.trainer.batching import collate, pack_by_tokens
 from epo.trainer.checkpoint import (
@@ -41,8 +43,6 @@ from epo.trainer.checkpoint import (
     restore_rng_state,
     save_checkpoint,
 )
-from epo.trainer.metrics import truncate_after
-from epo.trainer.progress import StepProgress
 from epo.trainer.rundir import atomic_dir
 
 BEFORE_FILE = "sft_before.json"
