@@ -34,9 +34,9 @@ from rich.console import Console
 
 from common import machine_info, write_section
 from epo.config import load_config
+from epo.telemetry.faults import read_faults
+from epo.telemetry.metrics import read_metrics
 from epo.testing import tiny_run
-from epo.trainer.faults import read_faults
-from epo.trainer.metrics import read_metrics
 from epo.trainer.trainer import Trainer
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "RELIABILITY.md"

@@ -25,11 +25,11 @@ from epo.diagnostics.ablate import run_ablation
 from epo.diagnostics.action_entropy import score_actions
 from epo.models import load_model_and_tokenizer, reference_response_logprobs, response_logprobs
 from epo.rollout.types import TurnSample
+from epo.telemetry.metrics import read_metrics, read_warnings
+from epo.telemetry.monitor import CascadeMonitor, MonitorWarning
 from epo.testing import tiny_run
 from epo.trainer.batching import collate
 from epo.trainer.checkpoint import CheckpointError, list_checkpoints
-from epo.trainer.metrics import read_metrics, read_warnings
-from epo.trainer.monitor import CascadeMonitor, MonitorWarning
 from epo.trainer.trainer import Trainer
 from epo.trainer.update import StepData
 
@@ -295,10 +295,10 @@ def test_monitor_stop_action_checkpoints_and_ends_the_run(tmp_path):
 
 
 def test_report_plots_diagnostics_and_marks_monitor_actions(tmp_path):
-    from epo.trainer.metrics import MetricsLogger
-    from epo.trainer.report import write_report
-    from epo.trainer.report_data import load_run
-    from epo.trainer.report_plots import action_steps
+    from epo.report.data import load_run
+    from epo.report.plots import action_steps
+    from epo.report.summary import write_report
+    from epo.telemetry.metrics import MetricsLogger
 
     run = tmp_path / "run"
     with MetricsLogger(run, tensorboard=False) as logger:

@@ -22,10 +22,10 @@ import torch.multiprocessing as mp
 from rich.console import Console
 
 from epo.config import load_config
+from epo.telemetry.metrics import read_metrics
 from epo.testing import tiny_run
 from epo.trainer import distributed, setup
 from epo.trainer.distributed import shard_bounds
-from epo.trainer.metrics import read_metrics
 from epo.trainer.trainer import Trainer
 
 BASE = tiny_run(
@@ -216,7 +216,7 @@ def _fake_rollout(rank: int, ok: bool):
 
 def _collectives_worker(rank: int, world: int, port: int, root: str) -> None:
     from epo.errors import RunDirError
-    from epo.trainer.faults import collect_with_retries
+    from epo.telemetry.faults import collect_with_retries
     from epo.trainer.rundir import owner_pid
     from epo.trainer.update import MetricMeans
 

@@ -11,11 +11,11 @@ from rich.console import Console
 
 from epo.config import load_config
 from epo.envs.pool import EnvPool
+from epo.telemetry.faults import EnvBatchFailed, read_faults
+from epo.telemetry.metrics import read_metrics
 from epo.testing import tiny_run
 from epo.trainer import setup
 from epo.trainer.checkpoint import latest_checkpoint, load_checkpoint
-from epo.trainer.faults import EnvBatchFailed, read_faults
-from epo.trainer.metrics import read_metrics
 from epo.trainer.trainer import Trainer
 
 BASE = tiny_run(

@@ -16,10 +16,10 @@ from epo import api
 from epo.cli import app
 from epo.config import ConfigError, load_config
 from epo.models import load_model_and_tokenizer
+from epo.telemetry.metrics import read_metrics
 from epo.testing import tiny_run
 from epo.trainer import sft
 from epo.trainer.checkpoint import list_checkpoints
-from epo.trainer.metrics import read_metrics
 from epo.trainer.pipeline import train_pipeline
 
 TINY = tiny_run(

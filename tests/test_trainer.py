@@ -9,9 +9,9 @@ import torch
 from rich.console import Console
 
 from epo.config import load_config
+from epo.telemetry.metrics import read_metrics
 from epo.testing import tiny_run
 from epo.trainer.checkpoint import list_checkpoints
-from epo.trainer.metrics import read_metrics
 from epo.trainer.trainer import Trainer
 
 BASE = tiny_run(

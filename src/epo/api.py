@@ -152,7 +152,7 @@ def report(
     holding sweep.yaml) is aggregated over seeds instead (epo.sweep.write_sweep_report). on_issue(line) is called
     once per problem in a metrics.jsonl (torn line, duplicate step); the summary lists them too."""
     from epo.errors import RunDirError
-    from epo.trainer.report import write_report
+    from epo.report.summary import write_report
 
     dirs = [Path(run_dirs)] if isinstance(run_dirs, (str, Path)) else [Path(d) for d in run_dirs]
     if len(dirs) == 1 and (dirs[0] / "sweep.yaml").is_file():

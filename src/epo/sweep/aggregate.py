@@ -16,11 +16,11 @@ from typing import Any
 
 import yaml
 
+from epo.report.data import RunData, load_run
+from epo.report.summary import run_summary
 from epo.sweep import plots
 from epo.sweep.grid import GRID_FILE
 from epo.sweep.stats import paired, summarize
-from epo.trainer.report import run_summary
-from epo.trainer.report_data import RunData, load_run
 
 SEED_METRICS_DOC = {
     "succ_max": "Succ.*: best eval success of the seed",

@@ -23,6 +23,10 @@ from epo.errors import ResumeConfigError
 from epo.models import SharedValueHead, merge_and_save
 from epo.rollout.evaluate import EvalResult, eval_task_ids, evaluate
 from epo.rollout.types import SamplingParams, TurnSample
+from epo.telemetry.faults import EnvBatchFailed, FaultLog, collect_with_retries, fault_metrics, turn_limit_rate
+from epo.telemetry.metrics import MetricsLogger, summary_line
+from epo.telemetry.monitor import CascadeMonitor
+from epo.telemetry.progress import StepProgress
 from epo.trainer import distributed, setup
 from epo.trainer.checkpoint import (
     CheckpointError,
@@ -34,10 +38,6 @@ from epo.trainer.checkpoint import (
     restore_rng_state,
     save_checkpoint,
 )
-from epo.trainer.faults import EnvBatchFailed, FaultLog, collect_with_retries, fault_metrics, turn_limit_rate
-from epo.trainer.metrics import MetricsLogger, summary_line
-from epo.trainer.monitor import CascadeMonitor
-from epo.trainer.progress import StepProgress
 from epo.trainer.rundir import apply_optim_overrides, atomic_dir, log_resume, resume_changes, saved_config
 from epo.trainer.update import StepData, prepare_step, update_critic, update_policy
 
