@@ -130,7 +130,9 @@ def test_miniature_sweep_runs_resumes_and_aggregates(tmp_path):
     summary = (out / "report" / "summary.md").read_text()
     assert "| grpo_epo | 2 |" in summary and "paired" in summary
     results = json.loads((out / "report" / "results.json").read_text())
-    assert results["summary"]["grpo"]["iid/succ_max"]["n"] == 2 and results["summary"]["grpo"]["iid/succ_last"]["n"] == 2
+    assert (
+        results["summary"]["grpo"]["iid/succ_max"]["n"] == 2 and results["summary"]["grpo"]["iid/succ_last"]["n"] == 2
+    )
     assert set(results["tests"]) == {"grpo_epo"}  # every method against the baseline (the first)
     # EPO runs log band fractions, the baseline does not
     assert results["summary"]["grpo_epo"]["frac_above"] is not None and results["summary"]["grpo"]["frac_above"] is None
@@ -147,8 +149,11 @@ def test_miniature_sweep_runs_resumes_and_aggregates(tmp_path):
 def test_a_failing_run_is_reported_and_retried(tmp_path):
     methods = {"ok": ["train.total_steps=1"], "bad": ["env.kwargs.no_such_knob=1"]}
     grid_path, out = _grid_file(tmp_path, methods=methods, seeds=[0]), tmp_path / "s"
-    result = runner.invoke(app, ["sweep", str(grid_path), "--out", str(out), "--jobs", "2"])  # both runs at once
+    part = runner.invoke(app, ["sweep", str(grid_path), "--out", str(out), "--methods", "ok"])  # a grid in parts
+    assert part.exit_code == 0 and "0 done, 1 to run" in part.output and "bad/seed0" not in read_status(out)
+    result = runner.invoke(app, ["sweep", str(grid_path), "--out", str(out), "--jobs", "2"])
     assert result.exit_code == 2 and "1 run(s) failed: bad/seed0" in result.output
+    assert "1 done, 1 to run" in result.output  # the first part is kept
     assert read_status(out)["bad/seed0"]["state"] == "failed" and read_status(out)["ok/seed0"]["state"] == "done"
     assert "no_such_knob" in (out / "bad" / "seed0.log").read_text()
     again = runner.invoke(app, ["sweep", str(grid_path), "--out", str(out)])
@@ -164,6 +169,8 @@ def test_parallel_jobs_split_the_cores_and_bad_counts_fail(tmp_path, monkeypatch
     grid = load_grid(_grid_file(tmp_path))
     with pytest.raises(ConfigError, match="--jobs must be >= 1"):
         run_sweep(grid, tmp_path / "s", jobs=0)
+    with pytest.raises(ConfigError, match="--methods: nope not in the grid"):
+        run_sweep(grid, tmp_path / "s", methods=["nope"])
     with pytest.raises(ConfigError, match="with --ray"):
         run_sweep(grid, tmp_path / "s", ray=True, jobs=2)
 

@@ -191,6 +191,7 @@ def sweep(
     ray: bool = typer.Option(False, "--ray", help="Run the runs as Ray tasks (RAY_ADDRESS or a local instance)."),
     cpus_per_run: float = typer.Option(1.0, "--cpus-per-run", help="CPUs Ray reserves for each run."),
     jobs: int = typer.Option(1, "--jobs", "-j", help="Runs at once on this machine (each gets cores/jobs threads)."),
+    methods: str = typer.Option(None, "--methods", help="Run only these methods (comma-separated); the rest later."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the runs' commands; run nothing."),
 ):
     """Run a grid of (method overrides x seeds) resumably, then write the aggregated report (`epo report DIR`)."""
@@ -206,7 +207,8 @@ def sweep(
                 console.print(" ".join(train_command(g, run, target)[1:]), soft_wrap=True, highlight=False)
             return
         echo = lambda line: console.print(line, soft_wrap=True, highlight=False)  # noqa: E731  (paths stay on one line)
-        status = run_sweep(g, target, ray=ray, cpus_per_run=cpus_per_run, echo=echo, jobs=jobs)
+        only = [m.strip() for m in methods.split(",") if m.strip()] if methods else None
+        status = run_sweep(g, target, ray=ray, cpus_per_run=cpus_per_run, echo=echo, jobs=jobs, methods=only)
         console.print(f"report: {write_sweep_report(target)}")
         failed = sorted(k for k, v in status.items() if v["state"] != "done")
         if failed:
