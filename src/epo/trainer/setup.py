@@ -177,6 +177,8 @@ def make_backend(cfg: Config, model, tokenizer):
     print(why, flush=True)
     if name == "hf" and cfg.rollout.is_correction == "tis":
         raise ConfigError("rollout.is_correction: tis needs the sampler's log-probs; the hf backend (auto) has none")
+    if name == "hf" and cfg.rollout.vllm_sleep:
+        raise ConfigError("rollout.vllm_sleep: the hf backend (auto) has no engine to put to sleep")
     if name == "vllm":
         from epo.rollout.vllm_backend import vllm_backend_from_config
 
