@@ -102,10 +102,10 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--pushes", type=int, default=3)
     parser.add_argument("--write", action="store_true")
-    parser.add_argument("--smoke", action="store_true", help="tiny sizes (tests): rank 4, batch 1, 4 new tokens")
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes (tests): rank 8, batch 1, 4 new tokens")
     args = parser.parse_args()
     if args.smoke:
-        args.rank, args.batches, args.prompt_tokens, args.new_tokens, args.pushes, args.write = 4, "1", 32, 4, 1, False
+        args.rank, args.batches, args.prompt_tokens, args.new_tokens, args.pushes, args.write = 8, "1", 32, 4, 1, False
     from vllm import LLM
 
     from epo.rollout.vllm_backend import VLLMBackend, caller_rng_kept, engine_dirs, set_engine_env
@@ -154,7 +154,7 @@ def main() -> None:
             enforce_eager=True,
             disable_log_stats=True,
             enable_lora=True,
-            max_lora_rank=args.rank,
+            max_lora_rank=next(k for k in (1, 8, 16, 32, 64, 128, 256, 320, 512) if k >= args.rank),  # allowed
             max_loras=1,
         )
     torch.set_num_threads(int(__import__("os").environ["OMP_NUM_THREADS"]))
