@@ -278,11 +278,11 @@ def test_trainer_seeds_every_call_so_a_resumed_run_equals_the_continuous_one(tmp
     from rich.console import Console
 
     from epo.diagnostics.rollouts_io import load_rollouts
+    from epo.telemetry.metrics import read_metrics
     from epo.trainer import distributed, setup
-    from epo.trainer.metrics import read_metrics
     from epo.trainer.trainer import Trainer
 
-    monkeypatch.setattr(setup, "make_backend", lambda cfg, model, tok: _EngineLikeBackend(model, tok))
+    monkeypatch.setattr(setup, "make_backend", lambda cfg, model, tok, console=None: _EngineLikeBackend(model, tok))
     overrides = [
         "model.path=tiny",
         "env.pool_mode=inline",

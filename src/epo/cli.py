@@ -100,21 +100,28 @@ def _exit_interrupted(result) -> None:
 
 @app.command()
 def sft(
-    config: str = typer.Option("quest_demo_cpu", "--config", "-c", help=PRESET_HELP),
+    config: str = typer.Option(None, "--config", "-c", help=PRESET_HELP + " Default: quest_demo_cpu."),
     overrides: list[str] = typer.Argument(None, help=OVERRIDES_HELP),
     out: Path = typer.Option(Path("runs/sft"), "--out", help="Output dir (export/ inside is the warm start)."),
-    resume: bool = typer.Option(False, "--resume", help="Continue a stopped run in --out from its checkpoint."),
+    resume: bool = typer.Option(
+        False, "--resume", help="Continue a stopped run in --out from its checkpoint, with its saved config."
+    ),
 ):
     """Behaviour cloning on the env's oracle trajectories (warm start for RL)."""
 
     def go():
         from epo import api
 
-        res = api.sft(config, overrides, out=out, resume=resume, console=console)
+        if resume:
+            res = api.sft(config, overrides, out=out, resume=True, console=console)
+        else:
+            res = api.sft(config or "quest_demo_cpu", overrides, out=out, console=console)
         if res.interrupted:
-            console.print(f"resume with: epo sft --config {config} --out {out} --resume", soft_wrap=True)
+            console.print(f"resume with: epo sft --out {out} --resume", soft_wrap=True)
             return res
-        console.print(f"start RL from it with: epo train --config {config} init_from={res.out_dir}")
+        console.print(
+            f"start RL from it with: epo train --config {config or out / 'config.yaml'} init_from={res.out_dir}"
+        )
         return res
 
     res = _guard(go)

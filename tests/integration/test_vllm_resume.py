@@ -36,7 +36,7 @@ def test_resumed_vllm_run_equals_the_continuous_run(tmp_path):
     from epo.config import load_config
     from epo.diagnostics.rollouts_io import load_rollouts
     from epo.rollout import vllm_backend
-    from epo.trainer.metrics import read_metrics
+    from epo.telemetry.metrics import read_metrics
     from epo.trainer.trainer import Trainer
 
     quiet = Console(quiet=True)

@@ -72,9 +72,7 @@ def run_one(cmd: list[str], log_path: str, env: dict[str, str] | None = None) ->
     with open(log_path, "a") as log:
         log.write(f"$ {' '.join(cmd)}\n")
         log.flush()
-        return subprocess.run(
-            cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env
-        ).returncode
+        return subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env).returncode
 
 
 def run_env(jobs: int) -> dict[str, str]:
