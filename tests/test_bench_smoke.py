@@ -23,7 +23,9 @@ EXPECTED_ROW = {
     "bench_update.py": "| single-pass |",
     "bench_distributed.py": "| 1 process, 1 thread |",
     "bench_vllm_rollout.py": "| vllm |",  # runs in .venv-vllm (make test-vllm); skipped, with the reason, elsewhere
+    "bench_vllm_lora.py": "| adapter |",  # likewise
 }
+VLLM_SCRIPTS = ("bench_vllm_rollout.py", "bench_vllm_lora.py")
 
 
 def table_numbers(line: str) -> list[float]:
@@ -38,7 +40,7 @@ def test_every_bench_script_has_a_smoke_expectation():
 
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_bench_smoke_run_measures_something(script, monkeypatch, capsys):
-    if script == "bench_vllm_rollout.py":
+    if script in VLLM_SCRIPTS:
         from epo.rollout.backend_select import vllm_distribution
 
         if vllm_distribution() is None:

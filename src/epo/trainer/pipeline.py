@@ -11,6 +11,7 @@ from rich.table import Table
 
 from epo.config import Config, ConfigError, replace, save_config
 from epo.report.data import BEFORE_AFTER_FILE
+from epo.rollout.backend import call_seed
 from epo.rollout.evaluate import EvalResult, eval_task_ids, evaluate, gain_test
 from epo.trainer import distributed, setup
 from epo.trainer.checkpoint import list_checkpoints
@@ -161,8 +162,11 @@ def evaluate_policy(cfg: Config, splits: list[str], console: Console | None = No
         collector = setup.make_collector(cfg, pool, model, tokenizer, console)
         for split in splits:
             ids = eval_task_ids(all_splits[split], cfg.train.eval_episodes, seed=cfg.train.seed + 1)
+            seed = call_seed(collector.backend, cfg.train.seed + 1)  # vLLM: the same episodes on every run
             with torch.no_grad():
-                out[split] = evaluate(collector, split, ids, cfg.train.eval_temperature, cfg.rollout.max_new_tokens)
+                out[split] = evaluate(
+                    collector, split, ids, cfg.train.eval_temperature, cfg.rollout.max_new_tokens, seed=seed
+                )
             for fault in pool.drain_faults():  # episodes a crashed or hung env worker ended (counted as lost)
                 console.print(f"[yellow]env fault:[/] eval {split}: {fault.line()}", soft_wrap=True)
     return out

@@ -188,6 +188,8 @@ def make_backend(cfg: Config, model, tokenizer, console: Console | None = None):
     rank0_console(console).print(why, markup=False, highlight=False, soft_wrap=True)  # markup off: 'epo[vllm]'
     if name == "hf" and cfg.rollout.is_correction == "tis":
         raise ConfigError("rollout.is_correction: tis needs the sampler's log-probs; the hf backend (auto) has none")
+    if name == "hf" and cfg.rollout.vllm_sleep:
+        raise ConfigError("rollout.vllm_sleep: the hf backend (auto) has no engine to put to sleep")
     if name == "vllm":
         from epo.rollout.vllm_backend import vllm_backend_from_config
 

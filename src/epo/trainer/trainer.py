@@ -21,6 +21,7 @@ from epo.config import Config, save_config, to_yaml
 from epo.diagnostics import MonitorActions, StepDiagnostics, save_rollouts
 from epo.errors import ResumeConfigError
 from epo.models import SharedValueHead, merge_and_save
+from epo.rollout.backend import call_seed
 from epo.rollout.evaluate import EvalResult, eval_task_ids, evaluate
 from epo.rollout.types import SamplingParams, TurnSample
 from epo.telemetry.faults import EnvBatchFailed, FaultLog, collect_with_retries, fault_metrics, turn_limit_rate
@@ -177,8 +178,9 @@ class Trainer:
     def _rl_step(self, collector, progress) -> dict:
         cfg = self.monitor_actions.effective(self.cfg)  # the config itself unless the monitor raised entropy
         t0 = time.perf_counter()
+        seed = call_seed(collector.backend, distributed.rollout_seed(cfg.train.seed, self.step))  # vLLM: resumable
         params = SamplingParams(
-            cfg.rollout.temperature, cfg.rollout.top_p, cfg.rollout.top_k, cfg.rollout.max_new_tokens
+            cfg.rollout.temperature, cfg.rollout.top_p, cfg.rollout.top_k, cfg.rollout.max_new_tokens, seed
         )
         progress.phase("rollout", collector.max_turns)
         rollout, retries = self._collect(collector, params)
@@ -318,8 +320,9 @@ class Trainer:
         for split in cfg.env.eval_splits:
             progress.phase(f"eval {split}", collector.max_turns)
             ids = eval_task_ids(self.splits[split], cfg.train.eval_episodes, seed=cfg.train.seed + 1)
+            seed = call_seed(collector.backend, distributed.rollout_seed(cfg.train.seed + 1, self.step))
             with torch.no_grad():
-                res = evaluate(collector, split, ids, cfg.train.eval_temperature, cfg.rollout.max_new_tokens)
+                res = evaluate(collector, split, ids, cfg.train.eval_temperature, cfg.rollout.max_new_tokens, seed=seed)
             out[split] = res
             if self.faults is not None:
                 self.faults.record(self.step, f"eval {split}", collector.pool.drain_faults())
