@@ -34,10 +34,11 @@ from epo.algos import (
 )
 from epo.algos.mismatch import mismatch_metrics, tis_weights
 from epo.config import Config
-from epo.models import SharedValueHead, adapter_disabled, response_logprobs
+from epo.models import SharedValueHead, adapter_disabled
 from epo.models.precision import autocast_for
 from epo.rollout.types import TurnSample
 from epo.trainer import distributed as dist
+from epo.trainer.fsdp import clip_grad_norm_, response_logprobs
 from epo.trainer.batching import MicroBatch, collate, pack_by_tokens
 
 
@@ -86,7 +87,7 @@ def model_stats(model, mb: MicroBatch, cfg: Config, with_entropy: bool, return_h
     """Response log-probs/entropies of one micro-batch, with the numerics of both the old-policy pass and training
     (under train.precision's autocast; backward runs outside it, in the dtypes autocast recorded)."""
     with autocast_for(cfg.train.precision, mb.input_ids.device):
-        return response_logprobs(
+        return response_logprobs(  # through the FSDP root when sharded (trainer/fsdp.py)
             model,
             mb.input_ids,
             mb.attention_mask,
@@ -129,10 +130,13 @@ def _forward_pass(model, samples: list[TurnSample], pad_id: int, cfg: Config, wi
     for micro in dist.my_share(pack_by_tokens(list(range(len(samples))), samples, cfg.train.micro_batch_tokens)):
         mb = collate(samples, micro, pad_id).to(_device(model))
         stats = model_stats(model, mb, cfg, with_entropy, return_hidden=value_head is not None)
+        head_values = value_head(stats.hidden, mb.response_mask) if value_head is not None else None
+        if dist.is_padding(micro):  # FSDP2: run only for the collectives
+            continue
         for i, lp in zip(micro, mb.gather_tokens(stats.logprobs)):
             logps[i] = lp
         if value_head is not None:
-            for i, v in zip(micro, mb.gather_tokens(value_head(stats.hidden, mb.response_mask))):
+            for i, v in zip(micro, mb.gather_tokens(head_values)):
                 values[i] = v
         if with_entropy:
             for i, h in zip(micro, mb.gather_tokens(stats.entropy)):
@@ -150,6 +154,8 @@ def critic_values(critic, samples: list[TurnSample], pad_id: int, cfg: Config) -
             mb = collate(samples, micro, pad_id).to(_device(critic))
             with autocast_for(cfg.train.precision, mb.input_ids.device):
                 values = critic(mb.input_ids, mb.attention_mask)
+            if dist.is_padding(micro):  # FSDP2: run only for the collectives
+                continue
             for i, v in zip(micro, mb.gather_tokens(values)):
                 out[i] = v
     return dist.merge_per_sample(out)
@@ -275,12 +281,18 @@ def update_policy(
                 loss, metrics = micro_batch_loss(
                     policy, mb, data, cfg, history, step, w, num_tokens, num_seqs, value_head
                 )
+                if dist.is_padding(micro):  # FSDP2: a backward for the collectives, adding zero gradient
+                    (loss * 0.0).backward()
+                    if data.old_logprobs is None:
+                        for i in micro:  # the owning rank's entropies, not this copy's
+                            data.entropy[i] = None
+                    continue
                 loss.backward()
                 means.add(metrics, weight=float(mb.response_mask.sum()))
             dist.all_reduce_grads(params + ([p for p in value_head.parameters()] if value_head is not None else []))
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip or float("inf"))
+            grad_norm = clip_grad_norm_(params, cfg.optim.grad_clip or float("inf"))
             if value_head is not None:
-                vf_norm = torch.nn.utils.clip_grad_norm_(value_head.parameters(), cfg.optim.grad_clip or float("inf"))
+                vf_norm = clip_grad_norm_(value_head.parameters(), cfg.optim.grad_clip or float("inf"))
                 means.add({"critic/grad_norm": float(vf_norm)}, weight=1.0)
             for opt in optimizers:
                 opt.step()
@@ -406,10 +418,13 @@ def update_critic(critic, optimizer, data: StepData, cfg: Config, pad_id: int, r
                     num_tokens=num_tokens,
                     num_seqs=float(len(mini)),
                 )
+                if dist.is_padding(micro):  # FSDP2: a backward for the collectives, adding zero gradient
+                    (loss * 0.0).backward()
+                    continue
                 loss.backward()
                 means.add(metrics, weight=float(mb.response_mask.sum()))
             dist.all_reduce_grads(params)
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip or float("inf"))
+            grad_norm = clip_grad_norm_(params, cfg.optim.grad_clip or float("inf"))
             optimizer.step()
             means.add({"critic/grad_norm": float(grad_norm)}, weight=1.0)
     return means.result()
