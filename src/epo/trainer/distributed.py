@@ -264,7 +264,7 @@ def all_reduce_grads(params: list[torch.nn.Parameter]) -> None:
     """Sum the gradients of `params` over ranks in one flat buffer (a rank that ran no micro-batch adds zeros).
 
     Losses are already divided by global mini-batch counts, so the sum is the gradient of the global loss."""
-    if world_size() == 1 or not params or _is_dtensor(params[0]):  # FSDP2 reduce-scatters its shards itself
+    if world_size() == 1 or not params or any(_is_dtensor(p) for p in params):  # FSDP2 reduce-scatters itself
         return
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
     has_grad = torch.tensor([float(p.grad is not None) for p in params], device=grads[0].device)

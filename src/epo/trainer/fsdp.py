@@ -122,6 +122,7 @@ def _finish_root(root: nn.Module) -> None:
     for m in root.modules():
         if _is_fsdp(m):
             m.set_gradient_divide_factor(1.0)
+            m.set_force_sum_reduction_for_comms(True)  # plain SUM: gloo has no PREMUL_SUM
     root._get_fsdp_state()._lazy_init()
 
 
