@@ -200,14 +200,22 @@ def full_state_dict(model: nn.Module, trainable_only: bool = False) -> dict[str,
 
 
 def clip_grad_norm_(params, max_norm: float) -> torch.Tensor:
-    """`torch.nn.utils.clip_grad_norm_` that also takes FSDP's sharded (DTensor) gradients: the total norm is
-    reduced over the shards (a collective) before clipping, as torchtitan does."""
+    """`torch.nn.utils.clip_grad_norm_` that also takes FSDP's sharded (DTensor) gradients. For those the squares
+    of each rank's local shard are summed over ranks (every element lives on exactly one rank under FSDP's Shard(0)),
+    as FSDP1's clip_grad_norm_ did; torch's own DTensor norm gave a wrong total here (torch 2.13, gloo)."""
     params = [p for p in params if p.grad is not None]
     if not params:
         return torch.tensor(0.0)
-    total = torch.nn.utils.get_total_norm([p.grad for p in params], norm_type=2.0)
-    if hasattr(total, "full_tensor"):
-        total = total.full_tensor()
+    grads = [p.grad for p in params]
+    if not any(hasattr(g, "full_tensor") for g in grads):
+        return torch.nn.utils.clip_grad_norm_(params, max_norm)
+    squares = torch.zeros((), dtype=torch.float64, device=grads[0].device)
+    for g in grads:
+        if hasattr(g, "full_tensor") and not all(pl.is_shard() for pl in g.placements):
+            raise ValueError(f"clip_grad_norm_: a gradient with placements {g.placements} (expected FSDP shards)")
+        local = g.to_local() if hasattr(g, "full_tensor") else g
+        squares += local.double().pow(2).sum()
+    total = distributed.all_reduce_sum(squares).sqrt().float()
     torch.nn.utils.clip_grads_with_norm_(params, max_norm, total)
     return total
 

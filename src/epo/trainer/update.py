@@ -262,7 +262,8 @@ def update_policy(
 
     When prepare_step left old_logprobs None (single pass), this fills data.entropy from the loss forward."""
     means = MetricMeans()
-    params = [p for p in policy.parameters() if p.requires_grad]
+    params = optimized_params(optimizer)
+    head_params = optimized_params(value_optimizer) if value_head is not None else []
     optimizers = [optimizer] + ([value_optimizer] if value_head is not None else [])
     samples = data.samples
     if data.old_logprobs is None:
@@ -289,10 +290,10 @@ def update_policy(
                     continue
                 loss.backward()
                 means.add(metrics, weight=float(mb.response_mask.sum()))
-            dist.all_reduce_grads(params + ([p for p in value_head.parameters()] if value_head is not None else []))
+            dist.all_reduce_grads(params + head_params)
             grad_norm = clip_grad_norm_(params, cfg.optim.grad_clip or float("inf"))
             if value_head is not None:
-                vf_norm = clip_grad_norm_(value_head.parameters(), cfg.optim.grad_clip or float("inf"))
+                vf_norm = clip_grad_norm_(head_params, cfg.optim.grad_clip or float("inf"))
                 means.add({"critic/grad_norm": float(vf_norm)}, weight=1.0)
             for opt in optimizers:
                 opt.step()
@@ -385,6 +386,12 @@ def micro_batch_loss(
     return loss, metrics
 
 
+def optimized_params(optimizer) -> list[torch.nn.Parameter]:
+    """The parameters `optimizer` steps (the trainable ones, in order). Not `model.parameters()`: under FSDP2 a root
+    unit left gathered by a no-grad pass exposes its unsharded copies there, which never receive the gradients."""
+    return [p for group in optimizer.param_groups for p in group["params"]]
+
+
 def _sampler_logprobs(mb: MicroBatch, data: StepData) -> torch.Tensor | None:
     """The generation engine's log-probs of this micro-batch's response tokens, [B, T], if every sample has them."""
     rows = [data.samples[i].sampler_logprobs for i in mb.index]
@@ -399,7 +406,7 @@ def _sampler_logprobs(mb: MicroBatch, data: StepData) -> torch.Tensor | None:
 def update_critic(critic, optimizer, data: StepData, cfg: Config, pad_id: int, rng: random.Random):
     means = MetricMeans()
     samples = data.samples
-    params = [p for p in critic.parameters() if p.requires_grad]
+    params = optimized_params(optimizer)
     for _epoch in range(cfg.train.ppo_epochs):
         for mini in mini_batches(len(samples), cfg.train.mini_batch_size, rng):
             num_tokens = float(sum(len(samples[i].response_ids) for i in mini))
