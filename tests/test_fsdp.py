@@ -18,12 +18,12 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 from rich.console import Console
-from test_distributed import BASE, CASES, RL_STEPS, _assert_same_metrics, _free_port, _patch_backend
 
 from epo.config import load_config
 from epo.trainer import distributed
 from epo.trainer.checkpoint import latest_checkpoint
 from epo.trainer.trainer import Trainer
+from test_distributed import BASE, CASES, RL_STEPS, _assert_same_metrics, _free_port, _patch_backend
 
 FSDP_CASES = {
     "grpo_epo": CASES["grpo_epo"],
@@ -48,8 +48,9 @@ def _run(case: str, run_dir: Path, resume: bool = False, stop_after: int | None 
     return {
         "sharded": trainer.sharded,
         "params": torch.cat([_full(p.detach()).flatten() for p in trainer.policy.parameters()]),
-        "grads": torch.cat([(torch.zeros_like(_full(p)) if p.grad is None else _full(p.grad)).flatten()
-                            for p in trainable]),  # fmt: skip
+        "grads": torch.cat(
+            [(torch.zeros_like(_full(p)) if p.grad is None else _full(p.grad)).flatten() for p in trainable]
+        ),  # fmt: skip
         "history": trainer.history.state_dict(),
     }
 

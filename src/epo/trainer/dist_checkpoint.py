@@ -100,7 +100,9 @@ def load(trainer, ckpt: Checkpoint) -> None:
     try:
         dcp.load(state, checkpoint_id=str(ckpt.path / DCP_DIR))
     except Exception as e:  # e.g. keys of another model
-        raise CheckpointError(f"{ckpt.path}/{DCP_DIR}: cannot be loaded into this run's model ({str(e).splitlines()[0]})") from None
+        raise CheckpointError(
+            f"{ckpt.path}/{DCP_DIR}: cannot be loaded into this run's model ({str(e).splitlines()[0]})"
+        ) from None
     for name, (model, optimizer) in _parts(trainer).items():
         set_state_dict(model, optimizer, model_state_dict=state[name], optim_state_dict=state[f"{name}_optim"],
                        options=_options(trainer))  # fmt: skip

@@ -43,7 +43,6 @@ from epo.models import response_logprobs as _plain_response_logprobs
 from epo.models.logprobs import ResponseStats
 from epo.trainer import distributed
 
-
 # inner model -> its FSDP root wrapper (weak: a dropped model takes its entry with it)
 _ROOTS: weakref.WeakKeyDictionary[nn.Module, nn.Module] = weakref.WeakKeyDictionary()
 

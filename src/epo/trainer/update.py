@@ -38,8 +38,8 @@ from epo.models import SharedValueHead, adapter_disabled
 from epo.models.precision import autocast_for
 from epo.rollout.types import TurnSample
 from epo.trainer import distributed as dist
-from epo.trainer.fsdp import clip_grad_norm_, response_logprobs
 from epo.trainer.batching import MicroBatch, collate, pack_by_tokens
+from epo.trainer.fsdp import clip_grad_norm_, response_logprobs
 
 
 @dataclass
