@@ -47,6 +47,7 @@ def _run(case: str, run_dir: Path, resume: bool = False, stop_after: int | None 
     trainable = [p for p in trainer.policy.parameters() if p.requires_grad]
     return {
         "sharded": trainer.sharded,
+        "reference_is_policy": trainer.reference is trainer.policy,
         "params": torch.cat([_full(p.detach()).flatten() for p in trainer.policy.parameters()]),
         "grads": torch.cat(
             [(torch.zeros_like(_full(p)) if p.grad is None else _full(p.grad)).flatten() for p in trainable]
@@ -90,6 +91,8 @@ def test_fsdp2_two_processes_equal_one(runs, case):
     root, single, double = runs
     one, two = single[case], double[case]
     assert two["sharded"] and not one["sharded"]  # really fully_shard on 2 ranks; 1 process has nothing to shard
+    if "model.lora.enabled=true" in FSDP_CASES[case]:  # the KL reference: the sharded policy, adapters disabled
+        assert two["reference_is_policy"]
     _assert_same_metrics(root / f"{case}_1p", root / f"{case}_2p", [1, 2])
     assert torch.allclose(one["grads"], two["grads"], rtol=1e-4, atol=1e-6), (one["grads"] - two["grads"]).abs().max()
     assert one["grads"].abs().sum() > 0
@@ -130,3 +133,36 @@ def test_fsdp2_resume_on_a_different_number_of_processes(runs, tmp_path):
     final, _ = load_model_and_tokenizer(str(dirs["2p", "2p"] / "final"), dtype="float32", device="cpu")
     from_ckpt, _ = load_checkpoint_model(str(latest_checkpoint(dirs["2p", "2p"])))
     assert all(torch.equal(a, b) for a, b in zip(final.state_dict().values(), from_ckpt.state_dict().values()))
+
+
+def _bf16_worker(rank: int, world: int, port: int, out: str) -> None:
+    from epo.models import build_tiny_model
+    from epo.trainer import fsdp
+
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    distributed.init_from_env("cpu", timeout_s=120)
+    torch.manual_seed(0)
+    model = build_tiny_model().float()
+    fsdp.shard_causal_lm(model, torch.device("cpu"), torch.bfloat16)
+    seen = []
+    block = fsdp.decoder_blocks(model)[0]
+    block.register_forward_pre_hook(lambda m, _args: seen.append(m.self_attn.q_proj.weight.dtype))
+    ids = torch.randint(0, 1000, (2, 10), generator=torch.Generator().manual_seed(rank))
+    mask, resp = torch.ones_like(ids), torch.zeros_like(ids)
+    resp[:, 5:] = 1
+    stats = fsdp.response_logprobs(model, ids, mask, resp)
+    (stats.logprobs.sum() + stats.entropy.sum()).backward()
+    master = {p.dtype for p in model.parameters()} | {p.grad.dtype for p in model.parameters() if p.grad is not None}
+    torch.save({"gathered": seen, "master": master, "finite": bool(torch.isfinite(stats.logprobs).all())},
+               Path(out) / f"bf16_rank{rank}.pt")  # fmt: skip
+    distributed.shutdown()
+
+
+def test_fsdp2_bf16_policy_gathers_bf16_keeps_fp32_master(tmp_path):
+    """train.precision=bf16: blocks compute with bf16 all-gathered weights, while the sharded (master) weights and
+    their reduced gradients stay fp32 (MixedPrecisionPolicy(param_dtype=bf16, reduce_dtype=fp32))."""
+    mp.start_processes(_bf16_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, start_method="spawn")
+    for rank in range(2):
+        out = torch.load(tmp_path / f"bf16_rank{rank}.pt")
+        assert out["gathered"] == [torch.bfloat16] and out["master"] == {torch.float32} and out["finite"]
