@@ -230,6 +230,7 @@ def shard_trainer(trainer) -> bool:
     distributed.set_sharded(False)
     if cfg.train.parallel != "fsdp2" or not trainer.dist.enabled:
         return False
+    _check_backend(cfg.rollout.backend)
     distributed.set_sharded(True)
     dtype = setup.precision(cfg, trainer.device).dtype
     shard_causal_lm(trainer.policy, trainer.device, dtype)
@@ -245,6 +246,18 @@ def shard_trainer(trainer) -> bool:
             trainer.critic, cfg, cfg.optim.value_lr
         )
     return True
+
+
+def _check_backend(requested: str) -> None:
+    """vLLM rollouts take their weights from the policy's full state; with sharded weights that path is not wired."""
+    from epo.config import ConfigError
+    from epo.rollout.backend_select import detect_backend
+
+    if requested != "hf" and detect_backend(requested)[0] == "vllm":
+        raise ConfigError(
+            "train.parallel: fsdp2 with the vllm rollout backend is not supported yet; use rollout.backend=hf or "
+            "train.parallel=ddp"
+        )
 
 
 def _optimizer_and_scheduler(model: nn.Module, cfg, lr: float):
