@@ -2,10 +2,11 @@
 
 The harness of test_distributed.py (prompt-hash generation, so both runs play the same episodes): after two RL
 steps the logged metrics, the last mini-batch's gradients (gathered from FSDP's shards), the weights and the EPO
-history must agree to float tolerance, for GRPO+EPO, PPO+EPO (separate critic: sharded too) and GRPO+EPO with LoRA
-and a KL reference (the base model with the adapter disabled, sharded with the policy). The checkpoints are sharded
-(torch.distributed.checkpoint): the 2-process run's step-2 checkpoint resumed on 1 process, and the 1-process run's
-resumed on 2, give the same step-3 metrics as continuing the 2-process run on 2 processes.
+history must agree to float tolerance, for GRPO+EPO, PPO+EPO (separate critic: sharded too) and GRPO+EPO with
+LoRA, a KL reference (the base model with the adapter disabled, sharded with the policy) and activation
+checkpointing. The checkpoints are sharded (torch.distributed.checkpoint): the 2-process run's step-2 checkpoint
+resumed on 1 process, and the 1-process run's resumed on 2, give the same step-3 metrics as continuing the
+2-process run on 2 processes.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ FSDP_CASES = {
     "grpo_epo": CASES["grpo_epo"],
     "ppo_epo": CASES["ppo_epo"],
     "grpo_epo_lora_kl": CASES["grpo_epo"] + ["model.lora.enabled=true", "model.lora.r=4", "algo.kl_coef=0.05",
-                                             "optim.lr=1e-2"],
+                                             "optim.lr=1e-2", "model.gradient_checkpointing=true"],
 }  # fmt: skip
 
 
