@@ -136,6 +136,26 @@ def test_fsdp2_resume_on_a_different_number_of_processes(runs, tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(final.state_dict().values(), from_ckpt.state_dict().values()))
 
 
+def test_fsdp2_lora_resume_two_to_one(runs, tmp_path):
+    """LoRA (only the adapters and their optimizer state in the shards): 2 -> 1 equals 1 -> 1, and the final
+    export (adapters merged) loads as a plain model."""
+    root, _, _ = runs
+    case = "grpo_epo_lora_kl"
+    mp_ = pytest.MonkeyPatch()
+    _patch_backend(mp_.setattr)
+    try:
+        for src in ("1p", "2p"):
+            shutil.copytree(root / f"{case}_{src}", tmp_path / src)
+            _run(case, tmp_path / src, resume=True, stop_after=None)
+    finally:
+        mp_.undo()
+    _assert_same_metrics(tmp_path / "1p", tmp_path / "2p", [1, 2, 3])
+    from epo.models import load_model_and_tokenizer
+
+    merged, _ = load_model_and_tokenizer(str(tmp_path / "2p" / "final"), dtype="float32", device="cpu")
+    assert not hasattr(merged, "peft_config")
+
+
 def _bf16_worker(rank: int, world: int, port: int, out: str) -> None:
     from epo.models import build_tiny_model
     from epo.trainer import fsdp
@@ -167,3 +187,44 @@ def test_fsdp2_bf16_policy_gathers_bf16_keeps_fp32_master(tmp_path):
     for rank in range(2):
         out = torch.load(tmp_path / f"bf16_rank{rank}.pt")
         assert out["gathered"] == [torch.bfloat16] and out["master"] == {torch.float32} and out["finite"]
+
+
+def _generate_worker(rank: int, world: int, port: int, out: str) -> None:
+    import copy
+
+    from epo.models import build_tiny_model, load_embedded_tokenizer
+    from epo.rollout.backend import HFBackend
+    from epo.rollout.types import SamplingParams
+    from epo.trainer import fsdp
+
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    distributed.init_from_env("cpu", timeout_s=120)
+    torch.manual_seed(0)
+    model = build_tiny_model().float()
+    plain = copy.deepcopy(model)
+    fsdp.shard_causal_lm(model, torch.device("cpu"), torch.float32)
+    tokenizer = load_embedded_tokenizer()
+    prompts, params = [[1, 5, 9, 13, 2], [7, 3]], SamplingParams(temperature=0, max_new_tokens=6)
+    result = {}
+    with fsdp.gathered(model):  # every rank gathers; then only rank 0 generates (as evaluation does)
+        if rank == 0:
+            result["sharded"] = HFBackend(model, tokenizer, stop_strings=[]).generate(prompts, params)
+            result["plain"] = HFBackend(plain, tokenizer, stop_strings=[]).generate(prompts, params)
+    # afterwards the units are sharded again and a training forward/backward still works (collectives line up)
+    ids = torch.randint(0, 1000, (1, 8), generator=torch.Generator().manual_seed(rank))
+    mask, resp = torch.ones_like(ids), torch.zeros_like(ids)
+    resp[:, 4:] = 1
+    fsdp.response_logprobs(model, ids, mask, resp).logprobs.sum().backward()
+    result["sharded_after"] = all(hasattr(p, "full_tensor") for p in model.parameters())
+    torch.save(result, Path(out) / f"gen_rank{rank}.pt")
+    distributed.shutdown()
+
+
+def test_fsdp2_generation_inside_gathered_on_one_rank(tmp_path):
+    """HF generate (a different number of forwards per rank) runs on gathered weights without collectives: rank 0
+    alone generates the same tokens as an unsharded copy."""
+    mp.start_processes(_generate_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, start_method="spawn")
+    out = torch.load(tmp_path / "gen_rank0.pt")
+    assert out["sharded"] == out["plain"] and len(out["sharded"][0]) == 6
+    assert out["sharded_after"] and torch.load(tmp_path / "gen_rank1.pt")["sharded_after"]

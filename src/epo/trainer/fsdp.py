@@ -185,6 +185,9 @@ def gathered(*modules: nn.Module | None) -> Iterator[None]:
         yield
     finally:
         for u in units:
+            if id(u) in roots:  # reshards its tree and forgets the forward order the forwards in here recorded
+                u.reset_iter_state()  # (rank 0 alone evaluating would otherwise skew backward prefetching)
+        for u in units:
             u.reshard()
             u.set_reshard_after_forward(id(u) not in roots, recurse=False)  # roots: FSDP's default (kept)
 
