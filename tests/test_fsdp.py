@@ -22,7 +22,7 @@ from rich.console import Console
 
 from epo.config import load_config
 from epo.trainer import distributed
-from epo.trainer.checkpoint import latest_checkpoint
+from epo.trainer.checkpoint import latest_checkpoint, load_checkpoint
 from epo.trainer.trainer import Trainer
 from test_distributed import BASE, CASES, RL_STEPS, _assert_same_metrics, _free_port, _patch_backend
 
@@ -141,6 +141,14 @@ def test_fsdp2_lora_resume_two_to_one(runs, tmp_path):
     export (adapters merged) loads as a plain model."""
     root, _, _ = runs
     case = "grpo_epo_lora_kl"
+    # the adapters come back from the 2-process shards exactly (they equal rank 0's consolidated copy)
+    shutil.copytree(root / f"{case}_2p", tmp_path / "check")
+    trainer = Trainer(_config(case), tmp_path / "check", resume=True, console=Console(quiet=True))
+    trainer._resume_or_start()
+    saved = load_checkpoint(tmp_path / "check").model_state
+    adapters = {n: p for n, p in trainer.policy.named_parameters() if p.requires_grad}
+    assert sorted(adapters) == sorted(saved) and all(torch.equal(p, saved[n]) for n, p in adapters.items())
+    assert any(saved[n].abs().sum() > 0 for n in saved if "lora_B" in n)  # trained: not the fresh zero init
     mp_ = pytest.MonkeyPatch()
     _patch_backend(mp_.setattr)
     try:

@@ -38,11 +38,13 @@ def is_sharded(ckpt: Checkpoint) -> bool:
     return (ckpt.path / DCP_DIR).is_dir()
 
 
-def _options(trainer, full: bool = False):
+def _options(trainer, full: bool = False, loading: bool = False):
+    """LoRA: only the trainable (adapter) weights are stored, so loading leaves the frozen base as built."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions
 
-    return StateDictOptions(ignore_frozen_params=trainer.cfg.model.lora.enabled, full_state_dict=full,
-                            cpu_offload=full)  # fmt: skip
+    lora = trainer.cfg.model.lora.enabled
+    return StateDictOptions(ignore_frozen_params=lora, full_state_dict=full, cpu_offload=full,
+                            strict=not (loading and lora))  # fmt: skip
 
 
 def _parts(trainer) -> dict[str, tuple]:
@@ -79,6 +81,9 @@ def save(trainer) -> Path | None:
     dcp.save(_state(trainer), checkpoint_id=str(staging))
     lora = trainer.cfg.model.lora.enabled
     model_state = full_state_dict(trainer.policy, trainable_only=lora)  # a collective: every rank
+    if lora:  # exactly the adapters, as the full format stores them (a tied frozen lm_head key slips through)
+        trainable = {n for n, p in trainer.policy.named_parameters() if p.requires_grad}
+        model_state = {k: v for k, v in model_state.items() if k in trainable}
     value_state = full_state_dict(trainer.critic) if trainer.critic is not None else None
     distributed.barrier()  # every rank's shards are on disk before rank 0 moves them
 
@@ -105,7 +110,7 @@ def load(trainer, ckpt: Checkpoint) -> None:
         ) from None
     for name, (model, optimizer) in _parts(trainer).items():
         set_state_dict(model, optimizer, model_state_dict=state[name], optim_state_dict=state[f"{name}_optim"],
-                       options=_options(trainer))  # fmt: skip
+                       options=_options(trainer, loading=True))  # fmt: skip
 
 
 def consolidated_policy(trainer):
