@@ -34,37 +34,25 @@ from rich.console import Console
 
 from common import machine_info, write_section
 from epo.config import load_config
-from epo.trainer.faults import read_faults
-from epo.trainer.metrics import read_metrics
+from epo.telemetry.faults import read_faults
+from epo.telemetry.metrics import read_metrics
+from epo.testing import tiny_run
 from epo.trainer.trainer import Trainer
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "RELIABILITY.md"
 SECTION = "## Faults and recovery"
-CONFIG = [
-    "model.path=tiny",
+CONFIG = tiny_run(
     "env.name=quest",
     "env.pool_mode=process",
     "env.num_workers=2",
-    "env.kwargs.difficulty=easy",
-    "env.max_turns=3",
-    "env.eval_splits=[iid]",
-    "agent.action_prefix=true",
-    "agent.max_prompt_tokens=384",
-    "rollout.tasks_per_step=2",
-    "rollout.group_size=2",
-    "rollout.max_new_tokens=5",
     "algo.name=grpo",
     "epo.mode=on",
-    "train.eval_every=0",
-    "train.eval_at_start=false",
-    "train.eval_episodes=2",
     "train.save_every=25",
     "train.mini_batch_size=64",
     "train.micro_batch_tokens=1500",
-    "train.tensorboard=false",
-    "train.report=false",
     "optim.lr=1e-3",
-]
+    "optim.warmup_ratio=0.1",  # as in the recorded runs (docs/RELIABILITY.md)
+)
 VOLATILE = ("time/", "perf/", "rollout/env_", "rollout/batch_retries")
 MIB = 1024 * 1024
 

@@ -12,32 +12,19 @@ from typer.testing import CliRunner
 
 from epo.cli import app
 from epo.config import load_config
+from epo.testing import tiny_run
 from epo.trainer import setup
 from epo.trainer.trainer import Trainer
 
-BASE = [
-    "model.path=tiny",
-    "env.pool_mode=inline",
-    "env.kwargs.difficulty=easy",
+BASE = tiny_run(
     "env.max_turns=2",
-    "env.eval_splits=[iid]",
-    "agent.action_prefix=true",
     "agent.max_prompt_tokens=320",
-    "rollout.tasks_per_step=2",
-    "rollout.group_size=2",
     "rollout.max_new_tokens=4",
     "train.total_steps=1",
-    "train.eval_every=0",
-    "train.eval_at_start=false",
-    "train.eval_episodes=2",
-    "train.save_every=1",
     "train.mini_batch_size=64",
-    "train.tensorboard=false",
-    "train.report=false",
     "optim.lr=1e-2",
-    "optim.warmup_ratio=0",
     "train.seed=3",
-]
+)
 LORA = ["model.lora.enabled=true", "model.lora.r=2", "model.lora.alpha=4"]
 
 

@@ -7,26 +7,20 @@ import json
 from typer.testing import CliRunner
 
 from epo.cli import app
+from epo.testing import tiny_run
 
 runner = CliRunner()
-TINY = [
-    "model.path=tiny",
+TINY = tiny_run(
     "model.trainable_layers=1",
     "train.eval_at_start=true",
-    "env.pool_mode=inline",
-    "env.kwargs.difficulty=easy",
     "env.max_turns=2",
-    "env.eval_splits=[iid]",
-    "rollout.tasks_per_step=2",
-    "rollout.group_size=2",
     "rollout.max_new_tokens=4",
     "agent.max_prompt_tokens=320",
     "train.total_steps=1",
-    "train.eval_episodes=2",
-    "train.tensorboard=false",
     "train.mini_batch_size=8",
+    "train.report=true",
     "sft.warm_start=false",
-]
+)
 
 
 def _one_error_line(result) -> str:

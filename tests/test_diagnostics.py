@@ -25,42 +25,27 @@ from epo.diagnostics.ablate import run_ablation
 from epo.diagnostics.action_entropy import score_actions
 from epo.models import load_model_and_tokenizer, reference_response_logprobs, response_logprobs
 from epo.rollout.types import TurnSample
+from epo.telemetry.metrics import read_metrics, read_warnings
+from epo.telemetry.monitor import CascadeMonitor, MonitorWarning
+from epo.testing import tiny_run
 from epo.trainer.batching import collate
 from epo.trainer.checkpoint import CheckpointError, list_checkpoints
-from epo.trainer.metrics import read_metrics, read_warnings
-from epo.trainer.monitor import CascadeMonitor, MonitorWarning
 from epo.trainer.trainer import Trainer
 from epo.trainer.update import StepData
 
 QUIET = Console(quiet=True)
-BASE = [
-    "model.path=tiny",
-    "env.pool_mode=inline",
-    "env.kwargs.difficulty=easy",
-    "env.max_turns=3",
-    "env.eval_splits=[iid]",
-    "agent.action_prefix=true",
-    "agent.max_prompt_tokens=384",
-    "rollout.tasks_per_step=2",
+BASE = tiny_run(
     "rollout.group_size=1",
-    "rollout.max_new_tokens=5",
     "algo.name=ppo",
     "model.value_model=shared",
     "algo.gamma=0.5",  # discounted token-level GAE: advantages vary even when every turn is equally invalid
     "epo.mode=off",
-    "train.total_steps=2",
-    "train.eval_every=0",
-    "train.eval_at_start=false",
     "train.eval_episodes=1",
-    "train.save_every=1",
     "train.keep_last=5",
     "train.mini_batch_size=4",
     "train.micro_batch_tokens=1500",
-    "train.tensorboard=false",
-    "train.report=false",
     "optim.lr=1e-3",
-    "optim.warmup_ratio=0",
-]
+)
 DIAG = ["diag.action_entropy_turns=3", "diag.entropy_change_samples=5", "train.save_rollouts=true"]
 
 
@@ -310,10 +295,10 @@ def test_monitor_stop_action_checkpoints_and_ends_the_run(tmp_path):
 
 
 def test_report_plots_diagnostics_and_marks_monitor_actions(tmp_path):
-    from epo.trainer.metrics import MetricsLogger
-    from epo.trainer.report import write_report
-    from epo.trainer.report_data import load_run
-    from epo.trainer.report_plots import action_steps
+    from epo.report.data import load_run
+    from epo.report.plots import action_steps
+    from epo.report.summary import write_report
+    from epo.telemetry.metrics import MetricsLogger
 
     run = tmp_path / "run"
     with MetricsLogger(run, tensorboard=False) as logger:

@@ -22,32 +22,18 @@ import torch.multiprocessing as mp
 from rich.console import Console
 
 from epo.config import load_config
+from epo.telemetry.metrics import read_metrics
+from epo.testing import tiny_run
 from epo.trainer import distributed, setup
 from epo.trainer.distributed import shard_bounds
-from epo.trainer.metrics import read_metrics
 from epo.trainer.trainer import Trainer
 
-BASE = [
-    "model.path=tiny",
-    "env.pool_mode=inline",
-    "env.kwargs.difficulty=easy",
-    "env.max_turns=3",
-    "env.eval_splits=[iid]",
-    "agent.action_prefix=true",
-    "agent.max_prompt_tokens=384",
+BASE = tiny_run(
     "rollout.tasks_per_step=4",
-    "rollout.max_new_tokens=5",
     "train.total_steps=3",
-    "train.eval_every=0",
-    "train.eval_at_start=false",
-    "train.eval_episodes=2",
-    "train.save_every=1",
     "train.micro_batch_tokens=1200",
-    "train.tensorboard=false",
-    "train.report=false",
     "optim.lr=1e-3",
-    "optim.warmup_ratio=0",
-]
+)
 CASES = {
     # several mini-batches: separate old-policy pass, sharded and gathered
     "grpo_epo": ["algo.name=grpo", "rollout.group_size=2", "epo.mode=on", "epo.smoothing_coef=1.0",
@@ -80,8 +66,8 @@ class PromptHashBackend:
 def _patch_backend(monkeypatch_setattr) -> None:
     make = setup.make_collector
 
-    def make_collector(cfg, pool, model, tokenizer):
-        collector = make(cfg, pool, model, tokenizer)
+    def make_collector(cfg, pool, model, tokenizer, console=None):
+        collector = make(cfg, pool, model, tokenizer, console)
         collector.backend = PromptHashBackend(tokenizer)
         return collector
 
@@ -230,7 +216,7 @@ def _fake_rollout(rank: int, ok: bool):
 
 def _collectives_worker(rank: int, world: int, port: int, root: str) -> None:
     from epo.errors import RunDirError
-    from epo.trainer.faults import collect_with_retries
+    from epo.telemetry.faults import collect_with_retries
     from epo.trainer.rundir import owner_pid
     from epo.trainer.update import MetricMeans
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import epo
-from epo.trainer.metrics import read_metrics
+from epo.telemetry.metrics import read_metrics
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 

@@ -11,35 +11,20 @@ from rich.console import Console
 
 from epo.config import load_config
 from epo.envs.pool import EnvPool
+from epo.telemetry.faults import EnvBatchFailed, read_faults
+from epo.telemetry.metrics import read_metrics
+from epo.testing import tiny_run
 from epo.trainer import setup
 from epo.trainer.checkpoint import latest_checkpoint, load_checkpoint
-from epo.trainer.faults import EnvBatchFailed, read_faults
-from epo.trainer.metrics import read_metrics
 from epo.trainer.trainer import Trainer
 
-BASE = [
-    "model.path=tiny",
+BASE = tiny_run(
     "env.pool_mode=process",
     "env.num_workers=1",
-    "env.kwargs.difficulty=easy",
-    "env.max_turns=3",
-    "env.eval_splits=[iid]",
-    "agent.action_prefix=true",
-    "agent.max_prompt_tokens=384",
-    "rollout.tasks_per_step=2",
-    "rollout.group_size=2",
-    "rollout.max_new_tokens=5",
     "train.total_steps=3",
-    "train.eval_every=0",
-    "train.eval_at_start=false",
-    "train.eval_episodes=2",
-    "train.save_every=1",
     "train.mini_batch_size=64",
     "train.micro_batch_tokens=1500",
-    "train.tensorboard=false",
-    "train.report=false",
-    "optim.warmup_ratio=0",
-]
+)
 QUIET = Console(quiet=True)
 _REAL_STEP = EnvPool.step
 

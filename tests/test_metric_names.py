@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from types import SimpleNamespace
 
+from epo.report.data import ALIASES, RunData
 from epo.rollout.types import Trajectory
-from epo.trainer.report_data import ALIASES, RunData
 from epo.trainer.trainer import _rollout_metrics
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "METRICS.md"

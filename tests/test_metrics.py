@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from epo.trainer.metrics import MetricsLogger, flatten_scalars, read_metrics, read_warnings, summary_line
-from epo.trainer.monitor import MonitorWarning
+from epo.telemetry.metrics import MetricsLogger, flatten_scalars, read_metrics, read_warnings, summary_line
+from epo.telemetry.monitor import MonitorWarning
 
 
 def step_metrics(step: int) -> dict:

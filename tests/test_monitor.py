@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from epo.trainer.monitor import CascadeMonitor, MonitorConfig
+from epo.telemetry.monitor import CascadeMonitor, MonitorConfig
 
 TOTAL = 100  # RL steps; auto window = max(6, 100 // 10) = 10
 

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from epo.trainer.metrics import MetricsLogger
-from epo.trainer.monitor import MonitorWarning
-from epo.trainer.report import converged_count, write_report
+from epo.report.summary import converged_count, write_report
+from epo.telemetry.metrics import MetricsLogger
+from epo.telemetry.monitor import MonitorWarning
 
 EVAL_STEPS = (5, 10, 15, 20)
 ALL_FIGURES = {

@@ -7,7 +7,7 @@ import json
 from typer.testing import CliRunner
 
 from epo.cli import app
-from epo.trainer.report_data import load_run
+from epo.report.data import load_run
 
 
 def _write_run(run_dir, lines: list[str], faults: list[dict] = ()) -> None:

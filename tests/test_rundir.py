@@ -21,9 +21,9 @@ from typer.testing import CliRunner
 from epo.cli import app
 from epo.config import ConfigError, load_config, save_config
 from epo.errors import EpoError, ResumeConfigError, RunDirError
+from epo.telemetry.metrics import read_metrics
 from epo.trainer import setup
 from epo.trainer.checkpoint import list_checkpoints
-from epo.trainer.metrics import read_metrics
 from epo.trainer.rundir import (
     LOCK_FILE,
     RESUME_ALLOWED,

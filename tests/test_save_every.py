@@ -5,6 +5,7 @@ from __future__ import annotations
 from rich.console import Console
 
 from epo.config import load_config
+from epo.testing import tiny_run
 from epo.trainer.trainer import Trainer, checkpoint_due
 
 
@@ -15,25 +16,14 @@ def test_checkpoint_due():
 
 
 def test_save_every_zero_saves_once_at_the_end(tmp_path, monkeypatch):
-    overrides = [
-        "model.path=tiny",
-        "env.pool_mode=inline",
-        "env.kwargs.difficulty=easy",
+    overrides = tiny_run(
         "env.max_turns=2",
-        "env.eval_splits=[iid]",
-        "agent.action_prefix=true",
-        "agent.max_prompt_tokens=384",
         "rollout.tasks_per_step=1",
-        "rollout.group_size=2",
         "rollout.max_new_tokens=3",
         "train.total_steps=3",
-        "train.eval_every=0",
-        "train.eval_at_start=false",
         "train.eval_episodes=1",
         "train.save_every=0",
-        "train.tensorboard=false",
-        "train.report=false",
-    ]
+    )
     trainer = Trainer(load_config(None, overrides), tmp_path / "run", console=Console(quiet=True))
     saved_at: list[int] = []
     monkeypatch.setattr(trainer, "_save", lambda: saved_at.append(trainer.step))

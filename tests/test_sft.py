@@ -12,25 +12,19 @@ from epo.config import load_config
 from epo.envs.pool import EnvPool
 from epo.models import load_model_and_tokenizer
 from epo.rollout.oracle import collect_oracle
+from epo.testing import tiny_run
 from epo.trainer.sft import run_sft
 
-TINY = [
-    "model.path=tiny",
-    "env.pool_mode=inline",
-    "env.kwargs.difficulty=easy",
+TINY = tiny_run(
     "env.max_turns=15",
-    "env.eval_splits=[iid]",
-    "agent.action_prefix=true",
-    "agent.max_prompt_tokens=384",
+    "rollout.max_new_tokens=6",
+    "train.micro_batch_tokens=2048",
     "sft.episodes=4",
     "sft.epochs=3",
     "sft.lr=3e-3",
     "sft.batch_size=8",
     "sft.eval_episodes=2",
-    "rollout.max_new_tokens=6",
-    "optim.warmup_ratio=0",
-    "train.micro_batch_tokens=2048",
-]
+)
 
 
 def test_oracle_samples_are_in_the_rl_format():

@@ -7,35 +7,31 @@ import json
 import os
 import signal
 
+import pytest
 import torch
 from rich.console import Console
 from typer.testing import CliRunner
 
+from epo import api
 from epo.cli import app
-from epo.config import load_config
+from epo.config import ConfigError, load_config
 from epo.models import load_model_and_tokenizer
+from epo.telemetry.metrics import read_metrics
+from epo.testing import tiny_run
 from epo.trainer import sft
 from epo.trainer.checkpoint import list_checkpoints
-from epo.trainer.metrics import read_metrics
 from epo.trainer.pipeline import train_pipeline
 
-TINY = [
-    "model.path=tiny",
-    "env.pool_mode=inline",
-    "env.kwargs.difficulty=easy",
+TINY = tiny_run(
     "env.max_turns=15",
-    "env.eval_splits=[iid]",
-    "agent.action_prefix=true",
-    "agent.max_prompt_tokens=384",
+    "rollout.max_new_tokens=4",
+    "train.micro_batch_tokens=2048",
     "sft.episodes=3",
     "sft.epochs=2",
     "sft.lr=3e-3",
     "sft.batch_size=4",
     "sft.eval_episodes=1",
-    "rollout.max_new_tokens=4",
-    "optim.warmup_ratio=0",
-    "train.micro_batch_tokens=2048",
-]
+)
 QUIET = Console(quiet=True)
 
 
@@ -86,9 +82,19 @@ def test_lora_warm_start_stops_and_resumes_with_its_adapter(tmp_path):
     full = sft.run_sft(load_config(None, lora), tmp_path / "full", console=QUIET)
     part = sft.run_sft(load_config(None, lora), tmp_path / "part", console=QUIET, stop_after=2)
     assert part.interrupted
-    resumed = sft.run_sft(load_config(None, lora), tmp_path / "part", console=QUIET, resume=True)
+    # the resume names only OUT: the saved config (with its LoRA and episode overrides) is what continues
+    with pytest.raises(ConfigError, match="drop --config and the overrides"):
+        api.sft("quest_demo_cpu", out=tmp_path / "part", resume=True)
+    saved = (tmp_path / "part" / "config.yaml").read_text()
+    resumed = api.sft(out=tmp_path / "part", resume=True, console=QUIET)
+    assert (tmp_path / "part" / "config.yaml").read_text() == saved
     a, b = _weights(full.export_dir), _weights(resumed.export_dir)
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_sft_resume_without_a_saved_config_is_one_line(tmp_path):
+    result = CliRunner().invoke(app, ["sft", "--out", str(tmp_path / "none"), "--resume"])
+    assert result.exit_code == 2 and "no config.yaml, so nothing to resume" in result.output
 
 
 RL = [

@@ -8,11 +8,11 @@ from types import SimpleNamespace
 import pytest
 from rich.console import Console
 
+from epo.report.data import BEFORE_AFTER_FILE
+from epo.report.summary import _before_after_section
 from epo.rollout.evaluate import fisher_one_sided, gain_test, mcnemar_one_sided, summarize
 from epo.rollout.types import Trajectory
 from epo.trainer.pipeline import _print_before_after
-from epo.trainer.report import _before_after_section
-from epo.trainer.report_data import BEFORE_AFTER_FILE
 
 
 def test_mcnemar_exact_by_hand():

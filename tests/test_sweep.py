@@ -13,30 +13,23 @@ from typer.testing import CliRunner
 from epo.cli import app
 from epo.config import ConfigError
 from epo.sweep import load_grid
+from epo.sweep.aggregate import comparisons
 from epo.sweep.grid import parse_grid
 from epo.sweep.runner import prepare, read_status, run_env, run_sweep, train_command
 from epo.sweep.stats import paired, sign_flip_p, summarize
+from epo.testing import tiny_run
 
 runner = CliRunner()
-TINY = [
-    "model.path=tiny",
+TINY = tiny_run(
     "model.trainable_layers=0",
-    "env.pool_mode=inline",
-    "env.kwargs.difficulty=easy",
     "env.max_turns=2",
-    "env.eval_splits=[iid]",
     "rollout.tasks_per_step=1",
-    "rollout.group_size=2",
     "rollout.max_new_tokens=4",
     "agent.max_prompt_tokens=320",
-    "train.total_steps=2",
     "train.eval_every=1",
-    "train.eval_episodes=2",
-    "train.tensorboard=false",
-    "train.report=false",
     "train.mini_batch_size=8",
     "sft.warm_start=false",
-]
+)
 
 
 def _grid_file(tmp_path, **extra):
@@ -137,7 +130,9 @@ def test_miniature_sweep_runs_resumes_and_aggregates(tmp_path):
     summary = (out / "report" / "summary.md").read_text()
     assert "| grpo_epo | 2 |" in summary and "paired" in summary
     results = json.loads((out / "report" / "results.json").read_text())
-    assert results["summary"]["grpo"]["iid/succ_max"]["n"] == 2
+    assert (
+        results["summary"]["grpo"]["iid/succ_max"]["n"] == 2 and results["summary"]["grpo"]["iid/succ_last"]["n"] == 2
+    )
     assert set(results["tests"]) == {"grpo_epo"}  # every method against the baseline (the first)
     # EPO runs log band fractions, the baseline does not
     assert results["summary"]["grpo_epo"]["frac_above"] is not None and results["summary"]["grpo"]["frac_above"] is None
@@ -154,8 +149,11 @@ def test_miniature_sweep_runs_resumes_and_aggregates(tmp_path):
 def test_a_failing_run_is_reported_and_retried(tmp_path):
     methods = {"ok": ["train.total_steps=1"], "bad": ["env.kwargs.no_such_knob=1"]}
     grid_path, out = _grid_file(tmp_path, methods=methods, seeds=[0]), tmp_path / "s"
-    result = runner.invoke(app, ["sweep", str(grid_path), "--out", str(out), "--jobs", "2"])  # both runs at once
+    part = runner.invoke(app, ["sweep", str(grid_path), "--out", str(out), "--methods", "ok"])  # a grid in parts
+    assert part.exit_code == 0 and "0 done, 1 to run" in part.output and "bad/seed0" not in read_status(out)
+    result = runner.invoke(app, ["sweep", str(grid_path), "--out", str(out), "--jobs", "2"])
     assert result.exit_code == 2 and "1 run(s) failed: bad/seed0" in result.output
+    assert "1 done, 1 to run" in result.output  # the first part is kept
     assert read_status(out)["bad/seed0"]["state"] == "failed" and read_status(out)["ok/seed0"]["state"] == "done"
     assert "no_such_knob" in (out / "bad" / "seed0.log").read_text()
     again = runner.invoke(app, ["sweep", str(grid_path), "--out", str(out)])
@@ -171,8 +169,28 @@ def test_parallel_jobs_split_the_cores_and_bad_counts_fail(tmp_path, monkeypatch
     grid = load_grid(_grid_file(tmp_path))
     with pytest.raises(ConfigError, match="--jobs must be >= 1"):
         run_sweep(grid, tmp_path / "s", jobs=0)
+    with pytest.raises(ConfigError, match="--methods: nope not in the grid"):
+        run_sweep(grid, tmp_path / "s", methods=["nope"])
     with pytest.raises(ConfigError, match="with --ray"):
         run_sweep(grid, tmp_path / "s", ray=True, jobs=2)
+
+
+def test_compare_adds_paired_comparisons_and_rejects_unknown_methods(tmp_path):
+    methods = {"grpo": [], "ppo": ["algo.name=ppo"], "ppo_epo": ["algo.name=ppo", "epo.mode=on"]}
+    grid = parse_grid(
+        {"base": "quest_demo_cpu", "seeds": [0], "methods": methods, "compare": {"ppo_epo": "ppo"}},
+        tmp_path,
+        check_configs=False,
+    )
+    assert comparisons(grid.to_dict()) == [("ppo", "grpo"), ("ppo_epo", "grpo"), ("ppo_epo", "ppo")]
+    for bad, message in [
+        ({"ppo_epo": ["nope"]}, "'nope' is not one of the methods"),
+        ({"ppo": "ppo"}, "compared with itself"),
+        (["ppo"], "must be a mapping"),
+    ]:
+        raw = {"base": "quest_demo_cpu", "seeds": [0], "methods": methods, "compare": bad}
+        with pytest.raises(ConfigError, match=message):
+            parse_grid(raw, tmp_path, check_configs=False)
 
 
 def test_a_sweep_dir_refuses_another_grid(tmp_path):

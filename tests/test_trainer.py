@@ -9,32 +9,17 @@ import torch
 from rich.console import Console
 
 from epo.config import load_config
+from epo.telemetry.metrics import read_metrics
+from epo.testing import tiny_run
 from epo.trainer.checkpoint import list_checkpoints
-from epo.trainer.metrics import read_metrics
 from epo.trainer.trainer import Trainer
 
-BASE = [
-    "model.path=tiny",
-    "env.pool_mode=inline",
-    "env.kwargs.difficulty=easy",
-    "env.max_turns=3",
-    "env.eval_splits=[iid]",
-    "agent.action_prefix=true",
-    "agent.max_prompt_tokens=384",
-    "rollout.tasks_per_step=2",
-    "rollout.group_size=2",
-    "rollout.max_new_tokens=5",
-    "train.total_steps=2",
-    "train.eval_every=0",
-    "train.eval_episodes=2",
-    "train.save_every=1",
+BASE = tiny_run(
+    "train.eval_at_start=true",
     "train.mini_batch_size=6",
     "train.micro_batch_tokens=1500",
-    "train.tensorboard=false",
-    "train.report=false",
     "optim.lr=1e-3",
-    "optim.warmup_ratio=0",
-]
+)
 METHODS = {
     "grpo": ["algo.name=grpo", "epo.mode=off"],
     "grpo_epo": ["algo.name=grpo", "epo.mode=on", "epo.smoothing_coef=1.0"],

@@ -86,7 +86,7 @@ def train(
 
 
 def sft(
-    config: ConfigLike = "quest_demo_cpu",
+    config: ConfigLike = None,
     overrides: list[str] | None = None,
     *,
     out: str | Path = "runs/sft",
@@ -95,10 +95,23 @@ def sft(
 ) -> SFTResult:
     """Behaviour cloning on the env's expert episodes; the model is exported to OUT/export (`init_from=OUT`).
 
-    A SIGINT/SIGTERM checkpoints and returns `interrupted=True`; resume=True continues OUT from its checkpoint."""
+    A SIGINT/SIGTERM checkpoints and returns `interrupted=True`; resume=True continues OUT from its checkpoint
+    with the config saved in OUT/config.yaml (config and overrides must then be left out)."""
     from epo.trainer.sft import run_sft
 
-    return run_sft(as_config(config, overrides), out, console=console, resume=resume)
+    if resume:
+        return run_sft(sft_resume_config(out, config, overrides), out, console=console, resume=True)
+    return run_sft(as_config(config, overrides), out, console=console)
+
+
+def sft_resume_config(out: str | Path, config: ConfigLike = None, overrides: list[str] | None = None) -> Config:
+    """The saved config of a stopped warm start: a resume trains exactly what was started (same episodes, seed)."""
+    saved = Path(out) / "config.yaml"
+    if config is not None or overrides:
+        raise ConfigError(f"sft --resume continues with {saved}; drop --config and the overrides")
+    if not saved.is_file():
+        raise ConfigError(f"{out}: no config.yaml, so nothing to resume; start it without --resume")
+    return load_config(str(saved))
 
 
 def evaluate(
@@ -139,7 +152,7 @@ def report(
     holding sweep.yaml) is aggregated over seeds instead (epo.sweep.write_sweep_report). on_issue(line) is called
     once per problem in a metrics.jsonl (torn line, duplicate step); the summary lists them too."""
     from epo.errors import RunDirError
-    from epo.trainer.report import write_report
+    from epo.report.summary import write_report
 
     dirs = [Path(run_dirs)] if isinstance(run_dirs, (str, Path)) else [Path(d) for d in run_dirs]
     if len(dirs) == 1 and (dirs[0] / "sweep.yaml").is_file():

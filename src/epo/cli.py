@@ -100,21 +100,28 @@ def _exit_interrupted(result) -> None:
 
 @app.command()
 def sft(
-    config: str = typer.Option("quest_demo_cpu", "--config", "-c", help=PRESET_HELP),
+    config: str = typer.Option(None, "--config", "-c", help=PRESET_HELP + " Default: quest_demo_cpu."),
     overrides: list[str] = typer.Argument(None, help=OVERRIDES_HELP),
     out: Path = typer.Option(Path("runs/sft"), "--out", help="Output dir (export/ inside is the warm start)."),
-    resume: bool = typer.Option(False, "--resume", help="Continue a stopped run in --out from its checkpoint."),
+    resume: bool = typer.Option(
+        False, "--resume", help="Continue a stopped run in --out from its checkpoint, with its saved config."
+    ),
 ):
     """Behaviour cloning on the env's oracle trajectories (warm start for RL)."""
 
     def go():
         from epo import api
 
-        res = api.sft(config, overrides, out=out, resume=resume, console=console)
+        if resume:
+            res = api.sft(config, overrides, out=out, resume=True, console=console)
+        else:
+            res = api.sft(config or "quest_demo_cpu", overrides, out=out, console=console)
         if res.interrupted:
-            console.print(f"resume with: epo sft --config {config} --out {out} --resume", soft_wrap=True)
+            console.print(f"resume with: epo sft --out {out} --resume", soft_wrap=True)
             return res
-        console.print(f"start RL from it with: epo train --config {config} init_from={res.out_dir}")
+        console.print(
+            f"start RL from it with: epo train --config {config or out / 'config.yaml'} init_from={res.out_dir}"
+        )
         return res
 
     res = _guard(go)
@@ -184,6 +191,7 @@ def sweep(
     ray: bool = typer.Option(False, "--ray", help="Run the runs as Ray tasks (RAY_ADDRESS or a local instance)."),
     cpus_per_run: float = typer.Option(1.0, "--cpus-per-run", help="CPUs Ray reserves for each run."),
     jobs: int = typer.Option(1, "--jobs", "-j", help="Runs at once on this machine (each gets cores/jobs threads)."),
+    methods: str = typer.Option(None, "--methods", help="Run only these methods (comma-separated); the rest later."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the runs' commands; run nothing."),
 ):
     """Run a grid of (method overrides x seeds) resumably, then write the aggregated report (`epo report DIR`)."""
@@ -199,7 +207,8 @@ def sweep(
                 console.print(" ".join(train_command(g, run, target)[1:]), soft_wrap=True, highlight=False)
             return
         echo = lambda line: console.print(line, soft_wrap=True, highlight=False)  # noqa: E731  (paths stay on one line)
-        status = run_sweep(g, target, ray=ray, cpus_per_run=cpus_per_run, echo=echo, jobs=jobs)
+        only = [m.strip() for m in methods.split(",") if m.strip()] if methods else None
+        status = run_sweep(g, target, ray=ray, cpus_per_run=cpus_per_run, echo=echo, jobs=jobs, methods=only)
         console.print(f"report: {write_sweep_report(target)}")
         failed = sorted(k for k, v in status.items() if v["state"] != "done")
         if failed:

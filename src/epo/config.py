@@ -564,7 +564,7 @@ def _check_rollout_backend(cfg: Config) -> None:
 
 
 def _validate_diag(cfg: Config) -> None:
-    kinds = ("early_collapse", "late_oscillation", "late_climb")  # epo.trainer.monitor.KINDS
+    kinds = ("early_collapse", "late_oscillation", "late_climb")  # epo.telemetry.monitor.KINDS
     bad = [k for k in cfg.diag.monitor_on if k not in kinds]
     if bad:
         raise ConfigError(f"diag.monitor_on: '{bad[0]}' is not one of {', '.join(kinds)}")

@@ -8,7 +8,7 @@ import pytest
 from rich.console import Console
 
 from epo.config import load_config
-from epo.trainer.metrics import read_metrics
+from epo.telemetry.metrics import read_metrics
 from epo.trainer.pipeline import train_pipeline
 
 pytestmark = pytest.mark.integration

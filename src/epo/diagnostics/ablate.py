@@ -27,9 +27,7 @@ from rich.console import Console
 from epo.config import Config, ConfigError, load_config, validate
 from epo.diagnostics.rollouts_io import load_rollouts
 from epo.errors import RunDirError
-from epo.models import SharedValueHead
 from epo.trainer.checkpoint import CHECKPOINTS_DIR, CheckpointError, list_checkpoints
-from epo.trainer.update import prepare_step, update_policy
 
 REGULARISERS = ("none", "entropy", "epo", "epo_reference", "kl")
 PER_TURN = ("entropy_change", "kl_update", "ratio_outside_clip", "cov_logp_adv")
@@ -75,29 +73,9 @@ def checkpoint_before(run_dir: Path, step: int) -> Path | None:
 
 
 def replay_step(trainer, samples) -> dict:
-    """Step `trainer.step + 1`'s update on `samples`, in the order Trainer._rl_step runs it; returns its metrics."""
-    cfg = trainer.cfg
+    """Step `trainer.step + 1`'s update on `samples` (Trainer.update_step, as in training); returns its metrics."""
     trainer.policy.eval()  # as after a rollout (HFBackend.generate)
-    data = prepare_step(trainer.policy, samples, trainer.pad_id, cfg, trainer.reference, trainer.critic)
-    trainer.diagnostics.before_update(trainer.policy, data, trainer.step + 1)
-    if cfg.epo.mode == "reference":
-        trainer._update_history(data)
-    trainer.policy.train()
-    shared = isinstance(trainer.critic, SharedValueHead)
-    metrics = update_policy(
-        trainer.policy,
-        trainer.optimizer,
-        data,
-        cfg,
-        trainer.history,
-        trainer.step,
-        trainer.pad_id,
-        trainer.shuffle_rng,
-        trainer.critic if shared else None,
-        trainer.critic_optimizer,
-    )
-    metrics.update(trainer.diagnostics.after_update(trainer.policy, data))
-    return metrics
+    return trainer.update_step(samples, trainer.cfg)[1]
 
 
 def run_ablation(

@@ -348,9 +348,7 @@ class EnvPool:
 
     def _call(self, cmd: str, per_slot: dict[int, Any], timeout_s: float) -> dict[int, tuple[str, Any]]:
         """Send each worker its slots' share, then gather; failures become per-slot ("reason", message)."""
-        by_worker: dict[int, dict[int, Any]] = {}
-        for slot, arg in per_slot.items():
-            by_worker.setdefault(self.worker_of(slot), {})[slot] = arg
+        by_worker = self._by_worker(per_slot)
         if self.mode == "inline":
             return {s: r for w, share in by_worker.items() for s, r in self._inline[w].handle(cmd, share).items()}
         try:
@@ -386,6 +384,23 @@ class EnvPool:
                 except Exception as e:  # EOFError when the worker died; anything else: a garbled pipe
                     code = self._workers[w].process.exitcode
                     failed[w] = ("worker_crash", f"worker {w} died (exit code {code}; {type(e).__name__})")
+        return self._restart_failed(failed, by_worker, replies)
+
+    # ---- worker replacement and fault records, shared by every executor (RayEnvPool overrides _replace only) ----
+    def _by_worker(self, per_slot: dict[int, Any]) -> dict[int, dict[int, Any]]:
+        """{worker: {slot: arg}}: each worker's share of a command."""
+        by_worker: dict[int, dict[int, Any]] = {}
+        for slot, arg in per_slot.items():
+            by_worker.setdefault(self.worker_of(slot), {})[slot] = arg
+        return by_worker
+
+    def _restart_failed(
+        self,
+        failed: dict[int, tuple[str, str]],
+        by_worker: dict[int, dict[int, Any]],
+        replies: dict[int, tuple[str, Any]],
+    ) -> dict[int, tuple[str, Any]]:
+        """Restart each failed worker {w: (reason, message)}; each slot it was called for replies (reason, message)."""
         for w, (reason, message) in failed.items():
             self._restart(w, reason, message, list(by_worker[w]))
             for slot in by_worker[w]:
@@ -394,12 +409,16 @@ class EnvPool:
 
     def _restart(self, w: int, reason: str, message: str, called: list[int]) -> None:
         """Replace worker w; its live episodes end. One PoolFault per episode ended (or one without a task)."""
-        self._workers[w].kill()
-        self._workers[w] = _Worker(self._ctx, self._make_env, self.env_kwargs)
+        self._replace(w)
         self._end_episodes_of(w, reason, message, called)
 
+    def _replace(self, w: int) -> None:
+        """Kill worker w (its process group) and start a fresh one in its place."""
+        self._workers[w].kill()
+        self._workers[w] = _Worker(self._ctx, self._make_env, self.env_kwargs)
+
     def _end_episodes_of(self, w: int, reason: str, message: str, called: list[int]) -> None:
-        """Bookkeeping of a replaced worker w (any executor): its live episodes end, one PoolFault each."""
+        """Bookkeeping of a replaced worker w: its live episodes end, one PoolFault each."""
         ended = set(called)
         for slot in self._active:
             if self.worker_of(slot) == w:

@@ -104,10 +104,8 @@ class RayEnvPool(EnvPool):
 
     # ---- internals (override the local pool's process handling) -----------------------------------------------
     def _call(self, cmd: str, per_slot: dict[int, Any], timeout_s: float) -> dict[int, tuple[str, Any]]:
-        by_worker: dict[int, dict[int, Any]] = {}
-        for slot, arg in per_slot.items():
-            by_worker.setdefault(self.worker_of(slot), {})[slot] = arg
-        return self._call_workers(cmd, by_worker, timeout_s)
+        # unlike the local pool, no close() on an exception: a reply left in flight is an ObjectRef, not a pipe
+        return self._call_workers(cmd, self._by_worker(per_slot), timeout_s)
 
     def _call_workers(
         self, cmd: str, by_worker: dict[int, dict[int, Any]], timeout_s: float
@@ -129,17 +127,12 @@ class RayEnvPool(EnvPool):
         for ref in not_ready:
             w = refs[ref]
             failed[w] = ("timeout", f"worker {w} did not answer '{cmd}' within {timeout_s:g} s")
-        for w, (reason, message) in failed.items():
-            self._restart(w, reason, message, list(by_worker[w]))
-            for slot in by_worker[w]:
-                replies[slot] = (reason, message)
-        return replies
+        return self._restart_failed(failed, by_worker, replies)  # lost episodes and PoolFaults, as the local pool
 
-    def _restart(self, w: int, reason: str, message: str, called: list[int]) -> None:
-        with contextlib.suppress(Exception):
+    def _replace(self, w: int) -> None:
+        with contextlib.suppress(Exception):  # already dead
             _ray().kill(self._workers[w])
         self._workers[w] = self._start()
-        self._end_episodes_of(w, reason, message, called)  # lost episodes and PoolFaults, as the local pool
 
     def revive_dead_workers(self) -> list[int]:
         """Nothing to poll without a round trip: an actor that died while idle fails its reset with

@@ -16,15 +16,16 @@ from typing import Any
 
 import yaml
 
+from epo.report.data import RunData, load_run
+from epo.report.summary import run_summary
 from epo.sweep import plots
 from epo.sweep.grid import GRID_FILE
 from epo.sweep.stats import paired, summarize
-from epo.trainer.report import run_summary
-from epo.trainer.report_data import RunData, load_run
 
 SEED_METRICS_DOC = {
     "succ_max": "Succ.*: best eval success of the seed",
     "succ_converged": "Succ.: mean of the seed's last evals",
+    "succ_last": "the seed's last eval (end of RL)",
     "rl_gain": "last eval - first (start-of-RL) eval",
     "entropy_var": "variance of the batch-mean entropy across RL steps",
     "entropy_mean": "mean entropy over RL steps",
@@ -52,6 +53,7 @@ def seed_numbers(run: RunData, splits: list[str]) -> dict[str, float | None]:
     out: dict[str, float | None] = {k: row.get(k) for k in row if "/" in k}
     for split in splits:
         _, values = run.series(f"eval/{split}/success")
+        out[f"{split}/succ_last"] = float(values[-1]) if len(values) else None
         out[f"{split}/rl_gain"] = float(values[-1] - values[0]) if len(values) >= 2 else None
     _, entropy = run.series("epo/entropy_mean")
     out["entropy_mean"] = float(entropy.mean()) if len(entropy) else None
@@ -74,13 +76,20 @@ def aggregate(sweep_dir: Path) -> dict[str, Any]:
         m: {k: _as_dict(summarize([row[k] for row in seeds.values() if row.get(k) is not None])) for k in metrics}
         for m, seeds in per_seed.items()
     }
-    base = grid["baseline"]
     tests = {}
-    for m in per_seed:
-        if m == base or base not in per_seed:
-            continue
-        tests[m] = {k: _as_dict(paired(_by_seed(per_seed[m], k), _by_seed(per_seed[base], k))) for k in metrics}
+    for m, ref in comparisons(grid):
+        if m in per_seed and ref in per_seed:
+            label = m if ref == grid["baseline"] else f"{m} vs {ref}"
+            tests[label] = {k: _as_dict(paired(_by_seed(per_seed[m], k), _by_seed(per_seed[ref], k))) for k in metrics}
     return {"grid": grid, "splits": splits, "per_seed": per_seed, "summary": summary, "tests": tests, "runs": runs}
+
+
+def comparisons(grid: dict) -> list[tuple[str, str]]:
+    """The paired comparisons of a saved grid.yaml: each method vs the baseline, then the grid's `compare`."""
+    base = grid["baseline"]
+    pairs = [(m, base) for m in grid["methods"] if m != base]
+    extra = [(m, ref) for m, refs in (grid.get("compare") or {}).items() for ref in refs]
+    return pairs + [p for p in extra if p not in pairs]
 
 
 def write_sweep_report(sweep_dir: str | Path, out_dir: str | Path | None = None) -> Path:
@@ -108,14 +117,15 @@ def render(agg: dict[str, Any], figures: list[str]) -> str:
         "## Success (the paper's form): mean ± std over seeds, in %",
         "",
         "Succ.* = mean over seeds of each seed's best eval; Succ. = mean over seeds of the mean of each seed's last "
-        "evals. n = seeds with data.",
+        "evals; last = mean over seeds of each seed's final eval. n = seeds with data.",
         "",
     ]
-    cols = [f"{s} Succ.*" for s in splits] + [f"{s} Succ." for s in splits]
+    cols = [f"{s} Succ.*" for s in splits] + [f"{s} Succ." for s in splits] + [f"{s} last" for s in splits]
     lines += ["| method | n | " + " | ".join(cols) + " |", "|---" * (len(cols) + 2) + "|"]
     for m, row in summary.items():
         cells = [_pm(row.get(f"{s}/succ_max"), 100) for s in splits]
         cells += [_pm(row.get(f"{s}/succ_converged"), 100) for s in splits]
+        cells += [_pm(row.get(f"{s}/succ_last"), 100) for s in splits]
         n = max((v["n"] for v in row.values() if v), default=0)
         lines.append(f"| {m} | {n} | " + " | ".join(cells) + " |")
     lines += ["", "## Entropy and RL gain: mean [95% t-interval] over seeds", ""]
@@ -125,14 +135,14 @@ def render(agg: dict[str, Any], figures: list[str]) -> str:
         lines.append(f"| {m} | " + " | ".join(_ci(row.get(k)) for k in keys) + " |")
     lines += [
         "",
-        f"## Against the baseline `{grid['baseline']}`",
+        f"## Against the baseline `{grid['baseline']}` (and the grid's `compare` pairs, named `method vs reference`)",
         "",
-        "Difference method - baseline, mean [95% t-interval]; p: two-sided paired t-test over shared seeds "
+        "Difference method - reference, mean [95% t-interval]; p: two-sided paired t-test over shared seeds "
         "(Welch's t-test where no seeds are shared) and exact sign-flip permutation test (paired only; with n seeds "
         "its smallest possible p is 2/2^n).",
         "",
     ]
-    keys = [f"{s}/succ_max" for s in splits] + [f"{s}/succ_converged" for s in splits] + ["entropy_var"]
+    keys = [f"{s}/{k}" for k in ("succ_max", "succ_converged", "succ_last") for s in splits] + ["entropy_var"]
     lines += ["| method | metric | n | test | diff [95% CI] | p (t) | p (perm) |", "|---|---|---|---|---|---|---|"]
     for m, by_key in agg["tests"].items():
         for k in keys:

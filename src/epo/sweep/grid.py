@@ -5,6 +5,7 @@ GRID.yaml:
     overrides: [train.total_steps=60]
     seeds: [0, 1, 2, 3, 4]
     baseline: grpo                   # paired tests compare every method with this one (default: the first)
+    compare: {ppo_epo: [ppo]}        # extra paired comparisons: method -> other reference methods (optional)
     methods:
       grpo: []
       grpo_epo: [epo.mode=on]
@@ -48,6 +49,7 @@ class Grid:
     methods: dict[str, list[str]]
     overrides: list[str] = field(default_factory=list)
     baseline: str = ""
+    compare: dict[str, list[str]] = field(default_factory=dict)
 
     def runs(self) -> list[RunSpec]:
         """Seed-major order: every method's seed 0 first, so a sweep cut short still has paired seeds."""
@@ -67,6 +69,7 @@ class Grid:
             "seeds": list(self.seeds),
             "baseline": self.baseline,
             "methods": {k: list(v) for k, v in self.methods.items()},
+            **({"compare": {k: list(v) for k, v in self.compare.items()}} if self.compare else {}),
         }
 
 
@@ -85,7 +88,7 @@ def load_grid(path: str | Path, check_configs: bool = True) -> Grid:
 def parse_grid(raw: object, base_dir: Path, check_configs: bool = True, where: str = "grid") -> Grid:
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: must be a mapping with base, seeds and methods")
-    unknown = set(raw) - {"base", "overrides", "seeds", "methods", "baseline"}
+    unknown = set(raw) - {"base", "overrides", "seeds", "methods", "baseline", "compare"}
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}")
     base = str(raw.get("base") or "")
@@ -113,7 +116,8 @@ def parse_grid(raw: object, base_dir: Path, check_configs: bool = True, where: s
     baseline = str(raw.get("baseline") or next(iter(methods)))
     if baseline not in methods:
         raise ConfigError(f"{where}: baseline: '{baseline}' is not one of the methods ({', '.join(methods)})")
-    grid = Grid(base, list(seeds), {str(k): list(v) for k, v in methods.items()}, list(common), baseline)
+    compare = _parse_compare(raw.get("compare"), methods, where)
+    grid = Grid(base, list(seeds), {str(k): list(v) for k, v in methods.items()}, list(common), baseline, compare)
     if check_configs:
         for run in grid.runs()[: len(methods)]:  # one seed suffices: seeds change only train.seed
             try:
@@ -121,3 +125,23 @@ def parse_grid(raw: object, base_dir: Path, check_configs: bool = True, where: s
             except ConfigError as e:
                 raise ConfigError(f"{where}: method '{run.method}': {e}") from None
     return grid
+
+
+def _parse_compare(raw: object, methods: dict, where: str) -> dict[str, list[str]]:
+    """`compare: {method: [reference, ...]}` (a single reference may be a string); every name must be a method."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: compare: must be a mapping method -> list of reference methods")
+    out = {}
+    for m, refs in raw.items():
+        refs = [refs] if isinstance(refs, str) else refs
+        if not isinstance(refs, list) or not refs:
+            raise ConfigError(f"{where}: compare.{m}: must be a method name or a list of them")
+        for name in [m, *refs]:
+            if str(name) not in methods:
+                raise ConfigError(f"{where}: compare: '{name}' is not one of the methods ({', '.join(methods)})")
+        if str(m) in map(str, refs):
+            raise ConfigError(f"{where}: compare.{m}: a method cannot be compared with itself")
+        out[str(m)] = [str(r) for r in refs]
+    return out

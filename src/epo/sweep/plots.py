@@ -11,8 +11,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from scipy import stats as sps
 
-from epo.trainer.report_data import RunData
-from epo.trainer.report_plots import COLORS
+from epo.report.data import RunData
+from epo.report.plots import COLORS
 
 Runs = dict[str, dict[int, RunData]]
 

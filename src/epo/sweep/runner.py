@@ -72,9 +72,7 @@ def run_one(cmd: list[str], log_path: str, env: dict[str, str] | None = None) ->
     with open(log_path, "a") as log:
         log.write(f"$ {' '.join(cmd)}\n")
         log.flush()
-        return subprocess.run(
-            cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env
-        ).returncode
+        return subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env).returncode
 
 
 def run_env(jobs: int) -> dict[str, str]:
@@ -93,17 +91,23 @@ def run_sweep(
     cpus_per_run: float = 1.0,
     echo: Callable[[str], None] = print,
     jobs: int = 1,
+    methods: list[str] | None = None,
 ) -> dict[str, dict]:
-    """Run every pending run of the grid; returns the status ({run_id: {state, exit_code, seconds}})."""
+    """Run every pending run of the grid (of `methods` only, when given: a grid can be run in parts, into the same
+    SWEEP_DIR, so the parts stay paired); returns the status ({run_id: {state, exit_code, seconds}})."""
     if jobs < 1:
         raise ConfigError(f"--jobs must be >= 1, got {jobs}")
     if ray and jobs != 1:
         raise ConfigError("--jobs is for this machine; with --ray, Ray packs the runs by --cpus-per-run")
+    unknown = sorted(set(methods or []) - set(grid.methods))
+    if unknown:
+        raise ConfigError(f"--methods: {', '.join(unknown)} not in the grid ({', '.join(grid.methods)})")
     sweep_dir = Path(sweep_dir)
     prepare(grid, sweep_dir)
     status = read_status(sweep_dir)
-    pending = [r for r in grid.runs() if status.get(r.run_id, {}).get("state") != "done"]
-    echo(f"sweep {sweep_dir}: {len(grid.runs()) - len(pending)} done, {len(pending)} to run")
+    chosen = [r for r in grid.runs() if not methods or r.method in methods]
+    pending = [r for r in chosen if status.get(r.run_id, {}).get("state") != "done"]
+    echo(f"sweep {sweep_dir}: {len(chosen) - len(pending)} done, {len(pending)} to run")
     todo = [(r, train_command(grid, r, sweep_dir), str(sweep_dir / r.method / f"seed{r.seed}.log")) for r in pending]
 
     lock = threading.Lock()  # with jobs > 1, runs finish on several threads; status.json is written whole

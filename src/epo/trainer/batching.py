@@ -1,5 +1,8 @@
 """TurnSamples -> padded tensors, and micro-batches packed by a token budget.
 
+Every forward over turn samples (old/ref log-probs, critic values, the policy and critic updates, SFT) walks its
+samples with `iter_micro_batches`: pack by tokens -> this process's share (data parallelism) -> collate -> device.
+
 Layout of one micro-batch (right padding; row b = prompt_b + response_b + pad):
     input_ids, attention_mask, response_mask : [B, T]
     per-token arrays (old log-probs, advantages, ...) are stored per sample as 1-D tensors of the response length
@@ -8,6 +11,7 @@ Layout of one micro-batch (right padding; row b = prompt_b + response_b + pad):
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -25,6 +29,7 @@ class MicroBatch:
     traj_id: torch.Tensor  # [B] long
     starts: list[int]  # response start column per row
     lengths: list[int]  # response length per row
+    padding: bool = False  # another rank's batch, run only for FSDP2's collectives (distributed.my_share)
 
     def to(self, device: torch.device) -> MicroBatch:
         for name in ("input_ids", "attention_mask", "response_mask", "turn_idx", "traj_id"):
@@ -93,3 +98,25 @@ def pack_by_tokens(index: list[int], samples: list[TurnSample], token_budget: in
     if current:
         batches.append(current)
     return batches
+
+
+def iter_micro_batches(
+    samples: list[TurnSample],
+    index: list[int],
+    pad_id: int,
+    token_budget: int,
+    device: torch.device,
+    share: Callable[[list[list[int]]], list[list[int]]] | None = None,
+) -> Iterator[MicroBatch]:
+    """The micro-batches of samples[index], packed by `pack_by_tokens`, collated and moved to `device`, in order.
+
+    share picks this process's micro-batches from the packed list, e.g. `distributed.my_share` (rank r takes
+    r, r+W, ...): every rank packs the same list, so the union over ranks is the single-process iteration.
+    Each batch is collated only when it is reached (mb.index = its positions in `samples`)."""
+    micro_batches = pack_by_tokens(index, samples, token_budget)
+    if share is not None:
+        micro_batches = share(micro_batches)
+    for micro in micro_batches:
+        mb = collate(samples, micro, pad_id).to(device)
+        mb.padding = bool(getattr(micro, "padding", False))
+        yield mb

@@ -216,11 +216,15 @@ def my_share(micro_batches: list[list[int]]) -> list[list[int]]:
 
 
 class Padding(list):
-    """A micro-batch a rank runs only to take part in FSDP's collectives: its outputs and loss are discarded."""
+    """A micro-batch a rank runs only to take part in FSDP's collectives: its outputs and loss are discarded
+    (`iter_micro_batches` carries the flag to MicroBatch.padding)."""
+
+    padding = True
 
 
-def is_padding(micro: list[int]) -> bool:
-    return isinstance(micro, Padding)
+def is_padding(micro) -> bool:
+    """For a packed index list or a MicroBatch."""
+    return bool(getattr(micro, "padding", False))
 
 
 _SHARDED = {"on": False}  # set by trainer/fsdp.py when the models are sharded with FSDP2

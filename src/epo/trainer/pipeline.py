@@ -10,10 +10,10 @@ from rich.console import Console
 from rich.table import Table
 
 from epo.config import Config, ConfigError, replace, save_config
+from epo.report.data import BEFORE_AFTER_FILE
 from epo.rollout.evaluate import EvalResult, eval_task_ids, evaluate, gain_test
 from epo.trainer import distributed, setup
 from epo.trainer.checkpoint import list_checkpoints
-from epo.trainer.report_data import BEFORE_AFTER_FILE
 from epo.trainer.rundir import CONFIG_FILE, resume_changes, saved_config
 from epo.trainer.trainer import Trainer, TrainResult, default_run_dir
 
@@ -77,7 +77,7 @@ def _train_owned(cfg: Config, run_dir: Path, resume: bool, console: Console) -> 
         return result
     _print_before_after(console, sft_result, result)
     if cfg.train.report:
-        from epo.trainer.report import write_report
+        from epo.report.summary import write_report
 
         path = write_report([result.run_dir], result.run_dir / "report")
         console.print(f"report: {path}")
@@ -158,7 +158,7 @@ def evaluate_policy(cfg: Config, splits: list[str], console: Console | None = No
     setup.log_precision(console, cfg, device)
     out = {}
     with setup.make_pool(cfg) as pool:
-        collector = setup.make_collector(cfg, pool, model, tokenizer)
+        collector = setup.make_collector(cfg, pool, model, tokenizer, console)
         for split in splits:
             ids = eval_task_ids(all_splits[split], cfg.train.eval_episodes, seed=cfg.train.seed + 1)
             with torch.no_grad():

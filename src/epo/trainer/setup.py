@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from rich.console import Console
 
 from epo.agent import PromptBuilder
 from epo.config import Config, ConfigError
@@ -27,6 +28,7 @@ from epo.models import (
 from epo.models.precision import Precision, check_master_weights, resolve_precision
 from epo.rollout.backend import HFBackend
 from epo.rollout.collector import Collector
+from epo.trainer import distributed
 from epo.trainer.checkpoint_model import is_checkpoint_source, load_checkpoint_model
 
 
@@ -79,6 +81,14 @@ def load_policy(cfg: Config, device: torch.device, train: bool = True):
 def precision(cfg: Config, device: torch.device) -> Precision:
     """The run's compute precision (train.precision resolved for this device); print its .line() once per run."""
     return resolve_precision(cfg.train.precision, device)
+
+
+def rank0_console(console: Console | None = None) -> Console:
+    """`console` (default: a new one on stdout) on rank 0, a quiet one elsewhere: under torchrun every rank runs
+    the setup code, and one line per rank would repeat each message world_size times."""
+    if not distributed.info().is_main:
+        return Console(quiet=True)
+    return console or Console()
 
 
 def log_precision(console, cfg: Config, device: torch.device) -> Precision:
@@ -169,12 +179,13 @@ def make_pool(cfg: Config) -> EnvPool:
     return cls(cfg.env.name, dict(cfg.env.kwargs), mode=cfg.env.pool_mode, **common)
 
 
-def make_backend(cfg: Config, model, tokenizer):
-    """rollout.backend resolved (auto: vllm where installed and runnable, else hf), said in one log line."""
+def make_backend(cfg: Config, model, tokenizer, console: Console | None = None):
+    """rollout.backend resolved (auto: vllm where installed and runnable, else hf), said in one line on `console`
+    (rank 0 only)."""
     from epo.rollout.backend_select import detect_backend
 
     name, why = detect_backend(cfg.rollout.backend)
-    print(why, flush=True)
+    rank0_console(console).print(why, markup=False, highlight=False, soft_wrap=True)  # markup off: 'epo[vllm]'
     if name == "hf" and cfg.rollout.is_correction == "tis":
         raise ConfigError("rollout.is_correction: tis needs the sampler's log-probs; the hf backend (auto) has none")
     if name == "vllm":
@@ -185,9 +196,9 @@ def make_backend(cfg: Config, model, tokenizer):
     return HFBackend(model, tokenizer, batch_size=cfg.rollout.generation_batch_size, precision=compute)
 
 
-def make_collector(cfg: Config, pool, model, tokenizer) -> Collector:
+def make_collector(cfg: Config, pool, model, tokenizer, console: Console | None = None) -> Collector:
     prompts = PromptBuilder(tokenizer, cfg.agent, list_older_actions=list_older(cfg), env_name=cfg.env.name)
-    backend = make_backend(cfg, model, tokenizer)
+    backend = make_backend(cfg, model, tokenizer, console)
     return Collector(pool, backend, prompts, tokenizer, cfg.agent, max_turns(cfg))
 
 

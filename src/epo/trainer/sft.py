@@ -30,8 +30,10 @@ from epo.models import merge_and_save, response_logprobs
 from epo.models.precision import autocast_for
 from epo.rollout.evaluate import EvalResult, eval_task_ids, evaluate
 from epo.rollout.oracle import collect_oracle
+from epo.telemetry.metrics import truncate_after
+from epo.telemetry.progress import StepProgress
 from epo.trainer import setup
-from epo.trainer.batching import collate, pack_by_tokens
+from epo.trainer.batching import iter_micro_batches
 from epo.trainer.checkpoint import (
     CheckpointError,
     GracefulExit,
@@ -41,8 +43,6 @@ from epo.trainer.checkpoint import (
     restore_rng_state,
     save_checkpoint,
 )
-from epo.trainer.metrics import truncate_after
-from epo.trainer.progress import StepProgress
 from epo.trainer.rundir import atomic_dir
 
 BEFORE_FILE = "sft_before.json"
@@ -87,7 +87,7 @@ def run_sft(
     setup.log_precision(console, cfg, device)
     result = SFTResult(out, out / "export")
     with GracefulExit(console.print) as stop, setup.make_pool(cfg) as pool:
-        collector = setup.make_collector(cfg, pool, model, tokenizer)
+        collector = setup.make_collector(cfg, pool, model, tokenizer, console)
         result.before = _before_eval(cfg, collector, splits, console, out, resume)
         if stop.requested:  # nothing trained yet: a resume starts training from scratch (the eval is kept)
             result.interrupted, result.stop_signal = True, stop.signal_name
@@ -203,8 +203,8 @@ class _SFTLoop:
         num_tokens = float(sum(len(samples[i].response_ids) for i in batch))
         self.optimizer.zero_grad(set_to_none=True)
         total_loss = 0.0
-        for micro in pack_by_tokens(batch, samples, cfg.train.micro_batch_tokens):
-            mb = collate(samples, micro, self.pad_id).to(next(self.model.parameters()).device)
+        device = next(self.model.parameters()).device
+        for mb in iter_micro_batches(samples, batch, self.pad_id, cfg.train.micro_batch_tokens, device):
             with autocast_for(cfg.train.precision, mb.input_ids.device):  # fp32 master weights, bf16 compute
                 stats = response_logprobs(
                     self.model,

@@ -22,7 +22,11 @@ from epo.diagnostics import MonitorActions, StepDiagnostics, save_rollouts
 from epo.errors import ResumeConfigError
 from epo.models import SharedValueHead, merge_and_save
 from epo.rollout.evaluate import EvalResult, eval_task_ids, evaluate
-from epo.rollout.types import SamplingParams
+from epo.rollout.types import SamplingParams, TurnSample
+from epo.telemetry.faults import EnvBatchFailed, FaultLog, collect_with_retries, fault_metrics, turn_limit_rate
+from epo.telemetry.metrics import MetricsLogger, summary_line
+from epo.telemetry.monitor import CascadeMonitor
+from epo.telemetry.progress import StepProgress
 from epo.trainer import dist_checkpoint, distributed, fsdp, setup
 from epo.trainer.checkpoint import (
     CheckpointError,
@@ -34,10 +38,6 @@ from epo.trainer.checkpoint import (
     restore_rng_state,
     save_checkpoint,
 )
-from epo.trainer.faults import EnvBatchFailed, FaultLog, collect_with_retries, fault_metrics, turn_limit_rate
-from epo.trainer.metrics import MetricsLogger, summary_line
-from epo.trainer.monitor import CascadeMonitor
-from epo.trainer.progress import StepProgress
 from epo.trainer.rundir import apply_optim_overrides, atomic_dir, log_resume, resume_changes, saved_config
 from epo.trainer.update import StepData, prepare_step, update_critic, update_policy
 
@@ -133,7 +133,7 @@ class Trainer:
             GracefulExit(self.console.print) as stop,
             StepProgress(self.console, cfg.train.total_steps, self.step) as progress,
         ):
-            collector = setup.make_collector(cfg, pool, self.policy, self.tokenizer)
+            collector = setup.make_collector(cfg, pool, self.policy, self.tokenizer, self.console)
             collector.on_turn = progress.turn
             self.faults = FaultLog(self.run_dir, self.console.print, resume_step) if main else None
             if self.step == 0 and cfg.train.eval_at_start and (main or self.sharded):
@@ -193,7 +193,36 @@ class Trainer:
             save_rollouts(self.run_dir, self.step + 1, rollout.samples)
         t1 = time.perf_counter()
         progress.phase("update", 0)
-        data = prepare_step(self.policy, rollout.samples, self.pad_id, cfg, self.reference, self.critic)
+        data, metrics, turn_entropy, hbar = self.update_step(rollout.samples, cfg)
+        metrics.update(self.monitor_actions.metrics())
+        turns = range(max(turn_entropy) + 1)
+        metrics["actor/lr"] = self.scheduler.get_last_lr()[0]
+        self.scheduler.step()
+        entropy_mean = _mean_entropy(data)
+        trend = self.trend.update(entropy_mean)
+        metrics.update(trend)
+        metrics.update(_rollout_metrics(rollout))
+        metrics["rollout/batch_retries"] = float(retries)
+        metrics.update(
+            {
+                "epo/entropy_mean": entropy_mean,
+                "epo/entropy_per_turn": [turn_entropy.get(t, float("nan")) for t in turns],
+                "epo/hbar_per_turn": [hbar.get(t, float("nan")) for t in turns],
+                "time/rollout_s": t1 - t0,
+                "time/update_s": time.perf_counter() - t1,
+                "time/step_s": time.perf_counter() - t0,
+                "perf/gen_tokens_per_s": rollout.stats.get("gen_tokens_per_s", 0.0),
+                "time/weight_push_s": rollout.stats.get("weight_push_s", 0.0),
+            }
+        )
+        return metrics
+
+    def update_step(self, samples: list[TurnSample], cfg: Config) -> tuple[StepData, dict, dict[int, float], dict[int, float]]:
+        """Step `self.step + 1`'s update on a rollout's turn samples (the policy in eval mode, as sampling leaves it).
+        One order for training and `epo ablate`'s replay (diagnostics/ablate.py): score -> diagnostics before ->
+        policy (and critic) update -> diagnostics after, the EPO history fed after the update. Returns (data,
+        metrics, this rollout's entropy per turn index, the H̄ per turn index the loss used)."""
+        data = prepare_step(self.policy, samples, self.pad_id, cfg, self.reference, self.critic)
         self.diagnostics.before_update(self.policy, data, self.step + 1)
         # H̄ is the mean of *past* steps' entropies (docs/METHOD.md §4; P = 0 before any history), so this rollout enters it
         # after the update. "reference" mode adds it before, as the reference code does.
@@ -221,30 +250,9 @@ class Trainer:
                 )
             self.critic_scheduler.step()
         metrics.update(self.diagnostics.after_update(self.policy, data))
-        metrics.update(self.monitor_actions.metrics())
         if not history_first:
             turn_entropy = self._update_history(data)
-        turns = range(max(turn_entropy) + 1)
-        metrics["actor/lr"] = self.scheduler.get_last_lr()[0]
-        self.scheduler.step()
-        entropy_mean = _mean_entropy(data)
-        trend = self.trend.update(entropy_mean)
-        metrics.update(trend)
-        metrics.update(_rollout_metrics(rollout))
-        metrics["rollout/batch_retries"] = float(retries)
-        metrics.update(
-            {
-                "epo/entropy_mean": entropy_mean,
-                "epo/entropy_per_turn": [turn_entropy.get(t, float("nan")) for t in turns],
-                "epo/hbar_per_turn": [hbar.get(t, float("nan")) for t in turns],
-                "time/rollout_s": t1 - t0,
-                "time/update_s": time.perf_counter() - t1,
-                "time/step_s": time.perf_counter() - t0,
-                "perf/gen_tokens_per_s": rollout.stats.get("gen_tokens_per_s", 0.0),
-                "time/weight_push_s": rollout.stats.get("weight_push_s", 0.0),
-            }
-        )
-        return metrics
+        return data, metrics, turn_entropy, hbar
 
     def _collect(self, collector, params: SamplingParams):
         """Sample this step's tasks and collect them, again (same tasks) while every episode fails; log env faults.

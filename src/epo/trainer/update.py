@@ -38,7 +38,7 @@ from epo.models import SharedValueHead, adapter_disabled
 from epo.models.precision import autocast_for
 from epo.rollout.types import TurnSample
 from epo.trainer import distributed as dist
-from epo.trainer.batching import MicroBatch, collate, pack_by_tokens
+from epo.trainer.batching import MicroBatch, iter_micro_batches
 from epo.trainer.fsdp import clip_grad_norm_, response_logprobs
 
 
@@ -127,19 +127,20 @@ def _forward_pass(model, samples: list[TurnSample], pad_id: int, cfg: Config, wi
     logps: list[torch.Tensor | None] = [None] * len(samples)
     ents: list[torch.Tensor | None] = [None] * len(samples)
     values: list[torch.Tensor | None] = [None] * len(samples)
-    for micro in dist.my_share(pack_by_tokens(list(range(len(samples))), samples, cfg.train.micro_batch_tokens)):
-        mb = collate(samples, micro, pad_id).to(_device(model))
+    for mb in iter_micro_batches(
+        samples, list(range(len(samples))), pad_id, cfg.train.micro_batch_tokens, _device(model), dist.my_share
+    ):
         stats = model_stats(model, mb, cfg, with_entropy, return_hidden=value_head is not None)
         head_values = value_head(stats.hidden, mb.response_mask) if value_head is not None else None
-        if dist.is_padding(micro):  # FSDP2: run only for the collectives
+        if dist.is_padding(mb):  # FSDP2: run only for the collectives
             continue
-        for i, lp in zip(micro, mb.gather_tokens(stats.logprobs)):
+        for i, lp in zip(mb.index, mb.gather_tokens(stats.logprobs)):
             logps[i] = lp
         if value_head is not None:
-            for i, v in zip(micro, mb.gather_tokens(head_values)):
+            for i, v in zip(mb.index, mb.gather_tokens(head_values)):
                 values[i] = v
         if with_entropy:
-            for i, h in zip(micro, mb.gather_tokens(stats.entropy)):
+            for i, h in zip(mb.index, mb.gather_tokens(stats.entropy)):
                 ents[i] = h
     logps, ents, values = dist.merge_per_sample(logps), dist.merge_per_sample(ents), dist.merge_per_sample(values)
     return (logps, ents, values) if value_head is not None else (logps, ents)
@@ -150,13 +151,14 @@ def critic_values(critic, samples: list[TurnSample], pad_id: int, cfg: Config) -
     """The separate critic's per-token values [R] per sample, in eval mode (see `eval_mode`)."""
     out: list[torch.Tensor | None] = [None] * len(samples)
     with eval_mode(critic):
-        for micro in dist.my_share(pack_by_tokens(list(range(len(samples))), samples, cfg.train.micro_batch_tokens)):
-            mb = collate(samples, micro, pad_id).to(_device(critic))
+        for mb in iter_micro_batches(
+            samples, list(range(len(samples))), pad_id, cfg.train.micro_batch_tokens, _device(critic), dist.my_share
+        ):
             with autocast_for(cfg.train.precision, mb.input_ids.device):
                 values = critic(mb.input_ids, mb.attention_mask)
-            if dist.is_padding(micro):  # FSDP2: run only for the collectives
+            if dist.is_padding(mb):  # FSDP2: run only for the collectives
                 continue
-            for i, v in zip(micro, mb.gather_tokens(values)):
+            for i, v in zip(mb.index, mb.gather_tokens(values)):
                 out[i] = v
     return dist.merge_per_sample(out)
 
@@ -276,16 +278,17 @@ def update_policy(
             weight_of = dict(zip(mini, weights.tolist()))
             for opt in optimizers:
                 opt.zero_grad(set_to_none=True)
-            for micro in dist.my_share(pack_by_tokens(mini, samples, cfg.train.micro_batch_tokens)):
-                mb = collate(samples, micro, pad_id).to(_device(policy))
-                w = torch.tensor([weight_of[i] for i in micro], device=mb.turn_idx.device)
+            for mb in iter_micro_batches(
+                samples, mini, pad_id, cfg.train.micro_batch_tokens, _device(policy), dist.my_share
+            ):
+                w = torch.tensor([weight_of[i] for i in mb.index], device=mb.turn_idx.device)
                 loss, metrics = micro_batch_loss(
                     policy, mb, data, cfg, history, step, w, num_tokens, num_seqs, value_head
                 )
-                if dist.is_padding(micro):  # FSDP2: a backward for the collectives, adding zero gradient
+                if dist.is_padding(mb):  # FSDP2: a backward for the collectives, adding zero gradient
                     (loss * 0.0).backward()
                     if data.old_logprobs is None:
-                        for i in micro:  # the owning rank's entropies, not this copy's
+                        for i in mb.index:  # the owning rank's entropies, not this copy's
                             data.entropy[i] = None
                     continue
                 loss.backward()
@@ -411,8 +414,9 @@ def update_critic(critic, optimizer, data: StepData, cfg: Config, pad_id: int, r
         for mini in mini_batches(len(samples), cfg.train.mini_batch_size, rng):
             num_tokens = float(sum(len(samples[i].response_ids) for i in mini))
             optimizer.zero_grad(set_to_none=True)
-            for micro in dist.my_share(pack_by_tokens(mini, samples, cfg.train.micro_batch_tokens)):
-                mb = collate(samples, micro, pad_id).to(_device(critic))
+            for mb in iter_micro_batches(
+                samples, mini, pad_id, cfg.train.micro_batch_tokens, _device(critic), dist.my_share
+            ):
                 with autocast_for(cfg.train.precision, mb.input_ids.device):
                     values = critic(mb.input_ids, mb.attention_mask)  # [B, T], V(state before token p) at p
                 loss, metrics = value_loss(
@@ -425,7 +429,7 @@ def update_critic(critic, optimizer, data: StepData, cfg: Config, pad_id: int, r
                     num_tokens=num_tokens,
                     num_seqs=float(len(mini)),
                 )
-                if dist.is_padding(micro):  # FSDP2: a backward for the collectives, adding zero gradient
+                if dist.is_padding(mb):  # FSDP2: a backward for the collectives, adding zero gradient
                     (loss * 0.0).backward()
                     continue
                 loss.backward()

@@ -16,9 +16,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from epo.trainer.report_data import RunData, load_runs
-from epo.trainer.report_faults import faults_section, issues_section
-from epo.trainer.report_plots import write_all
+from epo.report.data import RunData, load_runs
+from epo.report.health import faults_section, issues_section
+from epo.report.plots import write_all
 
 CONVERGED_FRACTION = 0.2
 CONVERGED_MIN_EVALS = 3

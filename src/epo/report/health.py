@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from epo.trainer.metrics import decode_line
+from epo.telemetry.metrics import decode_line
 
 FAULT_METRICS = (
     ("rollout/env_crashes", "crashed"),

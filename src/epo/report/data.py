@@ -15,9 +15,9 @@ import numpy as np
 from omegaconf import OmegaConf
 
 from epo.errors import RunDirError
-from epo.trainer.faults import read_faults
-from epo.trainer.metrics import METRICS_FILE, read_warnings
-from epo.trainer.report_faults import read_metrics_checked
+from epo.report.health import read_metrics_checked
+from epo.telemetry.faults import read_faults
+from epo.telemetry.metrics import METRICS_FILE, read_warnings
 
 BEFORE_AFTER_FILE = "before_after.json"
 _EVAL_SUCCESS = re.compile(r"^eval/([^/]+)/success$")

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from epo.errors import EpoError
-from epo.trainer.metrics import encode_line, read_jsonl, truncate_after
+from epo.telemetry.metrics import encode_line, read_jsonl, truncate_after
 
 FAULTS_FILE = "faults.jsonl"
 CRASH_REASONS = ("worker_crash", "worker_dead")
