@@ -204,7 +204,8 @@ def full_state_dict(model: nn.Module, trainable_only: bool = False) -> dict[str,
 def clip_grad_norm_(params, max_norm: float) -> torch.Tensor:
     """`torch.nn.utils.clip_grad_norm_` that also takes FSDP's sharded (DTensor) gradients. For those the squares
     of each rank's local shard are summed over ranks (every element lives on exactly one rank under FSDP's Shard(0)),
-    as FSDP1's clip_grad_norm_ did; torch's own DTensor norm gave a wrong total here (torch 2.13, gloo)."""
+    as FSDP1's clip_grad_norm_ did: one all-reduce, explicit about what is summed. Pass the optimizer's
+    parameters (update.optimized_params), not `model.parameters()` (see there)."""
     params = [p for p in params if p.grad is not None]
     if not params:
         return torch.tensor(0.0)
