@@ -196,6 +196,22 @@ def _monitor_decision(cfg: Config) -> Hashable:
     return decision.save, decision.stop, actions.effective(cfg).epo.entropy_coef
 
 
+def _checkpoint_layout(cfg: Config) -> Hashable:
+    """The files of a checkpoint the trainer writes (one process: train.parallel=fsdp2 shards nothing but writes the
+    sharded torch.distributed.checkpoint format, resumable on N processes; test_fsdp.py runs it on 2)."""
+    from pathlib import Path
+
+    from rich.console import Console
+
+    from epo.trainer.trainer import Trainer
+
+    run = tempfile.mkdtemp(prefix="epo-choices-")
+    atexit.register(shutil.rmtree, run, True)
+    trainer = Trainer(cfg, Path(run) / "run", console=Console(quiet=True))
+    ckpt = trainer._save()
+    return tuple(sorted(str(p.relative_to(ckpt)) for p in ckpt.rglob("*")))
+
+
 def _history(cfg: Config) -> Hashable:
     history = EntropyHistory.from_config(cfg.epo, max_turns=2)
     for means in ({0: 1.0, 1: 2.0}, {0: 3.0, 1: 5.0}, {0: 7.0, 1: 4.0}):
@@ -227,6 +243,7 @@ CHECKS: dict[str, Check] = {
     "train.precision": Check(_precision, EPO_LOSS),
     "rollout.is_correction": Check(_tis_loss),
     "diag.monitor_action": Check(_monitor_decision, ["epo.mode=on"]),
+    "train.parallel": Check(_checkpoint_layout, ["train.eval_at_start=false", "train.tensorboard=false"]),
 }
 
 # (key, value) pairs that may not have a distinct outcome yet. Keep this empty except while another branch lands

@@ -282,6 +282,11 @@ class TrainConfig:
     precision: str = "auto"
     """Compute precision of forward/backward passes (weights and optimizer state stay fp32): fp32 | bf16 (autocast)
     | auto (bf16 on CUDA and on CPUs with avx512_bf16/AMX, else fp32; the run logs which and why)."""
+    parallel: str = "ddp"
+    """How several processes (torchrun / accelerate launch) share the model: ddp (replicated weights, gradients
+    summed over ranks) | fsdp2 (torch fully_shard: weights, gradients and optimizer state sharded per decoder block;
+    checkpoints sharded with torch.distributed.checkpoint, resumable on any number of processes). One process:
+    fsdp2 only selects the sharded checkpoint format. docs/SCALING.md."""
     save_every: int = 10
     """Checkpoint every m RL steps, at the end and on a stop signal (Ctrl-C/SIGTERM); 0 = only at the end and on a
     stop signal."""
@@ -374,6 +379,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "algo.loss_agg": ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean"),
     "algo.kl_type": ("k1", "k2", "abs", "low_var_kl"),
     "train.precision": ("auto", "fp32", "bf16"),
+    "train.parallel": ("ddp", "fsdp2"),
     "epo.mode": ("off", "on", "reference"),
     "epo.entropy_level": ("trajectory", "token"),
     "epo.smoothing_level": ("token", "sequence"),

@@ -79,6 +79,7 @@ class HFBackend:
             pad_token_id=self.pad_id,
             eos_token_id=self.eos_ids,
             stopping_criteria=self._stopping_criteria(),
+            synced_gpus=False,  # under FSDP2 the weights are gathered first (trainer/fsdp.py): ranks need no lockstep
         )
         if sampling:
             kwargs.update(temperature=params.temperature, top_p=params.top_p, top_k=params.top_k or None)

@@ -29,6 +29,7 @@ class MicroBatch:
     traj_id: torch.Tensor  # [B] long
     starts: list[int]  # response start column per row
     lengths: list[int]  # response length per row
+    padding: bool = False  # another rank's batch, run only for FSDP2's collectives (distributed.my_share)
 
     def to(self, device: torch.device) -> MicroBatch:
         for name in ("input_ids", "attention_mask", "response_mask", "turn_idx", "traj_id"):
@@ -116,4 +117,6 @@ def iter_micro_batches(
     if share is not None:
         micro_batches = share(micro_batches)
     for micro in micro_batches:
-        yield collate(samples, micro, pad_id).to(device)
+        mb = collate(samples, micro, pad_id).to(device)
+        mb.padding = bool(getattr(micro, "padding", False))
+        yield mb

@@ -100,6 +100,7 @@ def shutdown() -> None:
     if _OWNED["group"] and dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
     _OWNED["group"] = False
+    _SHARDED["on"] = False
 
 
 def barrier() -> None:
@@ -203,9 +204,34 @@ def my_tasks(tasks: list[str]) -> list[str]:
 
 def my_share(micro_batches: list[list[int]]) -> list[list[int]]:
     """This rank's micro-batches of a mini-batch packed the single-process way (round-robin: lengths are sorted,
-    so every rank gets short and long ones)."""
+    so every rank gets short and long ones). Under FSDP2 every forward is a collective, so a rank with fewer
+    micro-batches gets `Padding` entries (another rank's micro-batch, to compute and discard) up to the same count."""
     w = world_size()
-    return micro_batches[rank() :: w] if w > 1 else micro_batches
+    if w == 1:
+        return micro_batches
+    mine = micro_batches[rank() :: w]
+    if _SHARDED["on"] and micro_batches:
+        mine += [Padding(micro_batches[0])] * (-(-len(micro_batches) // w) - len(mine))
+    return mine
+
+
+class Padding(list):
+    """A micro-batch a rank runs only to take part in FSDP's collectives: its outputs and loss are discarded
+    (`iter_micro_batches` carries the flag to MicroBatch.padding)."""
+
+    padding = True
+
+
+def is_padding(micro) -> bool:
+    """For a packed index list or a MicroBatch."""
+    return bool(getattr(micro, "padding", False))
+
+
+_SHARDED = {"on": False}  # set by trainer/fsdp.py when the models are sharded with FSDP2
+
+
+def set_sharded(on: bool) -> None:
+    _SHARDED["on"] = on
 
 
 # ---------------------------------------------------------------------------------------------------- collectives
@@ -242,7 +268,7 @@ def all_reduce_grads(params: list[torch.nn.Parameter]) -> None:
     """Sum the gradients of `params` over ranks in one flat buffer (a rank that ran no micro-batch adds zeros).
 
     Losses are already divided by global mini-batch counts, so the sum is the gradient of the global loss."""
-    if world_size() == 1 or not params:
+    if world_size() == 1 or not params or any(_is_dtensor(p) for p in params):  # FSDP2 reduce-scatters itself
         return
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
     has_grad = torch.tensor([float(p.grad is not None) for p in params], device=grads[0].device)
@@ -254,6 +280,10 @@ def all_reduce_grads(params: list[torch.nn.Parameter]) -> None:
         # a parameter no rank touched keeps grad None, as in one process (AdamW then skips it)
         p.grad = flat[offset : offset + n].view_as(p).to(p.dtype) if flat[-len(params) + k] > 0 else None
         offset += n
+
+
+def _is_dtensor(t: torch.Tensor) -> bool:
+    return hasattr(t, "full_tensor")  # torch.distributed.tensor.DTensor, without importing it in 1-process runs
 
 
 def broadcast_parameters(module: torch.nn.Module) -> None:

@@ -28,7 +28,7 @@ from epo.telemetry.faults import EnvBatchFailed, FaultLog, collect_with_retries,
 from epo.telemetry.metrics import MetricsLogger, summary_line
 from epo.telemetry.monitor import CascadeMonitor
 from epo.telemetry.progress import StepProgress
-from epo.trainer import distributed, setup
+from epo.trainer import dist_checkpoint, distributed, fsdp, setup
 from epo.trainer.checkpoint import (
     CheckpointError,
     GracefulExit,
@@ -90,6 +90,8 @@ class Trainer:
             self.critic_scheduler = setup.warmup_cosine(
                 self.critic_optimizer, cfg.train.total_steps, cfg.optim.warmup_ratio, cfg.optim.min_lr_ratio
             )
+        self.sharded = fsdp.shard_trainer(self)  # train.parallel=fsdp2 under torchrun (after the copies above)
+        self.sharded_checkpoints = cfg.train.parallel == "fsdp2"
         self.history = EntropyHistory.from_config(cfg.epo, setup.max_turns(cfg))
         self.trend = EntropyTrend()
         self.monitor = CascadeMonitor(total_steps=cfg.train.total_steps)
@@ -135,13 +137,15 @@ class Trainer:
             collector = setup.make_collector(cfg, pool, self.policy, self.tokenizer, self.console)
             collector.on_turn = progress.turn
             self.faults = FaultLog(self.run_dir, self.console.print, resume_step) if main else None
-            if self.step == 0 and cfg.train.eval_at_start and main:
-                result.evals[0] = self._evaluate(collector, progress, logger)
+            if self.step == 0 and cfg.train.eval_at_start and (main or self.sharded):
+                with fsdp.gathered(self.policy):  # FSDP2: whole weights, so rank 0 evaluates without collectives
+                    result.evals[0] = self._evaluate(collector, progress, logger) if main else {}
             while self.step < cfg.train.total_steps:
                 metrics = self._rl_step(collector, progress)
                 self.step += 1
-                if self._eval_due() and main:  # evaluation runs on rank 0 only
-                    evals = self._evaluate(collector, progress, None)
+                if self._eval_due() and (main or self.sharded):  # evaluation runs on rank 0 only
+                    with fsdp.gathered(self.policy):
+                        evals = self._evaluate(collector, progress, None) if main else {}
                     result.evals[self.step] = evals
                     for ev in evals.values():
                         metrics.update(ev.metrics())
@@ -161,16 +165,19 @@ class Trainer:
                     result.stop_signal = distributed.first_nonempty(stop.signal_name)  # every rank: same exit code
                     break
         result.steps_done = self.step
-        if self.step == cfg.train.total_steps and main:
-            self.export(self.run_dir / "final")  # consolidated HF export: weights are replicated, rank 0 has them
+        if self.step == cfg.train.total_steps and (main or self.sharded):
+            self.export(self.run_dir / "final")  # consolidated HF export from rank 0 (FSDP2: gathered there first)
         distributed.barrier()
         return result
 
     def export(self, out_dir: Path) -> Path:
         """The policy as a Hugging Face model dir (LoRA merged) that transformers and `init_from` load. Written to a
         temp dir and renamed into place: `out_dir` is complete or absent, never half-written."""
+        policy = dist_checkpoint.consolidated_policy(self) if self.sharded else self.policy  # FSDP2: collective
+        if not self.dist.is_main:
+            return out_dir
         with atomic_dir(out_dir) as tmp:
-            merge_and_save(self.policy, self.tokenizer, tmp)
+            merge_and_save(policy, self.tokenizer, tmp)
         self.console.print(f"final policy: {out_dir}")
         return out_dir
 
@@ -265,7 +272,8 @@ class Trainer:
         def collect():
             if not self.dist.enabled:
                 return collector.collect(tasks, cfg.rollout.group_size, params)
-            mine = collector.collect(distributed.my_tasks(tasks), cfg.rollout.group_size, params)
+            with fsdp.gathered(self.policy):  # FSDP2: ranks generate different numbers of tokens
+                mine = collector.collect(distributed.my_tasks(tasks), cfg.rollout.group_size, params)
             return distributed.gather_rollout(mine)
 
         def failed(attempt: int, _rollout) -> None:
@@ -280,11 +288,11 @@ class Trainer:
             restore_rng_state(rng)
             self.sampler.load_state_dict(sampler)
 
-            def last_checkpoint() -> Path:  # rank 0 writes it; every rank names it in its error
+            def last_checkpoint() -> Path | None:  # every rank names it in its error
                 ckpt = latest_checkpoint(self.run_dir)
-                return self._save() if ckpt is None or ckpt.name != f"step_{self.step:06d}" else ckpt
+                return None if ckpt is None or ckpt.name != f"step_{self.step:06d}" else ckpt
 
-            ckpt = distributed.run_on_main(last_checkpoint)
+            ckpt = distributed.run_on_main(last_checkpoint) or distributed.from_main(self._save())
             raise EnvBatchFailed(
                 f"{str(e).splitlines()[0]}; stopped after step {self.step} (checkpoint {ckpt}); "
                 f"fix the env, then: epo train --resume {self.run_dir}"
@@ -344,15 +352,22 @@ class Trainer:
         return {n: t.detach().cpu().clone() for n, t in self.policy.state_dict().items()}
 
     def _save(self) -> Path | None:
+        if self.sharded_checkpoints:  # train.parallel=fsdp2: DCP shards from every rank (trainer/dist_checkpoint.py)
+            return dist_checkpoint.save(self)
         if not self.dist.is_main:  # replicated weights and state: rank 0's checkpoint is the whole run's
             return None
         optim = {"policy": self.optimizer.state_dict()}
-        sched = {"policy": self.scheduler.state_dict()}
         value_state = None
         if self.critic is not None:
             optim["critic"] = self.critic_optimizer.state_dict()
-            sched["critic"] = self.critic_scheduler.state_dict()
             value_state = {n: t.detach().cpu().clone() for n, t in self.critic.state_dict().items()}
+        return self._write_checkpoint(self._trainable_state(), value_state, optim)
+
+    def _write_checkpoint(self, model_state, value_state, optimizer_states, write_files=None) -> Path:
+        """Rank 0: the checkpoint of this step with the given weights/optimizer states plus everything else."""
+        sched = {"policy": self.scheduler.state_dict()}
+        if self.critic is not None:
+            sched["critic"] = self.critic_scheduler.state_dict()
         extra = {
             "step": self.step,
             "history": self.history.state_dict(),
@@ -365,8 +380,8 @@ class Trainer:
         path = save_checkpoint(
             self.run_dir,
             self.step,
-            model_state=self._trainable_state(),
-            optimizer_states=optim,
+            model_state=model_state,
+            optimizer_states=optimizer_states,
             scheduler_states=sched,
             extra_state=extra,
             rng=capture_rng_state(),
@@ -374,6 +389,7 @@ class Trainer:
             value_state=value_state,
             is_adapter=self.cfg.model.lora.enabled,
             keep_last=self.cfg.train.keep_last,
+            write_files=write_files,
         )
         self.console.print(f"  checkpoint: {path}")
         return path
@@ -393,17 +409,30 @@ class Trainer:
             log_resume(self.run_dir, max(step, 0), changes, self.console.print)
         return step
 
-    def _restore(self) -> int | None:
-        ckpt = load_checkpoint(self.run_dir)
+    def _load_replicated(self, ckpt) -> None:
+        """Weights and optimizer states of a full (train.parallel=ddp / one process) checkpoint."""
+        if self.sharded:
+            raise CheckpointError(
+                f"{ckpt.path}: written with train.parallel=ddp; resume it with train.parallel=ddp (fsdp2 resumes "
+                "fsdp2 checkpoints, written on any number of processes)"
+            )
         missing, unexpected = self.policy.load_state_dict(ckpt.model_state, strict=not ckpt.is_adapter)
         if unexpected:
             raise CheckpointError(f"{ckpt.path}: checkpoint weights do not match the model ({unexpected[:3]} ...)")
         self.optimizer.load_state_dict(ckpt.optimizer_states["policy"])
-        self.scheduler.load_state_dict(ckpt.scheduler_states["policy"])
-        apply_optim_overrides(self.optimizer, self.scheduler, self.cfg.optim.lr, self.cfg.optim.weight_decay)
         if self.critic is not None:
             self.critic.load_state_dict(ckpt.value_state)
             self.critic_optimizer.load_state_dict(ckpt.optimizer_states["critic"])
+
+    def _restore(self) -> int | None:
+        ckpt = load_checkpoint(self.run_dir)
+        if dist_checkpoint.is_sharded(ckpt):  # weights + optimizers from DCP shards, any number of ranks
+            dist_checkpoint.load(self, ckpt)
+        else:
+            self._load_replicated(ckpt)
+        self.scheduler.load_state_dict(ckpt.scheduler_states["policy"])
+        apply_optim_overrides(self.optimizer, self.scheduler, self.cfg.optim.lr, self.cfg.optim.weight_decay)
+        if self.critic is not None:
             self.critic_scheduler.load_state_dict(ckpt.scheduler_states["critic"])
             apply_optim_overrides(
                 self.critic_optimizer, self.critic_scheduler, self.cfg.optim.value_lr, self.cfg.optim.weight_decay

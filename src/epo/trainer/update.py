@@ -34,11 +34,12 @@ from epo.algos import (
 )
 from epo.algos.mismatch import mismatch_metrics, tis_weights
 from epo.config import Config
-from epo.models import SharedValueHead, adapter_disabled, response_logprobs
+from epo.models import SharedValueHead, adapter_disabled
 from epo.models.precision import autocast_for
 from epo.rollout.types import TurnSample
 from epo.trainer import distributed as dist
 from epo.trainer.batching import MicroBatch, iter_micro_batches
+from epo.trainer.fsdp import clip_grad_norm_, response_logprobs
 
 
 @dataclass
@@ -86,7 +87,7 @@ def model_stats(model, mb: MicroBatch, cfg: Config, with_entropy: bool, return_h
     """Response log-probs/entropies of one micro-batch, with the numerics of both the old-policy pass and training
     (under train.precision's autocast; backward runs outside it, in the dtypes autocast recorded)."""
     with autocast_for(cfg.train.precision, mb.input_ids.device):
-        return response_logprobs(
+        return response_logprobs(  # through the FSDP root when sharded (trainer/fsdp.py)
             model,
             mb.input_ids,
             mb.attention_mask,
@@ -130,10 +131,13 @@ def _forward_pass(model, samples: list[TurnSample], pad_id: int, cfg: Config, wi
         samples, list(range(len(samples))), pad_id, cfg.train.micro_batch_tokens, _device(model), dist.my_share
     ):
         stats = model_stats(model, mb, cfg, with_entropy, return_hidden=value_head is not None)
+        head_values = value_head(stats.hidden, mb.response_mask) if value_head is not None else None
+        if dist.is_padding(mb):  # FSDP2: run only for the collectives
+            continue
         for i, lp in zip(mb.index, mb.gather_tokens(stats.logprobs)):
             logps[i] = lp
         if value_head is not None:
-            for i, v in zip(mb.index, mb.gather_tokens(value_head(stats.hidden, mb.response_mask))):
+            for i, v in zip(mb.index, mb.gather_tokens(head_values)):
                 values[i] = v
         if with_entropy:
             for i, h in zip(mb.index, mb.gather_tokens(stats.entropy)):
@@ -152,6 +156,8 @@ def critic_values(critic, samples: list[TurnSample], pad_id: int, cfg: Config) -
         ):
             with autocast_for(cfg.train.precision, mb.input_ids.device):
                 values = critic(mb.input_ids, mb.attention_mask)
+            if dist.is_padding(mb):  # FSDP2: run only for the collectives
+                continue
             for i, v in zip(mb.index, mb.gather_tokens(values)):
                 out[i] = v
     return dist.merge_per_sample(out)
@@ -258,7 +264,8 @@ def update_policy(
 
     When prepare_step left old_logprobs None (single pass), this fills data.entropy from the loss forward."""
     means = MetricMeans()
-    params = [p for p in policy.parameters() if p.requires_grad]
+    params = optimized_params(optimizer)
+    head_params = optimized_params(value_optimizer) if value_head is not None else []
     optimizers = [optimizer] + ([value_optimizer] if value_head is not None else [])
     samples = data.samples
     if data.old_logprobs is None:
@@ -278,12 +285,18 @@ def update_policy(
                 loss, metrics = micro_batch_loss(
                     policy, mb, data, cfg, history, step, w, num_tokens, num_seqs, value_head
                 )
+                if dist.is_padding(mb):  # FSDP2: a backward for the collectives, adding zero gradient
+                    (loss * 0.0).backward()
+                    if data.old_logprobs is None:
+                        for i in mb.index:  # the owning rank's entropies, not this copy's
+                            data.entropy[i] = None
+                    continue
                 loss.backward()
                 means.add(metrics, weight=float(mb.response_mask.sum()))
-            dist.all_reduce_grads(params + ([p for p in value_head.parameters()] if value_head is not None else []))
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip or float("inf"))
+            dist.all_reduce_grads(params + head_params)
+            grad_norm = clip_grad_norm_(params, cfg.optim.grad_clip or float("inf"))
             if value_head is not None:
-                vf_norm = torch.nn.utils.clip_grad_norm_(value_head.parameters(), cfg.optim.grad_clip or float("inf"))
+                vf_norm = clip_grad_norm_(head_params, cfg.optim.grad_clip or float("inf"))
                 means.add({"critic/grad_norm": float(vf_norm)}, weight=1.0)
             for opt in optimizers:
                 opt.step()
@@ -376,6 +389,12 @@ def micro_batch_loss(
     return loss, metrics
 
 
+def optimized_params(optimizer) -> list[torch.nn.Parameter]:
+    """The parameters `optimizer` steps (the trainable ones, in order). Not `model.parameters()`: under FSDP2 a root
+    unit left gathered by a no-grad pass exposes its unsharded copies there, which never receive the gradients."""
+    return [p for group in optimizer.param_groups for p in group["params"]]
+
+
 def _sampler_logprobs(mb: MicroBatch, data: StepData) -> torch.Tensor | None:
     """The generation engine's log-probs of this micro-batch's response tokens, [B, T], if every sample has them."""
     rows = [data.samples[i].sampler_logprobs for i in mb.index]
@@ -390,7 +409,7 @@ def _sampler_logprobs(mb: MicroBatch, data: StepData) -> torch.Tensor | None:
 def update_critic(critic, optimizer, data: StepData, cfg: Config, pad_id: int, rng: random.Random):
     means = MetricMeans()
     samples = data.samples
-    params = [p for p in critic.parameters() if p.requires_grad]
+    params = optimized_params(optimizer)
     for _epoch in range(cfg.train.ppo_epochs):
         for mini in mini_batches(len(samples), cfg.train.mini_batch_size, rng):
             num_tokens = float(sum(len(samples[i].response_ids) for i in mini))
@@ -410,10 +429,13 @@ def update_critic(critic, optimizer, data: StepData, cfg: Config, pad_id: int, r
                     num_tokens=num_tokens,
                     num_seqs=float(len(mini)),
                 )
+                if dist.is_padding(mb):  # FSDP2: a backward for the collectives, adding zero gradient
+                    (loss * 0.0).backward()
+                    continue
                 loss.backward()
                 means.add(metrics, weight=float(mb.response_mask.sum()))
             dist.all_reduce_grads(params)
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip or float("inf"))
+            grad_norm = clip_grad_norm_(params, cfg.optim.grad_clip or float("inf"))
             optimizer.step()
             means.add({"critic/grad_norm": float(grad_norm)}, weight=1.0)
     return means.result()
