@@ -144,6 +144,16 @@ def test_miniature_sweep_runs_resumes_and_aggregates(tmp_path):
     # `epo report SWEEP_DIR` aggregates the same way
     rep = runner.invoke(app, ["report", str(out), "--out", str(tmp_path / "rep")])
     assert rep.exit_code == 0 and (tmp_path / "rep" / "summary.md").is_file()
+    # a run that did not finish (here: marked failed) is listed, not averaged with the finished ones
+    status = read_status(out)
+    status["grpo_epo/seed1"]["state"] = "failed"
+    (out / "status.json").write_text(json.dumps(status))
+    rep = runner.invoke(app, ["report", str(out), "--out", str(tmp_path / "rep2")])
+    assert (
+        rep.exit_code == 0
+        and "started, not finished): grpo_epo/seed1" in (tmp_path / "rep2" / "summary.md").read_text()
+    )
+    assert json.loads((tmp_path / "rep2" / "results.json").read_text())["summary"]["grpo_epo"]["iid/succ_max"]["n"] == 1
 
 
 def test_a_failing_run_is_reported_and_retried(tmp_path):

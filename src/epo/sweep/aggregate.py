@@ -20,6 +20,7 @@ from epo.report.data import RunData, load_run
 from epo.report.summary import run_summary
 from epo.sweep import plots
 from epo.sweep.grid import GRID_FILE
+from epo.sweep.runner import read_status
 from epo.sweep.stats import paired, summarize
 
 SEED_METRICS_DOC = {
@@ -36,14 +37,21 @@ SEED_METRICS_DOC = {
 
 
 def load_sweep(sweep_dir: Path) -> tuple[dict, dict[str, dict[int, RunData]]]:
-    """(grid dict, {method: {seed: RunData}}) of the runs that logged metrics."""
+    """(grid dict, {method: {seed: RunData}}) of the finished runs (status.json: done). A run that stopped early or
+    is still going has fewer evals and a different "last eval"; it is listed in grid["unfinished"], not averaged."""
     grid = yaml.safe_load((sweep_dir / GRID_FILE).read_text())
+    status = read_status(sweep_dir)
     runs: dict[str, dict[int, RunData]] = {}
+    grid["unfinished"] = []
     for method in grid["methods"]:
         for seed in grid["seeds"]:
-            path = sweep_dir / method / f"seed{seed}"
-            if (path / "metrics.jsonl").is_file():
-                runs.setdefault(method, {})[seed] = load_run(path, f"{method}/seed{seed}")
+            path, run_id = sweep_dir / method / f"seed{seed}", f"{method}/seed{seed}"
+            if not (path / "metrics.jsonl").is_file():
+                continue
+            if status.get(run_id, {}).get("state") == "done":
+                runs.setdefault(method, {})[seed] = load_run(path, run_id)
+            else:
+                grid["unfinished"].append(run_id)
     return grid, runs
 
 
@@ -68,7 +76,7 @@ def seed_numbers(run: RunData, splits: list[str]) -> dict[str, float | None]:
 def aggregate(sweep_dir: Path) -> dict[str, Any]:
     grid, runs = load_sweep(sweep_dir)
     if not runs:
-        raise ValueError(f"{sweep_dir}: no run has logged metrics yet")
+        raise ValueError(f"{sweep_dir}: no run has finished yet")
     splits = sorted({s for by_seed in runs.values() for r in by_seed.values() for s in r.eval_splits()})
     per_seed = {m: {s: seed_numbers(r, splits) for s, r in by_seed.items()} for m, by_seed in runs.items()}
     metrics = sorted({k for seeds in per_seed.values() for row in seeds.values() for k in row})
@@ -113,6 +121,8 @@ def render(agg: dict[str, Any], figures: list[str]) -> str:
         "",
         f"Base config `{grid['base']}`, common overrides `{' '.join(grid['overrides']) or '-'}`, "
         f"seeds {grid['seeds']}, baseline `{grid['baseline']}`.",
+        "",
+        f"Not aggregated (started, not finished): {', '.join(grid['unfinished']) or 'none'}.",
         "",
         "## Success (the paper's form): mean ± std over seeds, in %",
         "",
