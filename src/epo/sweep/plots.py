@@ -56,6 +56,8 @@ def _curves_figure(runs: Runs, panels: list[tuple[str, str]], path: Path) -> boo
             if not len(steps):
                 continue
             mean, lo, hi = mean_band(values)
+            if "success" in key:  # a rate: a t-band from 2-3 seeds can leave [0, 1]; the rate cannot
+                lo, hi = np.clip(lo, 0.0, 1.0), np.clip(hi, 0.0, 1.0)
             color = COLORS[j % len(COLORS)]
             ax.plot(
                 steps,
