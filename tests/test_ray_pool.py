@@ -6,6 +6,8 @@ truncated ("worker_crash") and is replaced; a hanging env times out ("timeout") 
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 ray = pytest.importorskip("ray", reason="Ray is an optional extra (pip install 'epo[ray]')")
@@ -67,12 +69,28 @@ def faulty_ray_pool():
     pool.close()
 
 
+def kill_and_wait(actor, timeout_s: float = 60.0) -> None:
+    """ray.kill only asks Ray to kill the actor: a call made right after it may still be served (a race seen in
+    CI). Wait until the actor refuses calls, so the pool's next step really meets a dead actor."""
+    ray.kill(actor)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            ray.get(actor.pid.remote(), timeout=10.0)
+        except ray.exceptions.RayActorError:
+            return
+        except ray.exceptions.GetTimeoutError:  # dying: ask again
+            pass
+        time.sleep(0.1)
+    raise AssertionError(f"the actor was still serving calls {timeout_s:.0f} s after ray.kill")
+
+
 def test_killed_actor_truncates_its_episodes_and_is_replaced(faulty_ray_pool):
     pool = faulty_ray_pool
     pool.reset(["t0", "t1", "t2", "t3"])  # actor 0: slots 0, 2; actor 1: slots 1, 3
     assert pool.step({0: "a", 1: "a"})[0][0] == "t0:a#1"  # mid-episode
     old_pid = pool.worker_pids()[0]
-    ray.kill(pool.actors()[0])
+    kill_and_wait(pool.actors()[0])
     outs = pool.step({0: "a", 1: "a"})
     check_truncated(outs[0], "worker_crash", "t0")
     assert outs[1][0] == "t1:a#2" and not outs[1][3]
@@ -93,7 +111,7 @@ def test_actor_killed_between_episodes_loses_no_reset(faulty_ray_pool):
     """A dead idle actor fails its reset, is replaced, and the reset is retried once on the new actor."""
     pool = faulty_ray_pool
     pool.reset(["t0", "t1"])
-    ray.kill(pool.actors()[0])
+    kill_and_wait(pool.actors()[0])
     outs = pool.reset(["t2", "t3"])
     assert len(outs) == 2
     assert pool.step({0: "a"})[0][0] == "t2:a#1"
