@@ -54,7 +54,12 @@ def run(kind: str, args, workdir: Path) -> dict:
     cli = ["-m", "epo.cli", "train", "--config", "quest_demo_cpu", "--run-dir", str(run_dir)]
     cli += overrides(args.steps, args.tasks, args.group, args.turns)
     if args.smoke:
-        cli += ["model.path=tiny", "model.trainable_layers=0", "agent.max_prompt_tokens=320", "rollout.max_new_tokens=4"]
+        cli += [
+            "model.path=tiny",
+            "model.trainable_layers=0",
+            "agent.max_prompt_tokens=320",
+            "rollout.max_new_tokens=4",
+        ]
     env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), HF_HUB_OFFLINE="1")
     if kind.startswith("2 processes"):
         torchrun = str(Path(sys.executable).with_name("torchrun"))

@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from common import DOC, machine_info, write_section
+from common import machine_info, publish
 from epo.envs import get_spec
 from epo.envs.pool import EnvPool
 
@@ -147,10 +147,7 @@ def main() -> None:
             )
         lines.append("")
     text = "\n".join(lines) + "\n"
-    print(text)
-    if not args.no_write:
-        write_section(SECTION, text[len(SECTION) :])
-        print(f"wrote the {SECTION!r} section of {DOC}")
+    publish(text, write=not args.no_write)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ import time
 
 import torch
 
-from common import machine_info, write_section
+from common import machine_info, publish
 from epo.config import load_config
 from epo.rollout.backend import HFBackend
 from epo.rollout.types import SamplingParams
@@ -94,9 +94,7 @@ def main() -> None:
         single_out = single.generate(first_prompts[:4], params)
         rows.append(("backend, batch size 1 (4 prompts)", time.perf_counter() - t0, sum(map(len, single_out)), 0))
     table = _table(rows, args, first_prompts)
-    print(table)
-    if args.write:
-        write_section(SECTION, table[len(SECTION) :])
+    publish(table, args.write)
 
 
 def _table(rows, args, prompts) -> str:

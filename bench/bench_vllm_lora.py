@@ -23,7 +23,7 @@ import time
 
 import torch
 
-from common import machine_info, write_section
+from common import machine_info, publish
 from epo.config import LoraConfig
 from epo.models import apply_lora, load_model_and_tokenizer, response_logprobs
 
@@ -196,10 +196,7 @@ def main() -> None:
         + ", ".join(f"{a[1][b] / m[1][b]:.2f}x the tokens/s at batch {b}" for b in batches)
         + ".",
     ]
-    text = "\n".join(lines)
-    print(text)
-    if args.write:
-        write_section(SECTION, text[len(SECTION) :])
+    publish("\n".join(lines), args.write)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ import time
 
 import torch
 
-from common import machine_info, write_section
+from common import machine_info, publish
 from epo.config import load_config
 from epo.rollout.backend import HFBackend
 from epo.rollout.types import SamplingParams
@@ -174,10 +174,7 @@ def main() -> None:
         lines += [f"Command: `python bench/bench_vllm_rollout.py --rl-step-only --rl-steps {args.rl_steps}"]
         lines[-1] += " --write` (in .venv-vllm); quest_demo_cpu without its warm start, steps interleaved."
         lines += ["", *rl_step_lines(rl_step_times(args.rl_steps))]
-        text = "\n".join(lines)
-        print(text)
-        if args.write:
-            write_section(RL_SECTION, text[len(RL_SECTION) :])
+        publish("\n".join(lines), args.write)
         return
     cfg = load_config("quest_demo_cpu", ["rollout.backend=vllm", "rollout.vllm_kv_cache_gb=1", *smoke])
     setup.set_threads()
@@ -229,10 +226,7 @@ def main() -> None:
     lines += [f"Weight push after a full-FT update of the demo's trainable blocks: {secs:.2f} s ({mb:.0f} MB).", ""]
     if args.rl_step:
         lines += rl_step_lines(rl_step_times(args.rl_steps))
-    text = "\n".join(lines)
-    print(text)
-    if args.write:
-        write_section(SECTION, text[len(SECTION) :])
+    publish("\n".join(lines), args.write)
 
 
 if __name__ == "__main__":

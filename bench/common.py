@@ -39,3 +39,12 @@ def write_section(section: str, body: str, path: Path = DOC) -> None:
         text = text[:start] + block + (text[end:] if end >= 0 else "")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text.rstrip("\n") + "\n")
+
+
+def publish(text: str, write: bool, path: Path = DOC) -> None:
+    """Print a result (its first line is the section's '## ' header) and, with write, make it that section."""
+    print(text, flush=True)
+    if write:
+        section, _, body = text.partition("\n")
+        write_section(section, body, path)
+        print(f"wrote the {section!r} section of {path}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 
 import pytest
 import torch
@@ -172,7 +173,8 @@ def diag_run(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("diag") / "run"
     trainer = Trainer(load_config(None, BASE + DIAG), run_dir, console=QUIET)
     trainer.train()
-    return run_dir
+    yield run_dir
+    shutil.rmtree(run_dir.parent, ignore_errors=True)  # checkpoints: CI machines have small disks
 
 
 def test_run_logs_action_entropy_and_entropy_change(diag_run):

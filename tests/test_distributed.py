@@ -1,30 +1,35 @@
 """Data parallel on torch.distributed (gloo, CPU, 2 real processes) equals one process with the same global batch.
 
-Both runs play the same episodes: generation goes through a backend whose response depends only on the prompt
-(sampled generation draws from per-rank RNG streams, so it cannot match a single process token for token); the
-episodes, GRPO groups and everything after them are the real code. After two RL steps the logged metrics (losses,
-grad norms, EPO terms, success rates), the last mini-batch's gradients, the weights and the EPO entropy history
-must agree to float tolerance, for GRPO+EPO and PPO+EPO. Rank 0's checkpoint of a 2-process run resumed on 1
-process and continued on 2 must give the same next-step metrics.
+The harness (dist_harness.py) makes both runs play the same episodes. After two RL steps the logged metrics
+(losses, grad norms, EPO terms, success rates), the last mini-batch's gradients, the weights and the EPO entropy
+history must agree to float tolerance, for GRPO+EPO and PPO+EPO. Rank 0's checkpoint of a 2-process run resumed
+on 1 process and continued on 2 must give the same next-step metrics.
 """
 
 from __future__ import annotations
 
-import math
 import os
-import socket
-import zlib
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 from rich.console import Console
 
+from dist_harness import (
+    RL_STEPS,
+    assert_same_metrics,
+    assert_same_result,
+    join_process_group,
+    one_and_two_processes,
+    resume_here,
+    run_on_two,
+    spawn,
+)
 from epo.config import load_config
 from epo.telemetry.metrics import read_metrics
 from epo.testing import tiny_run
-from epo.trainer import distributed, setup
+from epo.trainer import distributed
 from epo.trainer.distributed import shard_bounds
 from epo.trainer.trainer import Trainer
 
@@ -47,31 +52,6 @@ CASES = {
     "ppo_shared_epo": ["algo.name=ppo", "model.value_model=shared", "rollout.group_size=1", "epo.mode=on",
                        "train.mini_batch_size=64"],
 }  # fmt: skip
-RL_STEPS = 2  # run to step 2 (of 3) and stop with a checkpoint; the resume test plays step 3
-SKIP_KEYS = ("time/", "perf/")
-REPLIES = ["look</action>", "inventory</action>", "go north</action>", "open door</action>", "xyzzy"]
-
-
-class PromptHashBackend:
-    """Deterministic stand-in for sampling: the reply is a function of the prompt tokens only (crc32, not hash():
-    hash() is salted per process)."""
-
-    def __init__(self, tokenizer):
-        self.replies = [tokenizer.encode(r, add_special_tokens=False) for r in REPLIES]
-
-    def generate(self, prompts, params):
-        return [list(self.replies[zlib.crc32(str(p).encode()) % len(self.replies)]) for p in prompts]
-
-
-def _patch_backend(monkeypatch_setattr) -> None:
-    make = setup.make_collector
-
-    def make_collector(cfg, pool, model, tokenizer, console=None):
-        collector = make(cfg, pool, model, tokenizer, console)
-        collector.backend = PromptHashBackend(tokenizer)
-        return collector
-
-    monkeypatch_setattr(setup, "make_collector", make_collector)
 
 
 def _config(case: str):
@@ -90,79 +70,22 @@ def _run(case: str, run_dir: Path, resume: bool = False, stop_after: int | None 
     }
 
 
-def _worker(rank: int, world: int, port: int, out: str, jobs: list[tuple[str, str, bool]]) -> None:
-    os.environ.update(
-        RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
-    )
-    torch.set_num_threads(1)
-    _patch_backend(lambda obj, name, value: setattr(obj, name, value))
-    for case, run_dir, resume in jobs:
-        state = _run(case, Path(run_dir), resume=resume, stop_after=None if resume else RL_STEPS)
-        torch.save(state, Path(out) / f"{Path(run_dir).name}_rank{rank}.pt")
-    distributed.shutdown()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _spawn(world: int, out: Path, jobs: list[tuple[str, str, bool]]) -> None:
-    mp.start_processes(_worker, args=(world, _free_port(), str(out), jobs), nprocs=world, start_method="spawn")
-
-
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """Every case once on 1 process (here) and on 2 processes (one spawn for all cases: imports are the slow part)."""
+    """Every case once on 1 process and on 2 processes."""
     root = tmp_path_factory.mktemp("dist")
-    mp_ = pytest.MonkeyPatch()
-    _patch_backend(mp_.setattr)
-    try:
-        single = {case: _run(case, root / f"{case}_1p") for case in CASES}
-    finally:
-        mp_.undo()
-    _spawn(2, root, [(case, str(root / f"{case}_2p"), False) for case in CASES])
-    double = {case: torch.load(root / f"{case}_2p_rank0.pt") for case in CASES}
-    return root, single, double
-
-
-def _close(a: float, b: float) -> bool:
-    if isinstance(a, float) and math.isnan(a):
-        return isinstance(b, float) and math.isnan(b)
-    return math.isclose(a, b, rel_tol=1e-4, abs_tol=1e-6)
-
-
-def _assert_same_metrics(dir_a: Path, dir_b: Path, steps: list[int]) -> None:
-    rows_a = {r["step"]: r for r in read_metrics(dir_a) if "actor/pg_loss" in r}
-    rows_b = {r["step"]: r for r in read_metrics(dir_b) if "actor/pg_loss" in r}
-    assert sorted(rows_a) == sorted(rows_b) == steps
-    for step in steps:
-        a, b = rows_a[step], rows_b[step]
-        assert sorted(a) == sorted(b), f"step {step}: different metric keys"
-        for key in a:
-            if key.startswith(SKIP_KEYS):
-                continue
-            va, vb = a[key], b[key]
-            if isinstance(va, list):
-                assert len(va) == len(vb) and all(_close(x, y) for x, y in zip(va, vb)), (step, key, va, vb)
-            else:
-                assert _close(va, vb), (step, key, va, vb)
+    yield root, *one_and_two_processes(_run, root, sorted(CASES))
+    shutil.rmtree(root, ignore_errors=True)  # ~1 GB of checkpoints: CI machines have small disks
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_two_processes_equal_one(runs, case):
     root, single, double = runs
-    _assert_same_metrics(root / f"{case}_1p", root / f"{case}_2p", [1, 2])
-    one, two = single[case], double[case]
-    assert torch.allclose(one["grads"], two["grads"], rtol=1e-4, atol=1e-6), (one["grads"] - two["grads"]).abs().max()
-    assert torch.allclose(one["params"], two["params"], atol=1e-6)
-    assert one["history"]["num_updates"] == two["history"]["num_updates"] == RL_STEPS
-    for t, stat in one["history"]["stats"].items():
-        assert stat == pytest.approx(two["history"]["stats"][t], rel=1e-5), t
+    assert_same_metrics(root / f"{case}_1p", root / f"{case}_2p", [1, 2])
+    assert_same_result(single[case], double[case])
     # the two ranks hold identical weights (replicated data parallel), and the update moved them
     rank1 = torch.load(root / f"{case}_2p_rank1.pt")
-    assert torch.equal(two["params"], rank1["params"])
+    assert torch.equal(double[case]["params"], rank1["params"])
     # the rollout really was split: both ranks' episodes are in the global batch (4 tasks -> 2 per rank)
     rows = [r for r in read_metrics(root / f"{case}_2p") if "rollout/samples" in r]
     assert rows[0]["rollout/samples"] >= _config(case).rollout.tasks_per_step * _config(case).rollout.group_size
@@ -171,8 +94,6 @@ def test_two_processes_equal_one(runs, case):
 def test_resume_on_a_different_number_of_processes(runs, tmp_path):
     """The step-2 checkpoints of the 1- and 2-process GRPO+EPO runs, each continued to step 3 on 1 and on 2
     processes (2->1, 2->2, 1->2, 1->1): the same step-3 metrics every way."""
-    import shutil
-
     root, _, _ = runs
     case = "grpo_epo"
     dirs = {}
@@ -180,17 +101,11 @@ def test_resume_on_a_different_number_of_processes(runs, tmp_path):
         for dst in ("1p", "2p"):
             dirs[src, dst] = tmp_path / f"from{src}_on{dst}"
             shutil.copytree(root / f"{case}_{src}", dirs[src, dst])
-    mp_ = pytest.MonkeyPatch()
-    _patch_backend(mp_.setattr)
-    try:
-        for src in ("1p", "2p"):
-            _run(case, dirs[src, "1p"], resume=True, stop_after=None)
-    finally:
-        mp_.undo()
-    _spawn(2, tmp_path, [(case, str(dirs[src, "2p"]), True) for src in ("1p", "2p")])
+    resume_here(_run, case, [dirs[src, "1p"] for src in ("1p", "2p")])
+    run_on_two(_run, tmp_path, [(case, str(dirs[src, "2p"]), True) for src in ("1p", "2p")])
     reference = dirs["2p", "2p"]  # continuing the 2-process run as it was
     for run_dir in dirs.values():
-        _assert_same_metrics(reference, run_dir, [1, 2, 3])
+        assert_same_metrics(reference, run_dir, [1, 2, 3])
 
 
 def test_shard_bounds_cover_every_task_once():
@@ -220,9 +135,7 @@ def _collectives_worker(rank: int, world: int, port: int, root: str) -> None:
     from epo.trainer.rundir import owner_pid
     from epo.trainer.update import MetricMeans
 
-    os.environ.update(
-        RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
-    )
+    join_process_group(rank, world, port)
     distributed.init_from_env("cpu", timeout_s=120)  # a hang fails the test instead of blocking it
     new, taken = Path(root) / "new", Path(root) / "taken"
     # only rank 0 takes the lock (rank 1 would be refused by it); both enter the block once rank 0 owns the dir
@@ -260,5 +173,5 @@ def _collectives_worker(rank: int, world: int, port: int, root: str) -> None:
 def test_run_dir_faults_and_metrics_across_two_processes(tmp_path):
     (tmp_path / "taken").mkdir()
     (tmp_path / "taken" / "config.yaml").write_text("x: 1\n")  # a run is there
-    mp.start_processes(_collectives_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, start_method="spawn")
+    spawn(_collectives_worker, str(tmp_path))
     assert not (tmp_path / "taken" / ".lock").exists()  # refusing a dir never writes to it

@@ -224,6 +224,15 @@ def test_reference_mode_only_for_micro_batches_with_a_turn_at_least_25():
     assert late.item() == 1.0  # every token of the micro-batch (turn 0 included) is out of band
 
 
+def test_a_reference_run_too_short_for_its_smoothing_term_is_told_so():
+    """max_turns 25 -> turn indices 0..24: the gate (index >= 25) is never reached; 26 reaches it."""
+    from epo.algos.epo import reference_smoothing_note
+
+    assert "stay 0" in reference_smoothing_note("reference", 25)
+    assert reference_smoothing_note("reference", 26) is None
+    assert reference_smoothing_note("on", 10) is None
+
+
 def test_reference_sequence_mode_averages_over_padding():
     hist = EntropyHistory()
     hist.update({25: 1.0})

@@ -1,6 +1,6 @@
 """FSDP2 (train.parallel=fsdp2) on gloo, CPU, 2 real processes, equals one process with the same global batch.
 
-The harness of test_distributed.py (prompt-hash generation, so both runs play the same episodes): after two RL
+The harness of dist_harness.py (prompt-hash generation, so both runs play the same episodes): after two RL
 steps the logged metrics, the last mini-batch's gradients (gathered from FSDP's shards), the weights and the EPO
 history must agree to float tolerance, for GRPO+EPO, PPO+EPO (separate critic: sharded too) and GRPO+EPO with
 LoRA, a KL reference (the base model with the adapter disabled, sharded with the policy) and activation
@@ -11,20 +11,28 @@ resumed on 1 process, and the 1-process run's resumed on 2, give the same step-3
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 from rich.console import Console
 
+from dist_harness import (
+    RL_STEPS,
+    assert_same_metrics,
+    assert_same_result,
+    join_process_group,
+    one_and_two_processes,
+    resume_here,
+    run_on_two,
+    spawn,
+)
 from epo.config import load_config
 from epo.trainer import distributed
 from epo.trainer.checkpoint import latest_checkpoint, load_checkpoint
 from epo.trainer.trainer import Trainer
-from test_distributed import BASE, CASES, RL_STEPS, _assert_same_metrics, _free_port, _patch_backend
+from test_distributed import BASE, CASES
 
 FSDP_CASES = {
     "grpo_epo": CASES["grpo_epo"],
@@ -57,34 +65,11 @@ def _run(case: str, run_dir: Path, resume: bool = False, stop_after: int | None 
     }
 
 
-def _worker(rank: int, world: int, port: int, out: str, jobs: list[tuple[str, str, bool]]) -> None:
-    os.environ.update(
-        RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
-    )
-    torch.set_num_threads(1)
-    _patch_backend(lambda obj, name, value: setattr(obj, name, value))
-    for case, run_dir, resume in jobs:
-        state = _run(case, Path(run_dir), resume=resume, stop_after=None if resume else RL_STEPS)
-        torch.save(state, Path(out) / f"{Path(run_dir).name}_rank{rank}.pt")
-    distributed.shutdown()
-
-
-def _spawn(world: int, out: Path, jobs: list[tuple[str, str, bool]]) -> None:
-    mp.start_processes(_worker, args=(world, _free_port(), str(out), jobs), nprocs=world, start_method="spawn")
-
-
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("fsdp")
-    mp_ = pytest.MonkeyPatch()
-    _patch_backend(mp_.setattr)
-    try:
-        single = {case: _run(case, root / f"{case}_1p") for case in FSDP_CASES}
-    finally:
-        mp_.undo()
-    _spawn(2, root, [(case, str(root / f"{case}_2p"), False) for case in FSDP_CASES])
-    double = {case: torch.load(root / f"{case}_2p_rank0.pt") for case in FSDP_CASES}
-    return root, single, double
+    yield root, *one_and_two_processes(_run, root, sorted(FSDP_CASES))
+    shutil.rmtree(root, ignore_errors=True)  # ~1 GB of checkpoints: CI machines have small disks
 
 
 @pytest.mark.parametrize("case", sorted(FSDP_CASES))
@@ -94,13 +79,8 @@ def test_fsdp2_two_processes_equal_one(runs, case):
     assert two["sharded"] and not one["sharded"]  # really fully_shard on 2 ranks; 1 process has nothing to shard
     if "model.lora.enabled=true" in FSDP_CASES[case]:  # the KL reference: the sharded policy, adapters disabled
         assert two["reference_is_policy"]
-    _assert_same_metrics(root / f"{case}_1p", root / f"{case}_2p", [1, 2])
-    assert torch.allclose(one["grads"], two["grads"], rtol=1e-4, atol=1e-6), (one["grads"] - two["grads"]).abs().max()
-    assert one["grads"].abs().sum() > 0
-    assert torch.allclose(one["params"], two["params"], atol=1e-6)
-    assert one["history"]["num_updates"] == two["history"]["num_updates"] == RL_STEPS
-    for t, stat in one["history"]["stats"].items():
-        assert stat == pytest.approx(two["history"]["stats"][t], rel=1e-5), t
+    assert_same_metrics(root / f"{case}_1p", root / f"{case}_2p", [1, 2])
+    assert_same_result(one, two)
     # the checkpoints are sharded (DCP) and still hold consolidated weights for `--model`
     for n in ("1p", "2p"):
         ckpt = latest_checkpoint(root / f"{case}_{n}")
@@ -118,15 +98,10 @@ def test_fsdp2_resume_on_a_different_number_of_processes(runs, tmp_path):
     for src, dst in (("2p", "1p"), ("1p", "2p"), ("2p", "2p")):
         dirs[src, dst] = tmp_path / f"from{src}_on{dst}"
         shutil.copytree(root / f"{case}_{src}", dirs[src, dst])
-    mp_ = pytest.MonkeyPatch()
-    _patch_backend(mp_.setattr)
-    try:
-        _run(case, dirs["2p", "1p"], resume=True, stop_after=None)
-    finally:
-        mp_.undo()
-    _spawn(2, tmp_path, [(case, str(dirs[src, "2p"]), True) for src in ("1p", "2p")])
+    resume_here(_run, case, [dirs["2p", "1p"]])
+    run_on_two(_run, tmp_path, [(case, str(dirs[src, "2p"]), True) for src in ("1p", "2p")])
     for run_dir in dirs.values():
-        _assert_same_metrics(dirs["2p", "2p"], run_dir, [1, 2, 3])
+        assert_same_metrics(dirs["2p", "2p"], run_dir, [1, 2, 3])
     # the final export (rank 0, consolidated) loads as a plain model; so does a sharded checkpoint dir
     from epo.models import load_model_and_tokenizer
     from epo.trainer.checkpoint_model import load_checkpoint_model
@@ -149,15 +124,10 @@ def test_fsdp2_lora_resume_two_to_one(runs, tmp_path):
     adapters = {n: p for n, p in trainer.policy.named_parameters() if p.requires_grad}
     assert sorted(adapters) == sorted(saved) and all(torch.equal(p, saved[n]) for n, p in adapters.items())
     assert any(saved[n].abs().sum() > 0 for n in saved if "lora_B" in n)  # trained: not the fresh zero init
-    mp_ = pytest.MonkeyPatch()
-    _patch_backend(mp_.setattr)
-    try:
-        for src in ("1p", "2p"):
-            shutil.copytree(root / f"{case}_{src}", tmp_path / src)
-            _run(case, tmp_path / src, resume=True, stop_after=None)
-    finally:
-        mp_.undo()
-    _assert_same_metrics(tmp_path / "1p", tmp_path / "2p", [1, 2, 3])
+    for src in ("1p", "2p"):
+        shutil.copytree(root / f"{case}_{src}", tmp_path / src)
+    resume_here(_run, case, [tmp_path / "1p", tmp_path / "2p"])
+    assert_same_metrics(tmp_path / "1p", tmp_path / "2p", [1, 2, 3])
     from epo.models import load_model_and_tokenizer
 
     merged, _ = load_model_and_tokenizer(str(tmp_path / "2p" / "final"), dtype="float32", device="cpu")
@@ -168,8 +138,7 @@ def _bf16_worker(rank: int, world: int, port: int, out: str) -> None:
     from epo.models import build_tiny_model
     from epo.trainer import fsdp
 
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(1)
+    join_process_group(rank, world, port)
     distributed.init_from_env("cpu", timeout_s=120)
     torch.manual_seed(0)
     model = build_tiny_model().float()
@@ -191,7 +160,7 @@ def _bf16_worker(rank: int, world: int, port: int, out: str) -> None:
 def test_fsdp2_bf16_policy_gathers_bf16_keeps_fp32_master(tmp_path):
     """train.precision=bf16: blocks compute with bf16 all-gathered weights, while the sharded (master) weights and
     their reduced gradients stay fp32 (MixedPrecisionPolicy(param_dtype=bf16, reduce_dtype=fp32))."""
-    mp.start_processes(_bf16_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, start_method="spawn")
+    spawn(_bf16_worker, str(tmp_path))
     for rank in range(2):
         out = torch.load(tmp_path / f"bf16_rank{rank}.pt")
         assert out["gathered"] == [torch.bfloat16] and out["master"] == {torch.float32} and out["finite"]
@@ -205,8 +174,7 @@ def _generate_worker(rank: int, world: int, port: int, out: str) -> None:
     from epo.rollout.types import SamplingParams
     from epo.trainer import fsdp
 
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(1)
+    join_process_group(rank, world, port)
     distributed.init_from_env("cpu", timeout_s=120)
     torch.manual_seed(0)
     model = build_tiny_model().float()
@@ -232,7 +200,7 @@ def _generate_worker(rank: int, world: int, port: int, out: str) -> None:
 def test_fsdp2_generation_inside_gathered_on_one_rank(tmp_path):
     """HF generate (a different number of forwards per rank) runs on gathered weights without collectives: rank 0
     alone generates the same tokens as an unsharded copy."""
-    mp.start_processes(_generate_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, start_method="spawn")
+    spawn(_generate_worker, str(tmp_path))
     out = torch.load(tmp_path / "gen_rank0.pt")
     assert out["sharded"] == out["plain"] and len(out["sharded"][0]) == 6
     assert out["sharded_after"] and torch.load(tmp_path / "gen_rank1.pt")["sharded_after"]

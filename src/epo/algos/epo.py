@@ -294,6 +294,19 @@ def smoothing_penalty(
     return penalty, metrics
 
 
+def reference_smoothing_note(mode: str, max_turns: int) -> str | None:
+    """A line for the run's start when reference mode's smoothing term can never act: the released code applies
+    it only to micro-batches holding a 0-based turn index >= 25 (b), so episodes capped at <= 25 turns never reach
+    it and reference mode trains as GRPO/PPO + the entropy bonus alone (epo/smoothing_active stays 0)."""
+    if mode != "reference" or max_turns > REFERENCE_TURN_THRESHOLD:
+        return None
+    return (
+        f"epo.mode=reference: episodes end by turn {max_turns}, and the released code's smoothing term acts only "
+        f"from turn {REFERENCE_TURN_THRESHOLD + 1} on (turn index >= {REFERENCE_TURN_THRESHOLD}): it will stay 0 "
+        "in this run (epo/smoothing_active = 0); epo.mode=on has no such gate"
+    )
+
+
 def reference_smoothing_penalty(
     entropy: torch.Tensor,
     mask: torch.Tensor,

@@ -17,6 +17,7 @@ import torch
 from rich.console import Console
 
 from epo.algos import EntropyHistory, EntropyTrend
+from epo.algos.epo import reference_smoothing_note
 from epo.config import Config, save_config, to_yaml
 from epo.diagnostics import MonitorActions, StepDiagnostics, save_rollouts
 from epo.errors import ResumeConfigError
@@ -124,6 +125,8 @@ class Trainer:
             + ")"
         )
         setup.log_precision(self.console, cfg, self.device)
+        if note := reference_smoothing_note(cfg.epo.mode, setup.max_turns(cfg)):
+            self.console.print(f"[yellow]note:[/] {note}", highlight=False)
         with (
             setup.make_pool(cfg) as pool,
             (
@@ -219,7 +222,9 @@ class Trainer:
         )
         return metrics
 
-    def update_step(self, samples: list[TurnSample], cfg: Config) -> tuple[StepData, dict, dict[int, float], dict[int, float]]:
+    def update_step(
+        self, samples: list[TurnSample], cfg: Config
+    ) -> tuple[StepData, dict, dict[int, float], dict[int, float]]:
         """Step `self.step + 1`'s update on a rollout's turn samples (the policy in eval mode, as sampling leaves it).
         One order for training and `epo ablate`'s replay (diagnostics/ablate.py): score -> diagnostics before ->
         policy (and critic) update -> diagnostics after, the EPO history fed after the update. Returns (data,
