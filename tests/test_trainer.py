@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -101,3 +102,16 @@ def test_eval_at_start_off_evaluates_only_at_the_end(tmp_path):
     result = Trainer(cfg, tmp_path / "run", console=QUIET).train()
     assert sorted(result.evals) == [2]
     assert sorted(p.name for p in (tmp_path / "run" / "eval").iterdir()) == ["step_000002_iid.json"]
+
+
+def test_methods_sharing_a_seed_evaluate_the_same_episodes_at_step_0(tmp_path):
+    """The step-0 eval runs the same weights on the same tasks with its own sampling seed: a PPO run, whose value
+    head's initialisation draws from torch's generator first, samples exactly what a GRPO run samples. With the
+    eval on the global stream the two differed (the fast-tier grid's PPO warm start read 29/80 against 32/80)."""
+    evals = {}
+    for method in ("grpo", "ppo_shared_critic"):
+        cfg = load_config(None, BASE + METHODS[method] + ["train.total_steps=1", "train.eval_episodes=4"])
+        Trainer(cfg, tmp_path / method, console=QUIET).train()
+        result = json.loads((tmp_path / method / "eval" / "step_000000_iid.json").read_text())
+        evals[method] = {k: v for k, v in result.items() if k != "seconds"}
+    assert evals["grpo"] == evals["ppo_shared_critic"]

@@ -202,5 +202,5 @@ def test_without_full_data_epo_envs_says_where_to_get_it(tmp_path, monkeypatch):
 
 @pytest.mark.integration
 def test_passes_the_public_conformance_check(tmp_path):
-    report = check_env(SPEC, {"cache_dir": str(tmp_path)}, task_ids=[ONE_GAME])
+    report = check_env(SPEC, {"data_dir": str(FIXTURE), "cache_dir": str(tmp_path)}, task_ids=[ONE_GAME])
     assert report.expert_wins == report.expert_episodes == 1

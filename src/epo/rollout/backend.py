@@ -113,8 +113,9 @@ class HFBackend:
 
 
 def call_seed(backend, seed: int) -> int | None:
-    """`seed` for a backend with `per_call_seed` (a resumed run then samples what the continuous run sampled);
-    None for the others (HF: torch's global stream, which checkpoints save and restore; its results unchanged)."""
+    """A training rollout's seed: `seed` for a backend with `per_call_seed` (a resumed run then samples what the
+    continuous run sampled); None for the others (HF: torch's global stream, which checkpoints save and restore).
+    Evaluations always pass their own seed (rollout/evaluate.py)."""
     return seed if getattr(backend, "per_call_seed", False) else None
 
 

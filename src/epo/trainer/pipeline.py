@@ -11,7 +11,6 @@ from rich.table import Table
 
 from epo.config import Config, ConfigError, replace, save_config
 from epo.report.data import BEFORE_AFTER_FILE
-from epo.rollout.backend import call_seed
 from epo.rollout.evaluate import EvalResult, eval_task_ids, evaluate, gain_test
 from epo.trainer import distributed, setup
 from epo.trainer.checkpoint import list_checkpoints
@@ -162,7 +161,7 @@ def evaluate_policy(cfg: Config, splits: list[str], console: Console | None = No
         collector = setup.make_collector(cfg, pool, model, tokenizer, console)
         for split in splits:
             ids = eval_task_ids(all_splits[split], cfg.train.eval_episodes, seed=cfg.train.seed + 1)
-            seed = call_seed(collector.backend, cfg.train.seed + 1)  # vLLM: the same episodes on every run
+            seed = cfg.train.seed + 1  # own stream: see evaluate.py
             with torch.no_grad():
                 out[split] = evaluate(
                     collector, split, ids, cfg.train.eval_temperature, cfg.rollout.max_new_tokens, seed=seed

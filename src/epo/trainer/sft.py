@@ -28,7 +28,6 @@ from epo.config import Config, save_config, to_yaml
 from epo.errors import TrainingError
 from epo.models import merge_and_save, response_logprobs
 from epo.models.precision import autocast_for
-from epo.rollout.backend import call_seed
 from epo.rollout.evaluate import EvalResult, eval_task_ids, evaluate
 from epo.rollout.oracle import collect_oracle
 from epo.telemetry.metrics import truncate_after
@@ -145,7 +144,7 @@ def _eval_all(cfg: Config, collector, splits, console: Console, label: str) -> d
         return out
     for split in cfg.env.eval_splits:
         ids = eval_task_ids(splits[split], cfg.sft.eval_episodes, seed=cfg.train.seed + 1)
-        seed = call_seed(collector.backend, cfg.train.seed + 1)  # vLLM: the same episodes on every run
+        seed = cfg.train.seed + 1  # own stream: see evaluate.py
         with torch.no_grad():
             out[split] = evaluate(
                 collector, split, ids, cfg.train.eval_temperature, cfg.rollout.max_new_tokens, seed=seed

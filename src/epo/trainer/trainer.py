@@ -333,7 +333,7 @@ class Trainer:
         for split in cfg.env.eval_splits:
             progress.phase(f"eval {split}", collector.max_turns)
             ids = eval_task_ids(self.splits[split], cfg.train.eval_episodes, seed=cfg.train.seed + 1)
-            seed = call_seed(collector.backend, distributed.rollout_seed(cfg.train.seed + 1, self.step))
+            seed = distributed.rollout_seed(cfg.train.seed + 1, self.step)  # own stream: see evaluate.py
             with torch.no_grad():
                 res = evaluate(collector, split, ids, cfg.train.eval_temperature, cfg.rollout.max_new_tokens, seed=seed)
             out[split] = res
