@@ -98,7 +98,7 @@ def test_evaluate_summarises_with_wilson_interval(pool, tiny):
     cfg = AgentConfig(action_prefix=True, max_prompt_tokens=1024)
     collector = _expert_collector(pool, tiny[1], cfg)
     ids = eval_task_ids(get_spec("quest").splits(difficulty="easy")["iid"], 5)
-    res = evaluate(collector, "iid", ids, temperature=0.0, max_new_tokens=16, transcripts=2)
+    res = evaluate(collector, "iid", ids, temperature=0.0, max_new_tokens=16, transcripts=2, seed=0)
     assert res.episodes == 5 and res.success == 1.0
     assert (res.ci_low, res.ci_high) == pytest.approx(wilson_interval(5, 5))
     assert len(res.transcripts) == 2 and res.transcripts[0][0]["obs"]

@@ -115,7 +115,7 @@ class HFBackend:
 def call_seed(backend, seed: int) -> int | None:
     """A training rollout's seed: `seed` for a backend with `per_call_seed` (a resumed run then samples what the
     continuous run sampled); None for the others (HF: torch's global stream, which checkpoints save and restore).
-    Evaluations always pass their own seed (rollout/evaluate.py)."""
+    Evaluations always take their own seed (rollout/evaluate.py requires one)."""
     return seed if getattr(backend, "per_call_seed", False) else None
 
 

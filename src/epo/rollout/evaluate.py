@@ -149,13 +149,13 @@ def evaluate(
     temperature: float,
     max_new_tokens: int,
     transcripts: int = 3,
-    seed: int | None = None,
+    *,
+    seed: int,
 ) -> EvalResult:
-    """seed: the per-call seed of the generate calls (None: the backend's own stream).
-
-    Callers always pass one, on every backend: an eval then samples the same episodes whatever the run drew before
-    it (a value head's initialisation, another method's updates), so the evals of methods sharing a seed are paired
-    down to the sampling noise, and an eval leaves the training stream untouched (HF forks torch's generator)."""
+    """seed: the per-call seed of the generate calls, required on every backend. An eval then samples the same
+    episodes whatever the run drew before it (a value head's initialisation, another method's updates), so the
+    evals of methods sharing a seed are paired down to the sampling noise, and an eval leaves the training stream
+    untouched (HF forks torch's generator)."""
     params = SamplingParams(temperature=temperature, max_new_tokens=max_new_tokens, seed=seed)
     t0 = time.perf_counter()
     result = collector.collect(task_ids, group_size=1, params=params, record_transcripts=transcripts)
