@@ -5,16 +5,16 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import torch
 from rich.console import Console
 from rich.table import Table
 
 from epo.config import Config, ConfigError, replace, save_config
 from epo.report.data import BEFORE_AFTER_FILE
-from epo.rollout.evaluate import EvalResult, eval_task_ids, evaluate, gain_test
+from epo.rollout.evaluate import EvalResult, gain_test
 from epo.trainer import distributed, setup
 from epo.trainer.checkpoint import list_checkpoints
 from epo.trainer.rundir import CONFIG_FILE, resume_changes, saved_config
+from epo.trainer.split_eval import evaluate_splits
 from epo.trainer.trainer import Trainer, TrainResult, default_run_dir
 
 
@@ -156,16 +156,6 @@ def evaluate_policy(cfg: Config, splits: list[str], console: Console | None = No
     device = setup.pick_device(cfg.model.device)
     model, tokenizer = setup.load_policy(cfg, device, train=False)
     setup.log_precision(console, cfg, device)
-    out = {}
     with setup.make_pool(cfg) as pool:
         collector = setup.make_collector(cfg, pool, model, tokenizer, console)
-        for split in splits:
-            ids = eval_task_ids(all_splits[split], cfg.train.eval_episodes, seed=cfg.train.seed + 1)
-            seed = cfg.train.seed + 1  # own stream: see evaluate.py
-            with torch.no_grad():
-                out[split] = evaluate(
-                    collector, split, ids, cfg.train.eval_temperature, cfg.rollout.max_new_tokens, seed=seed
-                )
-            for fault in pool.drain_faults():  # episodes a crashed or hung env worker ended (counted as lost)
-                console.print(f"[yellow]env fault:[/] eval {split}: {fault.line()}", soft_wrap=True)
-    return out
+        return evaluate_splits(cfg, collector, all_splits, splits, cfg.train.eval_episodes, console, "eval")

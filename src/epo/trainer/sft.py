@@ -28,7 +28,7 @@ from epo.config import Config, save_config, to_yaml
 from epo.errors import TrainingError
 from epo.models import merge_and_save, response_logprobs
 from epo.models.precision import autocast_for
-from epo.rollout.evaluate import EvalResult, eval_task_ids, evaluate
+from epo.rollout.evaluate import EvalResult
 from epo.rollout.oracle import collect_oracle
 from epo.telemetry.metrics import truncate_after
 from epo.telemetry.progress import StepProgress
@@ -44,6 +44,7 @@ from epo.trainer.checkpoint import (
     save_checkpoint,
 )
 from epo.trainer.rundir import atomic_dir
+from epo.trainer.split_eval import evaluate_splits
 
 BEFORE_FILE = "sft_before.json"
 METRICS_FILE = "sft_metrics.jsonl"
@@ -96,6 +97,7 @@ def run_sft(
             sorted(splits[cfg.env.train_split]), min(cfg.sft.episodes, len(splits[cfg.env.train_split]))
         )
         t0 = time.perf_counter()
+        console.print(f"oracle: playing {len(ids)} expert episodes on {cfg.env.train_split} ...")
         samples, trajs = collect_oracle(pool, collector.prompts, tokenizer, ids, collector.max_turns)
         result.oracle_win_rate = sum(t.won for t in trajs) / max(len(trajs), 1)
         result.samples = len(samples)
@@ -139,18 +141,9 @@ def _before_eval(cfg: Config, collector, splits, console: Console, out: Path, re
 
 
 def _eval_all(cfg: Config, collector, splits, console: Console, label: str) -> dict[str, EvalResult]:
-    out = {}
     if cfg.sft.eval_episodes <= 0:
-        return out
-    for split in cfg.env.eval_splits:
-        ids = eval_task_ids(splits[split], cfg.sft.eval_episodes, seed=cfg.train.seed + 1)
-        seed = cfg.train.seed + 1  # own stream: see evaluate.py
-        with torch.no_grad():
-            out[split] = evaluate(
-                collector, split, ids, cfg.train.eval_temperature, cfg.rollout.max_new_tokens, seed=seed
-            )
-        console.print(f"  {label}: {out[split].line()}")
-    return out
+        return {}
+    return evaluate_splits(cfg, collector, splits, list(cfg.env.eval_splits), cfg.sft.eval_episodes, console, label)
 
 
 class _SFTLoop:
