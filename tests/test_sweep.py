@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from epo.cli import app
 from epo.config import ConfigError
 from epo.sweep import load_grid
-from epo.sweep.aggregate import comparisons
+from epo.sweep.aggregate import base_label, comparisons
 from epo.sweep.grid import parse_grid
 from epo.sweep.runner import prepare, read_status, run_env, run_sweep, train_command
 from epo.sweep.stats import paired, sign_flip_p, summarize
@@ -209,3 +209,12 @@ def test_a_sweep_dir_refuses_another_grid(tmp_path):
     prepare(load_grid(_grid_file(tmp_path)), out)  # the same grid again: fine (a resume)
     with pytest.raises(ConfigError, match="holds a different grid"):
         prepare(load_grid(_grid_file(tmp_path, seeds=[5])), out)
+
+
+def test_the_report_names_the_base_config_without_this_machines_folders(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "grids").mkdir()
+    assert base_label("/home/someone/repo/configs/quest_demo_cpu.yaml") == "quest_demo_cpu"  # a preset
+    assert base_label(str(tmp_path / "grids" / "mine.yaml")) == "grids/mine.yaml"  # under the working directory
+    assert base_label("/elsewhere/mine.yaml") == "mine.yaml"
+    assert base_label("quest_demo_cpu") == "quest_demo_cpu"

@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from epo.config import list_presets
 from epo.report.data import RunData, load_run
 from epo.report.summary import run_summary
 from epo.sweep import plots
@@ -114,12 +115,27 @@ def write_sweep_report(sweep_dir: str | Path, out_dir: str | Path | None = None)
     return path
 
 
+def base_label(base: str) -> str:
+    """The grid's base as a reader can use it: sweep.yaml stores an absolute path (grid files name theirs relative to
+    themselves), which names one machine's folders. A preset file shows as its preset name, a file under the working
+    directory relative to it, any other file by its name."""
+    path = Path(base)
+    if not path.is_absolute():
+        return base
+    if path.parent.name == "configs" and path.stem in list_presets():
+        return path.stem
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return path.name
+
+
 def render(agg: dict[str, Any], figures: list[str]) -> str:
     grid, splits, summary = agg["grid"], agg["splits"], agg["summary"]
     lines = [
         "# Sweep report",
         "",
-        f"Base config `{grid['base']}`, common overrides `{' '.join(grid['overrides']) or '-'}`, "
+        f"Base config `{base_label(grid['base'])}`, common overrides `{' '.join(grid['overrides']) or '-'}`, "
         f"seeds {grid['seeds']}, baseline `{grid['baseline']}`.",
         "",
         f"Not aggregated (started, not finished): {', '.join(grid['unfinished']) or 'none'}.",
