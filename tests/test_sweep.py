@@ -218,3 +218,25 @@ def test_the_report_names_the_base_config_without_this_machines_folders(tmp_path
     assert base_label(str(tmp_path / "grids" / "mine.yaml")) == "grids/mine.yaml"  # under the working directory
     assert base_label("/elsewhere/mine.yaml") == "mine.yaml"
     assert base_label("quest_demo_cpu") == "quest_demo_cpu"
+
+
+def test_two_sweeps_writing_one_dir_keep_each_others_status(tmp_path):
+    """`--methods a` and `--methods b` run at once into one SWEEP_DIR: each records its runs without dropping the
+    other's (each process started from the same empty status and never saw the other's entries)."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_record_many, args=(tmp_path, m)) for m in ("grpo", "grpo_epo")]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    assert all(p.exitcode == 0 for p in procs)
+    assert sorted(read_status(tmp_path)) == sorted(f"{m}/seed{s}" for m in ("grpo", "grpo_epo") for s in range(20))
+
+
+def _record_many(sweep_dir, method):
+    from epo.sweep.runner import _record_status
+
+    for seed in range(20):
+        _record_status(sweep_dir, f"{method}/seed{seed}", {"state": "done", "exit_code": 0, "seconds": 1.0})

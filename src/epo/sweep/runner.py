@@ -10,6 +10,7 @@ Each run's console output goes to SWEEP_DIR/<method>/seed<s>.log.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import subprocess
@@ -48,10 +49,16 @@ def read_status(sweep_dir: Path) -> dict[str, dict]:
     return data if isinstance(data, dict) else {}
 
 
-def _write_status(sweep_dir: Path, status: dict[str, dict]) -> None:
-    tmp = Path(sweep_dir) / f".{STATUS_FILE}.tmp"
-    tmp.write_text(json.dumps(status, indent=1, sort_keys=True))
-    os.replace(tmp, Path(sweep_dir) / STATUS_FILE)
+def _record_status(sweep_dir: Path, run_id: str, entry: dict) -> None:
+    """Add one run's entry to status.json: read, update, replace under an exclusive lock, so sweeps running other
+    parts of the grid into the same SWEEP_DIR (`--methods`) at the same time keep each other's entries."""
+    with open(Path(sweep_dir) / f".{STATUS_FILE}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        status = read_status(sweep_dir)
+        status[run_id] = entry
+        tmp = Path(sweep_dir) / f".{STATUS_FILE}.tmp"
+        tmp.write_text(json.dumps(status, indent=1, sort_keys=True))
+        os.replace(tmp, Path(sweep_dir) / STATUS_FILE)
 
 
 def prepare(grid: Grid, sweep_dir: Path) -> None:
@@ -110,12 +117,12 @@ def run_sweep(
     echo(f"sweep {sweep_dir}: {len(chosen) - len(pending)} done, {len(pending)} to run")
     todo = [(r, train_command(grid, r, sweep_dir), str(sweep_dir / r.method / f"seed{r.seed}.log")) for r in pending]
 
-    lock = threading.Lock()  # with jobs > 1, runs finish on several threads; status.json is written whole
+    lock = threading.Lock()  # with jobs > 1, runs finish on several threads
 
     def record(run: RunSpec, code: int, seconds: float) -> None:
         with lock:
             status[run.run_id] = {"state": "done" if code == 0 else "failed", "exit_code": code, "seconds": seconds}
-            _write_status(sweep_dir, status)
+            _record_status(sweep_dir, run.run_id, status[run.run_id])
             echo(f"{run.run_id}: {'done' if code == 0 else f'FAILED (exit {code})'} in {seconds:.0f} s")
 
     if ray:
