@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -240,3 +241,9 @@ def _record_many(sweep_dir, method):
 
     for seed in range(20):
         _record_status(sweep_dir, f"{method}/seed{seed}", {"state": "done", "exit_code": 0, "seconds": 1.0})
+
+
+@pytest.mark.parametrize("grid_file", sorted((Path(__file__).parents[1] / "experiments").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_grid_loads_with_valid_run_configs(grid_file):
+    grid = load_grid(grid_file, check_configs=True)  # every (method, seed) config is loaded and validated
+    assert grid.baseline in grid.methods and len(grid.runs()) == len(grid.methods) * len(grid.seeds)
