@@ -8,7 +8,7 @@ import random
 import pytest
 import torch
 
-from epo.algos.advantages import broadcast_to_tokens, gae_token, gae_turn, grpo_advantages, whiten
+from epo.algos.advantages import broadcast_to_tokens, gae_token, gae_turn, grpo_advantages, shaping_share, whiten
 
 
 def test_grpo_turn_stats_by_hand():
@@ -132,3 +132,19 @@ def test_whiten_by_hand():
     # mean 3, unbiased var (4 + 0 + 4) / 2 = 4 -> std 2
     assert whiten(x, mask).tolist()[0] == pytest.approx([-1.0, 0.0, 1.0, 0.0], abs=1e-6)
     assert whiten(x, mask, shift_mean=False).tolist()[0] == pytest.approx([2.0, 3.0, 4.0, 0.0], abs=1e-6)
+
+
+def test_shaping_share_counts_groups_with_one_outcome():
+    # group 0: a win (R=10) and a loss (R=0); group 1: two losses that differ only by an invalid-action penalty
+    returns = torch.tensor([10.0, 10.0, 0.0, 0.0, 0.0, 0.0, 0.0], dtype=torch.float64)
+    scores = torch.tensor([10.0, 10.0, 0.0, -0.1, 0.0, -0.1, 0.0])  # R + each turn's own shaping
+    groups, trajs = [0, 0, 0, 0, 1, 1, 1], [0, 0, 1, 1, 2, 2, 3]
+    adv = grpo_advantages(scores, groups, trajs, stats="turn")
+    by_hand = adv[4:].abs().sum() / adv.abs().sum()
+    assert shaping_share(adv, groups, returns) == pytest.approx(float(by_hand))
+    assert 0.2 < by_hand < 0.8  # the std-normalised penalty is as large as the win: the point of the metric
+    assert shaping_share(adv[:4], groups[:4], returns[:4]) == 0.0  # no one-outcome group
+    assert shaping_share(torch.zeros(3), [0, 0, 1], torch.zeros(3, dtype=torch.float64)) == 0.0  # no advantage
+    # R recovered as reward - shaping carries rounding: 9.9 - (-0.1) must still count as the same outcome as 10
+    near = torch.tensor([10.0, 9.9 + 0.1, 0.0], dtype=torch.float64)
+    assert shaping_share(torch.tensor([1.0, -1.0, 0.0]), [0, 0, 1], near) == 1.0

@@ -35,3 +35,16 @@ def test_aliases_map_other_names_to_the_key():
     run = RunData(Path("."), "old", records=[{"step": 1, "critic/explained_variance": 0.25}])
     steps, values = run.series("critic/explained_var")
     assert steps.tolist() == [1] and values.tolist() == [0.25]
+
+
+def test_group_outcomes_count_groups_that_all_lost_or_all_won():
+    def traj(i, group, won):
+        return Trajectory(i, group, str(group), "x", length=3, won=won, episode_return=10.0 * won)
+
+    trajs = [traj(0, 0, True), traj(1, 0, False), traj(2, 1, False), traj(3, 1, False), traj(4, 2, True)]
+    trajs += [traj(5, 3, True), traj(6, 3, True)]
+    metrics = _rollout_metrics(SimpleNamespace(trajectories=trajs, samples=[]))
+    # groups 0 (mixed), 1 (all lost), 3 (all won); group 2 has one trajectory and compares nothing
+    assert metrics["rollout/groups_all_lost"] == metrics["rollout/groups_all_won"] == 1 / 3
+    for key in ("rollout/groups_all_lost", "rollout/groups_all_won", "actor/adv_shaping_share"):
+        assert "GRPO" in _doc_row(key)

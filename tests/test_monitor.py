@@ -120,3 +120,17 @@ def test_config_validation_and_overrides():
         MonitorConfig(window=2)
     with pytest.raises(ValueError, match="total_steps"):
         CascadeMonitor(0)
+
+
+def test_shaping_signal_fires_when_most_advantage_comes_from_one_outcome_groups():
+    monitor = CascadeMonitor(30)  # window 6
+    shares = [0.1, 0.1, 0.1, 0.9, 0.9, 0.9, 0.9, 0.9, 0.9, 0.9, 0.9]  # mean of 6: 0.5 at step 6, 0.63 at step 7
+    fired = []
+    for step, share in enumerate(shares, start=1):
+        fired += monitor.update(step, {"epo/entropy_mean": 0.2, "actor/adv_shaping_share": share})
+    assert [(w.kind, w.step) for w in fired] == [("shaping_signal", 7)]  # then quiet
+    assert "invalid_penalty" in fired[0].message
+    assert CascadeMonitor(30).update(1, {"epo/entropy_mean": 0.2}) == []  # PPO logs no share: never fires
+    resumed = CascadeMonitor(30)
+    resumed.load_state_dict({k: v for k, v in monitor.state_dict().items() if k != "shaping"})  # older checkpoint
+    assert resumed.shaping == []

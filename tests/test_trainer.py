@@ -63,7 +63,10 @@ def test_two_rl_steps(method, tmp_path):
         if cfg.epo.mode != "off":
             assert math.isfinite(row["epo/P"]) and math.isfinite(row["epo/beta"])
         if cfg.algo.name == "ppo":
-            assert math.isfinite(row["critic/vf_loss"])
+            assert math.isfinite(row["critic/vf_loss"]) and "actor/adv_shaping_share" not in row
+        else:
+            assert 0.0 <= row["actor/adv_shaping_share"] <= 1.0
+        assert 0.0 <= row["rollout/groups_all_lost"] + row["rollout/groups_all_won"] <= 1.0
         if cfg.algo.kl_coef > 0:
             assert math.isfinite(row["actor/kl_ref"])
     if cfg.epo.mode == "on":  # H̄ holds past steps only: no history, no smoothing penalty at the first step

@@ -342,7 +342,7 @@ class DiagConfig:
     """What the cascade monitor does on a warning: none | checkpoint | stop (checkpoint, then end the run) |
     raise_entropy (multiply the active entropy coefficient by monitor_entropy_factor)."""
     monitor_on: list[str] = field(default_factory=lambda: ["early_collapse", "late_oscillation", "late_climb"])
-    """Warning kinds that trigger monitor_action."""
+    """Warning kinds that trigger monitor_action (early_collapse, late_oscillation, late_climb, shaping_signal)."""
     monitor_entropy_factor: float = 2.0
     """raise_entropy: factor applied to epo.entropy_coef (EPO on) or algo.entropy_coef, per triggering warning."""
 
@@ -580,7 +580,7 @@ def _check_vllm_sleep(cfg: Config) -> None:
 
 
 def _validate_diag(cfg: Config) -> None:
-    kinds = ("early_collapse", "late_oscillation", "late_climb")  # epo.telemetry.monitor.KINDS
+    kinds = ("early_collapse", "late_oscillation", "late_climb", "shaping_signal")  # epo.telemetry.monitor.KINDS
     bad = [k for k in cfg.diag.monitor_on if k not in kinds]
     if bad:
         raise ConfigError(f"diag.monitor_on: '{bad[0]}' is not one of {', '.join(kinds)}")

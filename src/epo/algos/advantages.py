@@ -81,6 +81,25 @@ def grpo_advantages(
     return adv.to(torch.float32)
 
 
+def shaping_share(advantages: torch.Tensor, group_ids: Ids, returns: torch.Tensor) -> float:
+    """Share of the total |advantage| of a GRPO step carried by groups whose episodes all had the same return R.
+
+    advantages [N], returns [N]: each turn sample's advantage and its episode's return R (without shaping).
+    In a group that all lost (or all won) GRPO compares only the per-turn shaping (invalid penalty, format bonus),
+    and dividing by the group's small std scales those differences up to the size of a win's advantage: a share
+    near 1 means the step trains the policy on the shaping, not on winning (docs/RESULTS.md, Experiment 3).
+    0 when no sample has a non-zero advantage.
+    """
+    group = as_index(group_ids).to(returns.device)
+    n_groups = int(group.max()) + 1 if group.numel() else 0
+    high = returns.new_full((n_groups,), -float("inf")).scatter_reduce(0, group, returns, "amax")
+    low = returns.new_full((n_groups,), float("inf")).scatter_reduce(0, group, returns, "amin")
+    uniform = ((high - low) <= 1e-6 * high.abs().clamp(min=1.0))[group]  # [N]: one outcome (R rounds)
+    size = advantages.abs().to(torch.float64)
+    total = float(size.sum())
+    return float(size[uniform].sum()) / total if total > 0 else 0.0
+
+
 def broadcast_to_tokens(per_sample: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """[B] -> [B, T]: the sample's value on its response tokens, 0 on padding."""
     return per_sample.to(mask.dtype).unsqueeze(-1) * mask

@@ -6,7 +6,9 @@ The EPO paper describes two phases of failure in multi-turn sparse-reward RL:
 
 `CascadeMonitor.update(step, metrics)` reads "epo/entropy_mean" and "rollout/success_rate" of each RL step
 (the signed step-to-step change ΔH is computed from the entropy series; "epo/entropy_delta" is its absolute value)
-and returns new warnings of three kinds: "early_collapse", "late_oscillation", "late_climb". Each kind fires on the
+and returns new warnings of three kinds: "early_collapse", "late_oscillation", "late_climb". A fourth,
+"shaping_signal", reads GRPO's "actor/adv_shaping_share": most of the advantage comes from groups whose episodes all
+had the same outcome, so the policy is trained on the per-turn shaping, not on winning. Each kind fires on the
 step its condition becomes true and stays quiet until the condition has been false for `rearm_steps` steps.
 Thresholds: `MonitorConfig` (documented again in docs/METRICS.md).
 """
@@ -19,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-KINDS = ("early_collapse", "late_oscillation", "late_climb")
+KINDS = ("early_collapse", "late_oscillation", "late_climb", "shaping_signal")
 
 
 @dataclass
@@ -44,6 +46,8 @@ class MonitorConfig:
     climb_ratio: float = 0.2
     """Late climb: the least-squares line through the window's entropy rises by > climb_ratio × its start value
     (checked only while no oscillation is detected)."""
+    shaping_share_above: float = 0.5
+    """Shaping signal (GRPO): the mean of actor/adv_shaping_share over the trailing window exceeds this."""
     rearm_steps: int = 5
     """After firing, a kind fires again only once its condition was false for this many consecutive steps."""
 
@@ -84,6 +88,7 @@ class CascadeMonitor:
         self.initial_entropy: float | None = None
         self.entropy: list[float] = []  # trailing, at most max(window, baseline_steps) values
         self.success: list[float] = []  # trailing, at most baseline_steps values
+        self.shaping: list[float] = []  # trailing, at most window values of actor/adv_shaping_share
         self.quiet_steps = {k: self.cfg.rearm_steps for k in KINDS}  # consecutive steps with the condition false
 
     # ------------------------------------------------------------------ update
@@ -94,12 +99,17 @@ class CascadeMonitor:
         s = _finite(metrics.get("rollout/success_rate"))
         if s is not None:
             self.success = (self.success + [s])[-self.cfg.baseline_steps :]
+        a = _finite(metrics.get("actor/adv_shaping_share"))
+        if a is not None:
+            self.shaping = (self.shaping + [a])[-self.window :]
+        shaping = self._debounce("shaping_signal", step, self._shaping_signal(step))
+        found_shaping = [shaping] if shaping is not None else []
         if h is None:
-            return []
+            return found_shaping
         self.entropy = (self.entropy + [h])[-max(self.window, self.cfg.baseline_steps) :]
         if self.initial_entropy is None and len(self.entropy) == self.cfg.baseline_steps:
             self.initial_entropy = float(np.mean(self.entropy))
-            return []
+            return found_shaping
         oscillation = self._late_oscillation(step)
         found = {
             "early_collapse": self._early_collapse(step, h),
@@ -107,7 +117,7 @@ class CascadeMonitor:
             # A zig-zag can fake a trend in a short window: while thrashing, only the oscillation is reported.
             "late_climb": None if oscillation else self._late_climb(step),
         }
-        return [w for kind, msg in found.items() if (w := self._debounce(kind, step, msg)) is not None]
+        return [w for kind, msg in found.items() if (w := self._debounce(kind, step, msg)) is not None] + found_shaping
 
     def _debounce(self, kind: str, step: int, message: str | None) -> MonitorWarning | None:
         if message is None:
@@ -166,6 +176,21 @@ class CascadeMonitor:
             f"(threshold {self.cfg.climb_ratio:.0%}), a sign of late-phase instability (check lr, KL, clip fraction)"
         )
 
+    def _shaping_signal(self, step: int) -> str | None:
+        if len(self.shaping) < self.window:
+            return None
+        share = float(np.mean(self.shaping))
+        if share <= self.cfg.shaping_share_above:
+            return None
+        return (
+            f"shaping-driven updates at step {step}: {share:.0%} of GRPO's advantage over the last {self.window} steps "
+            f"came from groups whose episodes all had the same outcome (threshold {self.cfg.shaping_share_above:.0%}). "
+            "There only the per-turn shaping (invalid penalty, format bonus) differs, and dividing by the group's "
+            "small std makes it as large as a win's signal: the policy is trained to avoid invalid actions, not to win "
+            "(see rollout/groups_all_lost; options: agent.invalid_penalty=0, algo.grpo_norm_std=false, larger "
+            "rollout.group_size; docs/RESULTS.md Experiment 3)"
+        )
+
     # ------------------------------------------------------------------ checkpointing
 
     def state_dict(self) -> dict[str, Any]:
@@ -173,6 +198,7 @@ class CascadeMonitor:
             "initial_entropy": self.initial_entropy,
             "entropy": list(self.entropy),
             "success": list(self.success),
+            "shaping": list(self.shaping),
             "quiet_steps": dict(self.quiet_steps),
         }
 
@@ -180,6 +206,7 @@ class CascadeMonitor:
         self.initial_entropy = state["initial_entropy"]
         self.entropy = [float(x) for x in state["entropy"]]
         self.success = [float(x) for x in state["success"]]
+        self.shaping = [float(x) for x in state.get("shaping", [])]  # absent in checkpoints before this warning
         self.quiet_steps = {k: int(state["quiet_steps"].get(k, self.cfg.rearm_steps)) for k in KINDS}
 
 

@@ -17,6 +17,7 @@ import torch
 from rich.console import Console
 
 from epo.algos import EntropyHistory, EntropyTrend
+from epo.algos.advantages import shaping_share
 from epo.algos.epo import reference_smoothing_note
 from epo.config import Config, save_config, to_yaml
 from epo.diagnostics import MonitorActions, StepDiagnostics, save_rollouts
@@ -257,6 +258,8 @@ class Trainer:
                 )
             self.critic_scheduler.step()
         metrics.update(self.diagnostics.after_update(self.policy, data))
+        if cfg.algo.name == "grpo":
+            metrics["actor/adv_shaping_share"] = _shaping_share(data)
         if not history_first:
             turn_entropy = self._update_history(data)
         return data, metrics, turn_entropy, hbar
@@ -473,6 +476,27 @@ def _mean_entropy(data: StepData) -> float:
     return total / max(count, 1)
 
 
+def _shaping_share(data: StepData) -> float:
+    """actor/adv_shaping_share: how much of this GRPO step's advantage comes from groups with one outcome."""
+    adv = torch.tensor([float(a[0]) if len(a) else 0.0 for a in data.advantages])  # [N] one value per turn sample
+    returns = torch.tensor([s.reward - s.shaping for s in data.samples], dtype=torch.float64)  # [N] episode R
+    return shaping_share(adv, [s.group_id for s in data.samples], returns)
+
+
+def _group_outcomes(trajs) -> dict[str, float]:
+    """Fractions of this step's groups (2+ trajectories of one task) whose trajectories all lost / all won: GRPO
+    learns nothing about winning from either (their outcome advantages are 0)."""
+    groups: dict[int, list[bool]] = {}
+    for t in trajs:
+        groups.setdefault(t.group_id, []).append(bool(t.won))
+    compared = [won for won in groups.values() if len(won) > 1]
+    n = max(len(compared), 1)
+    return {
+        "rollout/groups_all_lost": sum(not any(w) for w in compared) / n,
+        "rollout/groups_all_won": sum(all(w) for w in compared) / n,
+    }
+
+
 def _rollout_metrics(rollout) -> dict[str, float]:
     trajs = rollout.trajectories
     n = max(len(trajs), 1)
@@ -483,6 +507,7 @@ def _rollout_metrics(rollout) -> dict[str, float]:
         "rollout/episode_len": sum(t.length for t in trajs) / n,
         "rollout/invalid_rate": sum(t.invalid_turns for t in trajs) / turns,
         "rollout/truncated_rate": turn_limit_rate(trajs),
+        **_group_outcomes(trajs),
         "rollout/samples": float(len(rollout.samples)),
         **fault_metrics(trajs),
     }
