@@ -11,6 +11,15 @@ from epo.rollout.evaluate import EvalResult, eval_task_ids, evaluate
 from epo.telemetry.progress import StepProgress
 
 
+def evaluate_split(cfg: Config, collector, split: str, task_ids: list[str], episodes: int, seed: int) -> EvalResult:
+    """`episodes` of one split, drawn from its `task_ids` with the eval seed train.seed + 1 and sampled with `seed`
+    (the eval's own stream, see rollout/evaluate.py); the one per-split eval of `epo eval`, the warm start and the
+    RL loop's periodic evals."""
+    ids = eval_task_ids(task_ids, episodes, seed=cfg.train.seed + 1)
+    with torch.no_grad():
+        return evaluate(collector, split, ids, cfg.train.eval_temperature, cfg.rollout.max_new_tokens, seed=seed)
+
+
 def evaluate_splits(
     cfg: Config,
     collector,
@@ -28,16 +37,7 @@ def evaluate_splits(
         try:
             for split in names:
                 progress.phase(f"eval {split}", collector.max_turns)
-                ids = eval_task_ids(split_ids[split], episodes, seed=cfg.train.seed + 1)
-                with torch.no_grad():
-                    out[split] = evaluate(
-                        collector,
-                        split,
-                        ids,
-                        cfg.train.eval_temperature,
-                        cfg.rollout.max_new_tokens,
-                        seed=cfg.train.seed + 1,
-                    )
+                out[split] = evaluate_split(cfg, collector, split, split_ids[split], episodes, cfg.train.seed + 1)
                 for fault in collector.pool.drain_faults():  # episodes a crashed or hung env worker ended (lost)
                     console.print(f"[yellow]env fault:[/] {label} {split}: {fault.line()}", soft_wrap=True)
                 progress.step_done(f"  {label}: {out[split].line()}")

@@ -24,7 +24,7 @@ from epo.diagnostics import MonitorActions, StepDiagnostics, save_rollouts
 from epo.errors import ResumeConfigError
 from epo.models import SharedValueHead, merge_and_save
 from epo.rollout.backend import call_seed
-from epo.rollout.evaluate import EvalResult, eval_task_ids, evaluate
+from epo.rollout.evaluate import EvalResult
 from epo.rollout.types import SamplingParams, TurnSample
 from epo.telemetry.faults import EnvBatchFailed, FaultLog, collect_with_retries, fault_metrics, turn_limit_rate
 from epo.telemetry.metrics import MetricsLogger, summary_line
@@ -42,6 +42,7 @@ from epo.trainer.checkpoint import (
     save_checkpoint,
 )
 from epo.trainer.rundir import apply_optim_overrides, atomic_dir, log_resume, resume_changes, saved_config
+from epo.trainer.split_eval import evaluate_split
 from epo.trainer.update import StepData, prepare_step, update_critic, update_policy
 
 
@@ -335,11 +336,8 @@ class Trainer:
         out = {}
         for split in cfg.env.eval_splits:
             progress.phase(f"eval {split}", collector.max_turns)
-            ids = eval_task_ids(self.splits[split], cfg.train.eval_episodes, seed=cfg.train.seed + 1)
             seed = distributed.rollout_seed(cfg.train.seed + 1, self.step)  # own stream: see evaluate.py
-            with torch.no_grad():
-                res = evaluate(collector, split, ids, cfg.train.eval_temperature, cfg.rollout.max_new_tokens, seed=seed)
-            out[split] = res
+            out[split] = res = evaluate_split(cfg, collector, split, self.splits[split], cfg.train.eval_episodes, seed)
             if self.faults is not None:
                 self.faults.record(self.step, f"eval {split}", collector.pool.drain_faults())
             eval_dir = self.run_dir / "eval"
