@@ -44,7 +44,7 @@ from epo.trainer.checkpoint import (
     save_checkpoint,
 )
 from epo.trainer.rundir import atomic_dir
-from epo.trainer.split_eval import evaluate_splits
+from epo.trainer.split_eval import EvalStopped, evaluate_splits
 
 BEFORE_FILE = "sft_before.json"
 METRICS_FILE = "sft_metrics.jsonl"
@@ -89,7 +89,7 @@ def run_sft(
     result = SFTResult(out, out / "export")
     with GracefulExit(console.print) as stop, setup.make_pool(cfg) as pool:
         collector = setup.make_collector(cfg, pool, model, tokenizer, console)
-        result.before = _before_eval(cfg, collector, splits, console, out, resume)
+        result.before = _before_eval(cfg, collector, splits, console, out, resume, stop)
         if stop.requested:  # nothing trained yet: a resume starts training from scratch (the eval is kept)
             result.interrupted, result.stop_signal = True, stop.signal_name
             return result
@@ -130,20 +130,28 @@ def run_sft(
     return result
 
 
-def _before_eval(cfg: Config, collector, splits, console: Console, out: Path, resume: bool) -> dict[str, EvalResult]:
-    """The zero-shot eval, saved to OUT/sft_before.json so a resumed warm start does not repeat it."""
+def _before_eval(
+    cfg: Config, collector, splits, console: Console, out: Path, resume: bool, stop: GracefulExit
+) -> dict[str, EvalResult]:
+    """The zero-shot eval, saved to OUT/sft_before.json so a resumed warm start does not repeat it. A stop signal
+    abandons it at once (nothing is trained yet, so nothing is lost but the eval, which a resume runs again)."""
     path = out / BEFORE_FILE
     if resume and path.is_file():
         return {split: EvalResult(**res) for split, res in json.loads(path.read_text()).items()}
-    before = _eval_all(cfg, collector, splits, console, "before SFT")
+    try:
+        before = _eval_all(cfg, collector, splits, console, "before SFT", stop)
+    except EvalStopped as e:
+        console.print(f"{e}: nothing kept, a resume runs this eval again")
+        return {}
     path.write_text(json.dumps({split: asdict(res) for split, res in before.items()}))
     return before
 
 
-def _eval_all(cfg: Config, collector, splits, console: Console, label: str) -> dict[str, EvalResult]:
+def _eval_all(cfg: Config, collector, splits, console: Console, label: str, stop=None) -> dict[str, EvalResult]:
     if cfg.sft.eval_episodes <= 0:
         return {}
-    return evaluate_splits(cfg, collector, splits, list(cfg.env.eval_splits), cfg.sft.eval_episodes, console, label)
+    names = list(cfg.env.eval_splits)
+    return evaluate_splits(cfg, collector, splits, names, cfg.sft.eval_episodes, console, label, stop)
 
 
 class _SFTLoop:

@@ -11,6 +11,26 @@ from epo.rollout.evaluate import EvalResult, eval_task_ids, evaluate
 from epo.telemetry.progress import StepProgress
 
 
+class EvalStopped(Exception):
+    """A stop signal (Ctrl-C, SIGTERM) arrived during an eval that is cheaper to run again than to wait for: the
+    eval was abandoned after the current turn and nothing of it was kept."""
+
+
+def stop_checking(on_turn, stop, what: str):
+    """Wrap a collector's per-turn callback so that a requested stop (a GracefulExit) abandons the eval after this
+    turn, with no env request in flight. stop=None: on_turn unchanged."""
+    if stop is None:
+        return on_turn
+
+    def checked(turn: int, active: int) -> None:
+        if on_turn is not None:
+            on_turn(turn, active)
+        if stop.requested:
+            raise EvalStopped(f"{what} stopped at turn {turn + 1}")
+
+    return checked
+
+
 def evaluate_split(cfg: Config, collector, split: str, task_ids: list[str], episodes: int, seed: int) -> EvalResult:
     """`episodes` of one split, drawn from its `task_ids` with the eval seed train.seed + 1 and sampled with `seed`
     (the eval's own stream, see rollout/evaluate.py); the one per-split eval of `epo eval`, the warm start and the
@@ -28,14 +48,16 @@ def evaluate_splits(
     episodes: int,
     console: Console,
     label: str,
+    stop=None,
 ) -> dict[str, EvalResult]:
     """`episodes` of each split in `names` (task ids from `split_ids`), sampled with the eval seed train.seed + 1 (its
-    own stream: see rollout/evaluate.py). Each result is printed as '  LABEL: <split line>'."""
+    own stream: see rollout/evaluate.py). Each result is printed as '  LABEL: <split line>'. stop: a GracefulExit
+    whose signal abandons the eval after the current turn (raises EvalStopped)."""
     out: dict[str, EvalResult] = {}
     with StepProgress(console, len(names), label=label) as progress:
-        collector.on_turn = progress.turn
         try:
             for split in names:
+                collector.on_turn = stop_checking(progress.turn, stop, f"{label} {split}")
                 progress.phase(f"eval {split}", collector.max_turns)
                 out[split] = evaluate_split(cfg, collector, split, split_ids[split], episodes, cfg.train.seed + 1)
                 for fault in collector.pool.drain_faults():  # episodes a crashed or hung env worker ended (lost)

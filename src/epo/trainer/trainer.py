@@ -42,7 +42,7 @@ from epo.trainer.checkpoint import (
     save_checkpoint,
 )
 from epo.trainer.rundir import apply_optim_overrides, atomic_dir, log_resume, resume_changes, saved_config
-from epo.trainer.split_eval import evaluate_split
+from epo.trainer.split_eval import EvalStopped, evaluate_split, stop_checking
 from epo.trainer.update import StepData, prepare_step, update_critic, update_policy
 
 
@@ -142,10 +142,15 @@ class Trainer:
             collector = setup.make_collector(cfg, pool, self.policy, self.tokenizer, self.console)
             collector.on_turn = progress.turn
             self.faults = FaultLog(self.run_dir, self.console.print, resume_step) if main else None
+            stopped = False
             if self.step == 0 and cfg.train.eval_at_start and (main or self.sharded):
                 with fsdp.gathered(self.policy):  # FSDP2: whole weights, so rank 0 evaluates without collectives
-                    result.evals[0] = self._evaluate(collector, progress, logger) if main else {}
-            while self.step < cfg.train.total_steps:
+                    evals, stopped = self._first_eval(collector, progress, logger, stop) if main else ({}, False)
+                if stopped:  # nothing trained and no checkpoint: a resume starts again from step 0
+                    result.interrupted, result.stop_signal = True, stop.signal_name
+                else:
+                    result.evals[0] = evals
+            while not stopped and self.step < cfg.train.total_steps:
                 metrics = self._rl_step(collector, progress)
                 self.step += 1
                 if self._eval_due() and (main or self.sharded):  # evaluation runs on rank 0 only
@@ -330,6 +335,21 @@ class Trainer:
     def _eval_due(self) -> bool:
         k = self.cfg.train.eval_every
         return self.step == self.cfg.train.total_steps or (k > 0 and self.step % k == 0)
+
+    def _first_eval(self, collector, progress, logger, stop) -> tuple[dict[str, EvalResult], bool]:
+        """The step-0 eval; a stop signal abandons it after the current turn (one process only: under torchrun
+        the other ranks would wait in the first step's collectives). Returns (results, stopped)."""
+        if self.dist.enabled:
+            return self._evaluate(collector, progress, logger), False
+        on_turn = collector.on_turn
+        collector.on_turn = stop_checking(on_turn, stop, "eval at step 0")
+        try:
+            return self._evaluate(collector, progress, logger), False
+        except EvalStopped as e:
+            self.console.print(f"{e}: nothing kept, no checkpoint (nothing trained yet); a resume starts at step 0")
+            return {}, True
+        finally:
+            collector.on_turn = on_turn
 
     def _evaluate(self, collector, progress, logger) -> dict[str, EvalResult]:
         cfg = self.cfg

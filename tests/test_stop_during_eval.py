@@ -1,0 +1,63 @@
+"""Ctrl-C/SIGTERM during an eval that nothing depends on yet (the warm start's zero-shot eval, RL's step-0 eval)
+abandons it after the current turn instead of waiting for it (15+ min on ALFWorld), and a resume runs it again."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+from rich.console import Console
+from typer.testing import CliRunner
+
+from epo.cli import app
+from epo.config import load_config
+from epo.telemetry.metrics import read_metrics
+from epo.telemetry.progress import StepProgress
+from epo.testing import tiny_run
+from epo.trainer import sft
+from epo.trainer.checkpoint import list_checkpoints
+from epo.trainer.trainer import Trainer
+
+QUIET = Console(quiet=True)
+
+
+def _sigterm_at_first_turn(monkeypatch) -> list[int]:
+    """SIGTERM this process when the first eval turn reports progress; returns the list of turns reported."""
+    turns, original = [], StepProgress.turn
+
+    def turn_then_signal(self, turn, active):
+        turns.append(turn)
+        if len(turns) == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return original(self, turn, active)
+
+    monkeypatch.setattr(StepProgress, "turn", turn_then_signal)
+    return turns
+
+
+def test_stop_during_the_zero_shot_eval_abandons_it_and_a_resume_runs_it(monkeypatch, tmp_path):
+    cfg = load_config(None, tiny_run("env.max_turns=15", "sft.episodes=2", "sft.epochs=1", "sft.eval_episodes=2"))
+    turns = _sigterm_at_first_turn(monkeypatch)
+    part = sft.run_sft(cfg, tmp_path / "sft", console=QUIET)
+    assert part.interrupted and part.stop_signal == "SIGTERM" and part.before == {}
+    assert turns == [0]  # one turn of 15 (an eval of 2 episodes x 2 splits), then it stopped
+    assert not (tmp_path / "sft" / sft.BEFORE_FILE).exists() and not list_checkpoints(tmp_path / "sft")
+    monkeypatch.undo()
+    resumed = sft.run_sft(cfg, tmp_path / "sft", console=QUIET, resume=True)
+    assert not resumed.interrupted and resumed.before["iid"].episodes == 2  # the eval ran again, whole
+    assert (tmp_path / "sft" / sft.BEFORE_FILE).is_file() and (tmp_path / "sft" / "export").is_dir()
+
+
+def test_stop_during_the_step_0_eval_ends_the_run_before_training_and_resume_starts_over(monkeypatch, tmp_path):
+    run = tmp_path / "run"
+    overrides = tiny_run("train.total_steps=1", "train.eval_at_start=true", "train.eval_episodes=2")
+    turns = _sigterm_at_first_turn(monkeypatch)
+    result = Trainer(load_config(None, overrides), run, console=QUIET).train()
+    assert result.interrupted and result.steps_done == 0 and result.evals == {} and len(turns) == 1
+    assert not list_checkpoints(run) and read_metrics(run) == []  # nothing trained, nothing logged
+    monkeypatch.undo()
+    out = CliRunner().invoke(app, ["train", "--resume", str(run)])
+    assert out.exit_code == 0, out.output
+    rows = read_metrics(run)
+    assert [r["step"] for r in rows if "eval/iid/success" in r] == [0, 1]  # step 0 evaluated once, at the resume
+    assert [r["step"] for r in rows if "rollout/samples" in r] == [1]
