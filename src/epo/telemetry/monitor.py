@@ -160,7 +160,9 @@ class CascadeMonitor:
         return (
             f"late entropy oscillation at step {step}: std of step-to-step entropy change is {ratio:.0%} of the mean "
             f"entropy over the last {self.window} steps (threshold {self.cfg.oscillation_ratio:.0%}), sign flips "
-            f"{flips:.0%}; training is thrashing (EPO's entropy smoothing targets this: epo.mode=on)"
+            f"{flips:.0%}; training is thrashing. Check the lr and the episodes per step first: EPO's smoothing "
+            "(epo.mode=on) is aimed at this, but did not change a thrashing run's outcome in docs/RESULTS.md "
+            "Experiment 2, where the failure was not an entropy problem"
         )
 
     def _late_climb(self, step: int) -> str | None:
