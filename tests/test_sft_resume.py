@@ -68,7 +68,7 @@ def test_sigterm_then_resume_equals_an_uninterrupted_warm_start(monkeypatch, tmp
     monkeypatch.undo()
 
     evals = []
-    monkeypatch.setattr(sft, "_eval_all", lambda *a: evals.append(a[-1]) or {})
+    monkeypatch.setattr(sft, "_eval_all", lambda *a, **kw: evals.append(a[-1]) or {})
     resumed = sft.run_sft(load_config(None, TINY), tmp_path / "part", console=QUIET, resume=True)
     assert not resumed.interrupted and evals == ["after SFT"]  # the zero-shot eval was kept, not repeated
     assert resumed.before["iid"].episodes == full.before["iid"].episodes == 1

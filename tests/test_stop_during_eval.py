@@ -61,3 +61,20 @@ def test_stop_during_the_step_0_eval_ends_the_run_before_training_and_resume_sta
     rows = read_metrics(run)
     assert [r["step"] for r in rows if "eval/iid/success" in r] == [0, 1]  # step 0 evaluated once, at the resume
     assert [r["step"] for r in rows if "rollout/samples" in r] == [1]
+
+
+def test_stop_during_the_after_sft_eval_keeps_the_finished_export(monkeypatch, tmp_path):
+    cfg = load_config(None, tiny_run("env.max_turns=15", "sft.episodes=2", "sft.epochs=1", "sft.eval_episodes=2"))
+    turns, original = [], StepProgress.turn
+
+    def signal_in_the_second_eval(self, turn, active):  # the zero-shot eval runs first: let it finish
+        turns.append(turn)
+        if self.progress.tasks[0].description == "after SFT" and "after" not in turns:
+            turns.append("after")
+            os.kill(os.getpid(), signal.SIGTERM)
+        return original(self, turn, active)
+
+    monkeypatch.setattr(StepProgress, "turn", signal_in_the_second_eval)
+    result = sft.run_sft(cfg, tmp_path / "sft", console=QUIET)
+    assert result.before["iid"].episodes == 2 and result.after == {}  # zero-shot eval whole, after-SFT eval abandoned
+    assert (result.export_dir / "config.json").is_file()  # the finished training was exported before that eval

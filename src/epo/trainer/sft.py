@@ -113,11 +113,15 @@ def run_sft(
             result.interrupted, result.stop_signal = True, stop.signal_name
             console.print(f"behaviour cloning stopped after step {len(loop.losses)}/{loop.total}")
             return result
+        model.eval()  # exported before the after-SFT eval, so a crash or a stop there loses no training
+        with atomic_dir(result.export_dir) as tmp:  # complete or absent: `epo train --resume` trusts an export/
+            merge_and_save(model, tokenizer, tmp)
+        console.print(f"SFT model exported to {result.export_dir}")
         if eval_after:
-            result.after = _eval_all(cfg, collector, splits, console, "after SFT")
-    model.eval()
-    with atomic_dir(result.export_dir) as tmp:  # complete or absent: `epo train --resume` trusts an export/
-        merge_and_save(model, tokenizer, tmp)
+            try:
+                result.after = _eval_all(cfg, collector, splits, console, "after SFT", stop=stop)
+            except EvalStopped as e:
+                console.print(f"{e}: the export is complete; measure it with `epo eval --model {result.export_dir}`")
     summary = {
         "oracle_win_rate": result.oracle_win_rate,
         "samples": result.samples,
@@ -126,7 +130,6 @@ def run_sft(
         "after": {k: v.success for k, v in result.after.items()},
     }
     (out / "sft_summary.json").write_text(json.dumps(summary, indent=1))
-    console.print(f"SFT model exported to {result.export_dir}")
     return result
 
 
@@ -139,7 +142,7 @@ def _before_eval(
     if resume and path.is_file():
         return {split: EvalResult(**res) for split, res in json.loads(path.read_text()).items()}
     try:
-        before = _eval_all(cfg, collector, splits, console, "before SFT", stop)
+        before = _eval_all(cfg, collector, splits, console, "before SFT", stop=stop)
     except EvalStopped as e:
         console.print(f"{e}: nothing kept, a resume runs this eval again")
         return {}
