@@ -19,6 +19,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from epo.errors import EpoError
+from epo.telemetry.monitor import KINDS as MONITOR_KINDS
 
 
 class ConfigError(EpoError, ValueError):
@@ -580,10 +581,9 @@ def _check_vllm_sleep(cfg: Config) -> None:
 
 
 def _validate_diag(cfg: Config) -> None:
-    kinds = ("early_collapse", "late_oscillation", "late_climb", "shaping_signal")  # epo.telemetry.monitor.KINDS
-    bad = [k for k in cfg.diag.monitor_on if k not in kinds]
+    bad = [k for k in cfg.diag.monitor_on if k not in MONITOR_KINDS]
     if bad:
-        raise ConfigError(f"diag.monitor_on: '{bad[0]}' is not one of {', '.join(kinds)}")
+        raise ConfigError(f"diag.monitor_on: '{bad[0]}' is not one of {', '.join(MONITOR_KINDS)}")
     if cfg.diag.monitor_action == "raise_entropy" and cfg.epo.mode == "off" and cfg.algo.entropy_coef == 0:
         raise ConfigError("diag.monitor_action: raise_entropy needs epo.mode on/reference or algo.entropy_coef > 0")
     if cfg.diag.action_entropy_turns and cfg.agent.thinking and not cfg.agent.action_prefix:

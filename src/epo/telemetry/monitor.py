@@ -103,13 +103,16 @@ class CascadeMonitor:
         if a is not None:
             self.shaping = (self.shaping + [a])[-self.window :]
         shaping = self._debounce("shaping_signal", step, self._shaping_signal(step))
-        found_shaping = [shaping] if shaping is not None else []
+        return self._entropy_warnings(step, h) + ([shaping] if shaping is not None else [])
+
+    def _entropy_warnings(self, step: int, h: float | None) -> list[MonitorWarning]:
+        """The three cascade kinds, from this step's entropy h (None: not logged)."""
         if h is None:
-            return found_shaping
+            return []
         self.entropy = (self.entropy + [h])[-max(self.window, self.cfg.baseline_steps) :]
         if self.initial_entropy is None and len(self.entropy) == self.cfg.baseline_steps:
             self.initial_entropy = float(np.mean(self.entropy))
-            return found_shaping
+            return []
         oscillation = self._late_oscillation(step)
         found = {
             "early_collapse": self._early_collapse(step, h),
@@ -117,7 +120,7 @@ class CascadeMonitor:
             # A zig-zag can fake a trend in a short window: while thrashing, only the oscillation is reported.
             "late_climb": None if oscillation else self._late_climb(step),
         }
-        return [w for kind, msg in found.items() if (w := self._debounce(kind, step, msg)) is not None] + found_shaping
+        return [w for kind, msg in found.items() if (w := self._debounce(kind, step, msg)) is not None]
 
     def _debounce(self, kind: str, step: int, message: str | None) -> MonitorWarning | None:
         if message is None:
