@@ -30,6 +30,7 @@ METHODS = {
     "ppo_shared_critic": ["algo.name=ppo", "model.value_model=shared", "epo.mode=off"],
     "grpo_epo_single_pass": ["algo.name=grpo", "epo.mode=on", "train.mini_batch_size=64"],
     "grpo_epo_top_layer": ["algo.name=grpo", "epo.mode=on", "model.trainable_layers=1"],
+    "grpo_epo_filter_groups": ["algo.name=grpo", "epo.mode=on", "rollout.filter_groups=true"],
 }
 QUIET = Console(quiet=True)
 
@@ -67,6 +68,9 @@ def test_two_rl_steps(method, tmp_path):
         else:
             assert 0.0 <= row["actor/adv_shaping_share"] <= 1.0
         assert 0.0 <= row["rollout/groups_all_lost"] + row["rollout/groups_all_won"] <= 1.0
+        if cfg.rollout.filter_groups:  # the tiny random policy never wins: every round's groups all lost
+            assert row["rollout/filter_rounds"] == cfg.rollout.filter_max_rounds
+            assert row["rollout/filter_groups_kept"] == 0.0
         if cfg.algo.kl_coef > 0:
             assert math.isfinite(row["actor/kl_ref"])
     if cfg.epo.mode == "on":  # H̄ holds past steps only: no history, no smoothing penalty at the first step
@@ -83,7 +87,7 @@ def _comparable(rows):
     return [{k: v for k, v in r.items() if not k.startswith(("time/", "perf/"))} for r in rows]
 
 
-@pytest.mark.parametrize("method", ["grpo_epo", "ppo_epo"])
+@pytest.mark.parametrize("method", ["grpo_epo", "ppo_epo", "grpo_epo_filter_groups"])
 def test_resume_gives_the_same_metrics_as_an_uninterrupted_run(method, tmp_path):
     overrides = BASE + METHODS[method] + ["train.total_steps=4", "train.save_every=2"]
     full = Trainer(load_config(None, overrides), tmp_path / "full", console=QUIET)

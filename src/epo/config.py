@@ -140,6 +140,14 @@ class RolloutConfig:
     """Distinct task instances per RL step (B)."""
     group_size: int = 8
     """Rollouts per task instance (G, the GRPO group)."""
+    filter_groups: bool = False
+    """Dynamic sampling (DAPO; verl's `algorithm.filter_groups`), GRPO only: drop the groups whose rollouts all got
+    the same return (all won or all lost: outcome advantage 0) and collect groups of fresh tasks until
+    tasks_per_step groups with mixed outcomes are kept or filter_max_rounds collections ran. Costs extra rollouts;
+    metrics rollout/filter_*; docs/METHOD.md §2."""
+    filter_max_rounds: int = 4
+    """filter_groups: most collections per step, the first included. A step that finds fewer mixed groups trains on
+    those it found; one that finds none trains on its last collection unfiltered."""
     temperature: float = 1.0
     """Sampling temperature during training rollouts."""
     top_p: float = 1.0
@@ -391,6 +399,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
 POSITIVE = (
     "rollout.tasks_per_step",
     "rollout.group_size",
+    "rollout.filter_max_rounds",
     "rollout.max_new_tokens",
     "rollout.generation_batch_size",
     "train.total_steps",
@@ -536,6 +545,11 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"optim.betas: must be two numbers in [0, 1), got {list(cfg.optim.betas)}")
     if cfg.algo.name == "grpo" and cfg.rollout.group_size < 2:
         raise ConfigError("rollout.group_size: GRPO needs a group of at least 2 rollouts per task")
+    if cfg.rollout.filter_groups and cfg.algo.name != "grpo":
+        raise ConfigError(
+            f"rollout.filter_groups: dynamic sampling filters GRPO groups; algo.name={cfg.algo.name} takes its "
+            "advantages from the critic, not the group (set algo.name=grpo or rollout.filter_groups=false)"
+        )
     if cfg.env.executor == "ray" and cfg.env.pool_mode == "inline":
         raise ConfigError("env.pool_mode: inline runs envs in this process; it cannot combine with env.executor=ray")
     if not cfg.env.eval_splits:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -25,6 +25,7 @@ from epo.errors import ResumeConfigError
 from epo.models import SharedValueHead, merge_and_save
 from epo.rollout.backend import call_seed
 from epo.rollout.evaluate import EvalResult
+from epo.rollout.filtering import FilterStats, dynamic_sample
 from epo.rollout.types import SamplingParams, TurnSample
 from epo.telemetry.faults import EnvBatchFailed, FaultLog, collect_with_retries, fault_metrics, turn_limit_rate
 from epo.telemetry.metrics import MetricsLogger, summary_line
@@ -200,7 +201,7 @@ class Trainer:
             cfg.rollout.temperature, cfg.rollout.top_p, cfg.rollout.top_k, cfg.rollout.max_new_tokens, seed
         )
         progress.phase("rollout", collector.max_turns)
-        rollout, retries = self._collect(collector, params)
+        rollout, played, retries, filtered = self._collect(collector, params, progress)
         if cfg.train.save_rollouts:
             save_rollouts(self.run_dir, self.step + 1, rollout.samples)
         t1 = time.perf_counter()
@@ -213,8 +214,11 @@ class Trainer:
         entropy_mean = _mean_entropy(data)
         trend = self.trend.update(entropy_mean)
         metrics.update(trend)
-        metrics.update(_rollout_metrics(rollout))
+        metrics.update(_rollout_metrics(played))  # every episode played, also those dynamic sampling dropped
+        metrics["rollout/samples"] = float(len(rollout.samples))  # the update's batch
         metrics["rollout/batch_retries"] = float(retries)
+        if filtered is not None:
+            metrics.update(_filter_metrics(filtered))
         metrics.update(
             {
                 "epo/entropy_mean": entropy_mean,
@@ -223,8 +227,8 @@ class Trainer:
                 "time/rollout_s": t1 - t0,
                 "time/update_s": time.perf_counter() - t1,
                 "time/step_s": time.perf_counter() - t0,
-                "perf/gen_tokens_per_s": rollout.stats.get("gen_tokens_per_s", 0.0),
-                "time/weight_push_s": rollout.stats.get("weight_push_s", 0.0),
+                "perf/gen_tokens_per_s": played.stats.get("gen_tokens_per_s", 0.0),
+                "time/weight_push_s": played.stats.get("weight_push_s", 0.0),
             }
         )
         return metrics
@@ -270,32 +274,53 @@ class Trainer:
             turn_entropy = self._update_history(data)
         return data, metrics, turn_entropy, hbar
 
-    def _collect(self, collector, params: SamplingParams):
+    def _collect(self, collector, params: SamplingParams, progress=None):
         """Sample this step's tasks and collect them, again (same tasks) while every episode fails; log env faults.
+        With rollout.filter_groups, rounds of fresh tasks until enough groups have mixed outcomes
+        (rollout/filtering.py). Returns (training batch, everything played, retries used, FilterStats or None).
 
         Under torchrun every rank draws the same global task list and plays its chunk of whole groups; all ranks
-        then hold the gathered global batch, so "every episode failed" is decided on the whole batch, identically
-        on every rank, and all ranks retry (or stop) together. Rank 0 logs every rank's faults."""
+        then hold the gathered global batch, so "every episode failed" and which groups are kept are decided on
+        the whole batch, identically on every rank, and all ranks retry, refill (or stop) together. Rank 0 logs
+        every rank's faults."""
         cfg = self.cfg
         rng, sampler = capture_rng_state(), self.sampler.state_dict()
-        tasks = self.sampler.sample(cfg.rollout.tasks_per_step)  # the same global list on every rank
         pool, step = collector.pool, self.step + 1
         if self.dist.enabled:
             distributed.seed_rollout(cfg.train.seed, self.step)
-
-        def collect():
-            if not self.dist.enabled:
-                return collector.collect(tasks, cfg.rollout.group_size, params)
-            with fsdp.gathered(self.policy):  # FSDP2: ranks generate different numbers of tokens
-                mine = collector.collect(distributed.my_tasks(tasks), cfg.rollout.group_size, params)
-            return distributed.gather_rollout(mine)
+        retries_used = 0
 
         def failed(attempt: int, _rollout) -> None:
             self._record_faults(step, "rollout", pool)
             self.console.print(f"[yellow]env:[/] step {step}: every episode failed (attempt {attempt + 1})")
 
-        try:
+        def collect_round(tasks: list[str], round_: int):
+            nonlocal retries_used
+            p = params
+            if round_:  # a refill round of dynamic sampling: its own per-call seed (vLLM), its own progress line
+                p = replace(params, seed=None if params.seed is None else params.seed + round_ * 100_003)
+                if progress is not None:
+                    progress.phase(f"rollout (refill {round_})", collector.max_turns)
+
+            def collect():
+                if not self.dist.enabled:
+                    return collector.collect(tasks, cfg.rollout.group_size, p)
+                with fsdp.gathered(self.policy):  # FSDP2: ranks generate different numbers of tokens
+                    mine = collector.collect(distributed.my_tasks(tasks), cfg.rollout.group_size, p)
+                return distributed.gather_rollout(mine)
+
             rollout, retries = collect_with_retries(collect, cfg.env.batch_retries, failed)
+            retries_used += retries
+            return rollout
+
+        try:
+            if cfg.rollout.filter_groups:
+                batch, played, filtered = dynamic_sample(
+                    collect_round, self.sampler.sample, cfg.rollout.tasks_per_step, cfg.rollout.filter_max_rounds
+                )
+            else:  # the same global task list on every rank
+                batch = played = collect_round(self.sampler.sample(cfg.rollout.tasks_per_step), 0)
+                filtered = None
         except RuntimeError as e:
             # stop with a valid checkpoint of the last finished step, exactly as that step left things
             self._record_faults(step, "rollout", pool)
@@ -312,7 +337,7 @@ class Trainer:
                 f"fix the env, then: epo train --resume {self.run_dir}"
             ) from None
         self._record_faults(step, "rollout", pool)
-        return rollout, retries
+        return batch, played, retries_used, filtered
 
     def _record_faults(self, step: int, phase: str, pool) -> None:
         """Every rank's env faults since the last call, logged by rank 0 (a collective under torchrun)."""
@@ -512,6 +537,15 @@ def _group_outcomes(trajs) -> dict[str, float]:
     return {
         "rollout/groups_all_lost": sum(not any(w) for w in compared) / n,
         "rollout/groups_all_won": sum(all(w) for w in compared) / n,
+    }
+
+
+def _filter_metrics(stats: FilterStats) -> dict[str, float]:
+    """Dynamic sampling (rollout.filter_groups): how many collections the step took and what it kept."""
+    return {
+        "rollout/filter_rounds": float(stats.rounds),
+        "rollout/filter_groups_kept": float(stats.groups_kept),
+        "rollout/filter_episodes_played": float(stats.episodes_played),
     }
 
 
