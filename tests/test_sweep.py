@@ -118,6 +118,16 @@ def test_train_command_resumes_a_started_run(tmp_path):
     assert train_command(grid, run, tmp_path / "s")[-2:] == ["--resume", str(run.run_dir(tmp_path / "s"))]
 
 
+def test_dry_run_prints_list_overrides_as_written(tmp_path):
+    grid_path = tmp_path / "g.yaml"
+    grid_path.write_text(
+        yaml.safe_dump({"base": "quest_demo_cpu", "seeds": [0], "methods": {"a": ["env.eval_splits=[iid]"]}})
+    )
+    result = runner.invoke(app, ["sweep", str(grid_path), "--out", str(tmp_path / "s"), "--dry-run"])
+    assert result.exit_code == 0, result.output
+    assert "env.eval_splits=[iid]" in result.output  # not eaten as console markup
+
+
 # ----------------------------------------------------------------------------- end to end (miniature grid)
 
 
@@ -243,7 +253,9 @@ def _record_many(sweep_dir, method):
         _record_status(sweep_dir, f"{method}/seed{seed}", {"state": "done", "exit_code": 0, "seconds": 1.0})
 
 
-@pytest.mark.parametrize("grid_file", sorted((Path(__file__).parents[1] / "experiments").glob("*.yaml")), ids=lambda p: p.name)
+@pytest.mark.parametrize(
+    "grid_file", sorted((Path(__file__).parents[1] / "experiments").glob("*.yaml")), ids=lambda p: p.name
+)
 def test_every_shipped_grid_loads_with_valid_run_configs(grid_file):
     grid = load_grid(grid_file, check_configs=True)  # every (method, seed) config is loaded and validated
     assert grid.baseline in grid.methods and len(grid.runs()) == len(grid.methods) * len(grid.seeds)

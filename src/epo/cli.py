@@ -204,9 +204,12 @@ def sweep(
         target = out or Path("sweeps") / grid.stem
         if dry_run:
             for run in g.runs():
-                console.print(" ".join(train_command(g, run, target)[1:]), soft_wrap=True, highlight=False)
+                console.print(
+                    " ".join(train_command(g, run, target)[1:]), soft_wrap=True, highlight=False, markup=False
+                )
             return
-        echo = lambda line: console.print(line, soft_wrap=True, highlight=False)  # noqa: E731  (paths stay on one line)
+        # paths stay on one line; no markup, or an override such as env.eval_splits=[iid] prints as "env.eval_splits="
+        echo = lambda line: console.print(line, soft_wrap=True, highlight=False, markup=False)  # noqa: E731
         only = [m.strip() for m in methods.split(",") if m.strip()] if methods else None
         status = run_sweep(g, target, ray=ray, cpus_per_run=cpus_per_run, echo=echo, jobs=jobs, methods=only)
         console.print(f"report: {write_sweep_report(target)}")
