@@ -52,6 +52,11 @@ def test_config_show_applies_overrides():
     assert result.exit_code == 0 and "epo.kappa_high" in result.output
 
 
+def test_config_docs_print_brackets_verbatim():
+    result = runner.invoke(app, ["config", "show", "--doc"])
+    assert result.exit_code == 0 and "`epo[vllm]`" in result.output  # not eaten as rich markup
+
+
 def test_bad_inputs_give_one_line_errors(tmp_path):
     assert "epo.nope" in _one_error_line(runner.invoke(app, ["config", "show", "quest_demo_cpu", "epo.nope=1"]))
     assert "no_such" in _one_error_line(runner.invoke(app, ["train", "--config", "no_such"]))

@@ -11,7 +11,7 @@ from rich.console import Console
 
 from epo.config import load_config
 from epo.envs.pool import EnvPool
-from epo.telemetry.faults import EnvBatchFailed, read_faults
+from epo.telemetry.faults import EnvBatchFailed, FaultLog, read_faults
 from epo.telemetry.metrics import read_metrics
 from epo.testing import tiny_run
 from epo.trainer import setup
@@ -167,3 +167,14 @@ def test_a_worker_dying_during_the_resets_loses_no_episode(monkeypatch):
         out = pool.reset(["train/00000", "train/00001"])
         assert [obs for obs, _ in out] == expected and pool.active_slots == [0, 1]
         assert [(f.worker, f.reason, f.task) for f in pool.drain_faults()] == [(1, "worker_crash", "train/00001")]
+
+
+def test_a_fault_message_with_brackets_prints_verbatim(tmp_path):
+    """Env text is not rich markup: '[red]' and the task's '[iid]' used to vanish from the console line."""
+    console = Console(record=True, width=200)
+    msg = "bad action ['x'] [red]"
+    FaultLog(tmp_path, console.print).record(
+        3, "rollout", [dict(worker=0, reason="env_error", task="t[iid]", message=msg)]
+    )
+    assert console.export_text() == f"env fault: step 3 rollout: worker 0 env_error on task t[iid]: {msg}\n"
+    assert read_faults(tmp_path)[0]["message"] == msg

@@ -93,7 +93,7 @@ def _exit_interrupted(result) -> None:
 
     from epo.trainer.rundir import EXIT_INTERRUPTED, resume_command
 
-    console.print(f"stopped at step {result.steps_done}; continue with: {resume_command(result.run_dir)}")
+    console.print(f"stopped at step {result.steps_done}; continue with: {resume_command(result.run_dir)}", markup=False)
     sig = getattr(signal, result.stop_signal, signal.SIGINT) if result.stop_signal else signal.SIGINT
     raise typer.Exit(EXIT_INTERRUPTED[sig])
 
@@ -117,10 +117,11 @@ def sft(
         else:
             res = api.sft(config or "quest_demo_cpu", overrides, out=out, console=console)
         if res.interrupted:
-            console.print(f"resume with: epo sft --out {out} --resume", soft_wrap=True)
+            console.print(f"resume with: epo sft --out {out} --resume", soft_wrap=True, markup=False)
             return res
         console.print(
-            f"start RL from it with: epo train --config {config or out / 'config.yaml'} init_from={res.out_dir}"
+            f"start RL from it with: epo train --config {config or out / 'config.yaml'} init_from={res.out_dir}",
+            markup=False,
         )
         return res
 
@@ -154,7 +155,7 @@ def eval_cmd(
         _print_eval(results)
         if out:
             out.write_text(json.dumps({k: v.__dict__ for k, v in results.items()}, indent=1))
-            console.print(f"results: {out}")
+            console.print(f"results: {out}", markup=False)
 
     _guard(go)
 
@@ -179,7 +180,7 @@ def report(
     def go():
         from epo import api
 
-        console.print(f"report: {api.report(list(run_dirs), out, on_issue=_warn)}")
+        console.print(f"report: {api.report(list(run_dirs), out, on_issue=_warn)}", markup=False)
 
     _guard(go)
 
@@ -212,7 +213,7 @@ def sweep(
         echo = lambda line: console.print(line, soft_wrap=True, highlight=False, markup=False)  # noqa: E731
         only = [m.strip() for m in methods.split(",") if m.strip()] if methods else None
         status = run_sweep(g, target, ray=ray, cpus_per_run=cpus_per_run, echo=echo, jobs=jobs, methods=only)
-        console.print(f"report: {write_sweep_report(target)}")
+        console.print(f"report: {write_sweep_report(target)}", markup=False)
         failed = sorted(k for k, v in status.items() if v["state"] != "done")
         if failed:
             _fail(f"{len(failed)} run(s) failed: {', '.join(failed)} (logs in {target}); rerun to retry them")
@@ -236,7 +237,7 @@ def ablate(
         out = run_ablation(run_dir, step, regulariser, entropy_coef, kl_coef, console=console)
         path = run_dir / "ablate" / f"step_{step:06d}.md"
         console.print(path.read_text(), markup=False, highlight=False)
-        console.print(f"ablation: {path} (and .json); {len(out['results'])} regularisers")
+        console.print(f"ablation: {path} (and .json); {len(out['results'])} regularisers", markup=False)
 
     _guard(go)
 
@@ -244,6 +245,8 @@ def ablate(
 @app.command()
 def envs():
     """List environments, their splits and sizes."""
+    from rich.markup import escape
+
     from epo.envs import get_spec, names
 
     table = Table(title="environments")
@@ -253,20 +256,22 @@ def envs():
         try:
             spec = get_spec(name)
             splits = ", ".join(f"{k} ({len(v)})" for k, v in spec.splits().items())
-            table.add_row(name, str(spec.max_turns), splits, spec.description)
+            table.add_row(name, str(spec.max_turns), splits, escape(spec.description))
         except Exception as e:  # a missing optional dependency must not hide the other envs
-            table.add_row(name, "-", "-", f"[yellow]unavailable: {str(e).splitlines()[0]}[/]")
+            table.add_row(name, "-", "-", f"[yellow]unavailable: {escape(str(e).splitlines()[0])}[/]")
     console.print(table)
 
 
 @app.command()
 def presets():
     """List the YAML presets in configs/."""
+    from rich.markup import escape
+
     from epo.config import list_presets, resolve_preset
 
     for name in list_presets():
         first = resolve_preset(name).read_text().splitlines()[0].lstrip("# ").strip()
-        console.print(f"[bold]{name}[/]  {first}")
+        console.print(f"[bold]{escape(name)}[/]  {escape(first)}")
 
 
 @config_app.command("show")
@@ -278,6 +283,8 @@ def config_show(
     """Print the resolved config (defaults <- preset <- overrides)."""
 
     def go():
+        from rich.markup import escape
+
         from epo.config import field_docs, to_yaml
 
         cfg = _load(preset, overrides)
@@ -285,7 +292,7 @@ def config_show(
             sys.stdout.write(to_yaml(cfg))
             return
         for key, text in field_docs().items():
-            console.print(f"[bold]{key}[/]: {text}")
+            console.print(f"[bold]{key}[/]: {escape(text)}")  # docs quote `epo[vllm]`
 
     _guard(go)
 

@@ -17,6 +17,8 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from rich.markup import escape
+
 from epo.errors import EpoError
 from epo.telemetry.metrics import encode_line, read_jsonl, truncate_after
 
@@ -98,9 +100,8 @@ class FaultLog:
             rec = {"step": int(step), "phase": phase, **rec}
             lines.append(encode_line(rec) + "\n")
             on = f" on task {rec['task']}" if rec.get("task") else ""
-            self.print_line(
-                f"[yellow]env fault:[/] step {step} {phase}: worker {rec['worker']} {rec['reason']}{on}: {rec['message']}"
-            )
+            detail = escape(f"worker {rec['worker']} {rec['reason']}{on}: {rec['message']}")  # env text, not markup
+            self.print_line(f"[yellow]env fault:[/] step {step} {phase}: {detail}")
         if lines:
             with open(self.path, "a") as out:
                 out.writelines(lines)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from functools import partial
 from pathlib import Path
 
 from rich.console import Console
@@ -31,8 +32,9 @@ def train_pipeline(
         console = Console(quiet=True)
     run_dir = Path(distributed.from_main(str(run_dir) if run_dir else str(default_run_dir(cfg, preset_name))))
     setup.check_env(cfg)
+    say = partial(console.print, markup=False)  # the path is not markup
     # under torchrun only rank 0 locks the dir; the others follow once it owns it, or fail with its error
-    with distributed.own_run_dir_on_main(run_dir, resume=resume, on_stale=console.print):  # refuses before writing
+    with distributed.own_run_dir_on_main(run_dir, resume=resume, on_stale=say):  # refuses before writing
         return _train_owned(cfg, run_dir, resume, console)
 
 
@@ -80,7 +82,7 @@ def _train_owned(cfg: Config, run_dir: Path, resume: bool, console: Console) -> 
         from epo.report.summary import write_report
 
         path = write_report([result.run_dir], result.run_dir / "report")
-        console.print(f"report: {path}")
+        console.print(f"report: {path}", markup=False)
     return result
 
 

@@ -116,12 +116,14 @@ def run_sft(
         model.eval()  # exported before the after-SFT eval, so a crash or a stop there loses no training
         with atomic_dir(result.export_dir) as tmp:  # complete or absent: `epo train --resume` trusts an export/
             merge_and_save(model, tokenizer, tmp)
-        console.print(f"SFT model exported to {result.export_dir}")
+        console.print(f"SFT model exported to {result.export_dir}", markup=False)
         if eval_after:
             try:
                 result.after = _eval_all(cfg, collector, splits, console, "after SFT", stop=stop)
             except EvalStopped as e:
-                console.print(f"{e}: the export is complete; measure it with `epo eval --model {result.export_dir}`")
+                console.print(
+                    f"{e}: the export is complete; measure it with `epo eval --model {result.export_dir}`", markup=False
+                )
     summary = {
         "oracle_win_rate": result.oracle_win_rate,
         "samples": result.samples,
@@ -199,7 +201,7 @@ class _SFTLoop:
                     stopping = self.stop.requested or len(self.losses) == self.stop_after
                     every = self.cfg.sft.save_every
                     if stopping or (every > 0 and len(self.losses) % every == 0 and len(self.losses) < self.total):
-                        console.print(f"  SFT checkpoint: {self._save()}")
+                        console.print(f"  SFT checkpoint: {self._save()}", markup=False)
                     if stopping:
                         return None
         return self.losses
@@ -276,4 +278,6 @@ class _SFTLoop:
         state = extra["shuffle_rng"]
         self.rng.setstate((3, tuple(int(x) for x in state[:-1]), None))
         restore_rng_state(ckpt.rng)
-        console.print(f"resumed behaviour cloning from {ckpt.path} (step {len(self.losses)}/{self.total})")
+        console.print(
+            f"resumed behaviour cloning from {ckpt.path} (step {len(self.losses)}/{self.total})", markup=False
+        )

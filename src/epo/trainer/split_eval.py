@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import torch
 from rich.console import Console
+from rich.markup import escape
 
 from epo.config import Config
 from epo.rollout.evaluate import EvalResult, eval_task_ids, evaluate
@@ -61,7 +62,7 @@ def evaluate_splits(
                 progress.phase(f"eval {split}", collector.max_turns)
                 out[split] = evaluate_split(cfg, collector, split, split_ids[split], episodes, cfg.train.seed + 1)
                 for fault in collector.pool.drain_faults():  # episodes a crashed or hung env worker ended (lost)
-                    console.print(f"[yellow]env fault:[/] {label} {split}: {fault.line()}", soft_wrap=True)
+                    console.print(f"[yellow]env fault:[/] {label} {split}: {escape(fault.line())}", soft_wrap=True)
                 progress.step_done(f"  {label}: {out[split].line()}")
         finally:
             collector.on_turn = None

@@ -11,10 +11,12 @@ from __future__ import annotations
 import random
 import time
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 
 import torch
 from rich.console import Console
+from rich.markup import escape
 
 from epo.algos import EntropyHistory, EntropyTrend
 from epo.algos.advantages import shaping_share
@@ -111,7 +113,8 @@ class Trainer:
         """Run until train.total_steps (or until step `stop_after`, checkpointing there: simulates an interruption).
 
         The run dir is owned (locked) for the whole call, by rank 0 under torchrun; see trainer/rundir.py."""
-        with distributed.own_run_dir_on_main(self.run_dir, resume=self.resume, on_stale=self.console.print):
+        say = partial(self.console.print, markup=False)  # the path is not markup
+        with distributed.own_run_dir_on_main(self.run_dir, resume=self.resume, on_stale=say):
             return self._train(stop_after)
 
     def _train(self, stop_after: int | None) -> TrainResult:
@@ -122,8 +125,8 @@ class Trainer:
             save_config(cfg, self.run_dir / "config.yaml")
         result = TrainResult(self.run_dir, self.step)
         self.console.print(
-            f"[bold]epo[/] run dir: {self.run_dir}  ({cfg.algo.name}, EPO {cfg.epo.mode}, "
-            f"{cfg.env.name}, model {setup.model_source(cfg)}, device {self.device}"
+            f"[bold]epo[/] run dir: {escape(str(self.run_dir))}  ({cfg.algo.name}, EPO {cfg.epo.mode}, "
+            f"{cfg.env.name}, model {escape(setup.model_source(cfg))}, device {self.device}"
             + (f", {self.dist.world_size} processes" if self.dist.enabled else "")
             + ")"
         )
@@ -189,7 +192,7 @@ class Trainer:
             return out_dir
         with atomic_dir(out_dir) as tmp:
             merge_and_save(policy, self.tokenizer, tmp)
-        self.console.print(f"final policy: {out_dir}")
+        self.console.print(f"final policy: {out_dir}", markup=False)
         return out_dir
 
     # ------------------------------------------------------------------ one RL step
@@ -442,7 +445,7 @@ class Trainer:
             keep_last=self.cfg.train.keep_last,
             write_files=write_files,
         )
-        self.console.print(f"  checkpoint: {path}")
+        self.console.print(f"  checkpoint: {path}", markup=False)
         return path
 
     def _resume_or_start(self) -> int | None:
@@ -454,10 +457,12 @@ class Trainer:
         if list_checkpoints(self.run_dir):
             step = self._restore()
         else:
-            self.console.print(f"{self.run_dir}: no checkpoint yet; starting the run over from step 0 (same seed)")
+            self.console.print(
+                f"{self.run_dir}: no checkpoint yet; starting the run over from step 0 (same seed)", markup=False
+            )
             step = -1
         if self.dist.is_main:  # one resumes.jsonl line per resume, not per rank
-            log_resume(self.run_dir, max(step, 0), changes, self.console.print)
+            log_resume(self.run_dir, max(step, 0), changes, partial(self.console.print, markup=False))
         return step
 
     def _load_replicated(self, ckpt) -> None:
@@ -503,7 +508,7 @@ class Trainer:
         state = extra["shuffle_rng"]
         self.shuffle_rng.setstate((3, tuple(int(x) for x in state[:-1]), None))
         restore_rng_state(ckpt.rng)
-        self.console.print(f"resumed from {ckpt.path} (step {self.step})")
+        self.console.print(f"resumed from {ckpt.path} (step {self.step})", markup=False)
         return self.step
 
 
