@@ -181,6 +181,25 @@ def test_a_failing_run_is_reported_and_retried(tmp_path):
     assert again.exit_code == 2 and "1 done, 1 to run" in again.output
 
 
+def test_an_interrupted_run_stops_the_sweep_and_a_rerun_resumes(tmp_path, monkeypatch):
+    """Ctrl-C reaches every process of the terminal's group: the run checkpoints and exits 130, and the sweep must
+    start no further run (before, the queued runs all ran on)."""
+    import epo.sweep.runner as sweep_runner
+
+    methods = {"a": ["train.total_steps=1"], "b": ["train.total_steps=1"]}
+    grid_path, out = _grid_file(tmp_path, methods=methods, seeds=[0]), tmp_path / "s"
+    started = []
+    monkeypatch.setattr(sweep_runner, "run_one", lambda cmd, log, env=None: started.append(cmd) or 130)
+    result = runner.invoke(app, ["sweep", str(grid_path), "--out", str(out)])
+    assert result.exit_code == 130 and "sweep stopped" in result.output and "rerun the same command" in result.output
+    assert len(started) == 1  # the second run was never started
+    assert read_status(out)["a/seed0"] == {**read_status(out)["a/seed0"], "state": "failed", "exit_code": 130}
+    assert "b/seed0" not in read_status(out)
+    monkeypatch.setattr(sweep_runner, "run_one", lambda cmd, log, env=None: started.append(cmd) or 0)
+    status = sweep_runner.run_sweep(load_grid(grid_path), out, echo=lambda line: None)  # the rerun runs both
+    assert len(started) == 3 and {v["state"] for v in status.values()} == {"done"}
+
+
 def test_parallel_jobs_split_the_cores_and_bad_counts_fail(tmp_path, monkeypatch):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setattr("os.cpu_count", lambda: 8)

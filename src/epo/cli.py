@@ -199,7 +199,7 @@ def sweep(
 
     def go():
         from epo.sweep import load_grid, run_sweep, write_sweep_report
-        from epo.sweep.runner import train_command
+        from epo.sweep.runner import SweepStopped, train_command
 
         g = load_grid(grid)
         target = out or Path("sweeps") / grid.stem
@@ -212,7 +212,11 @@ def sweep(
         # paths stay on one line; no markup, or an override such as env.eval_splits=[iid] prints as "env.eval_splits="
         echo = lambda line: console.print(line, soft_wrap=True, highlight=False, markup=False)  # noqa: E731
         only = [m.strip() for m in methods.split(",") if m.strip()] if methods else None
-        status = run_sweep(g, target, ray=ray, cpus_per_run=cpus_per_run, echo=echo, jobs=jobs, methods=only)
+        try:
+            status = run_sweep(g, target, ray=ray, cpus_per_run=cpus_per_run, echo=echo, jobs=jobs, methods=only)
+        except SweepStopped as e:  # Ctrl-C / SIGTERM: the interrupted runs kept their checkpoints
+            console.print(str(e), markup=False)
+            raise typer.Exit(130) from None
         console.print(f"report: {write_sweep_report(target)}", markup=False)
         failed = sorted(k for k, v in status.items() if v["state"] != "done")
         if failed:

@@ -25,6 +25,14 @@ import yaml
 
 from epo.config import ConfigError
 from epo.sweep.grid import GRID_FILE, Grid, RunSpec
+from epo.trainer.rundir import EXIT_INTERRUPTED
+
+INTERRUPTED = tuple(EXIT_INTERRUPTED.values())  # a run stopped by Ctrl-C / SIGTERM after its checkpoint (130, 143)
+
+
+class SweepStopped(Exception):
+    """A stop signal ended the sweep: the running runs checkpointed, no further run was started."""
+
 
 STATUS_FILE = "status.json"
 
@@ -129,15 +137,30 @@ def run_sweep(
         _run_on_ray(todo, cpus_per_run, record, echo)
         return status
     env = run_env(jobs)
+    # Ctrl-C in a terminal reaches the runs too (one process group): they checkpoint and exit 130, and the sweep
+    # starts no further run. Without this the queued runs would all still run, one after another, for hours.
+    stop = threading.Event()
 
     def one(i: int, run: RunSpec, cmd: list[str], log: str) -> None:
+        if stop.is_set():
+            return
         echo(f"[{i}/{len(todo)}] {run.run_id}: {' '.join(cmd[1:])}  (log: {log})")
         start = time.monotonic()
-        record(run, run_one(cmd, log, env), time.monotonic() - start)
+        code = run_one(cmd, log, env)
+        record(run, code, time.monotonic() - start)
+        if code in INTERRUPTED:
+            stop.set()
 
-    with ThreadPoolExecutor(max_workers=jobs) as pool:
+    pool = ThreadPoolExecutor(max_workers=jobs)
+    try:
         for future in [pool.submit(one, i, *job) for i, job in enumerate(todo, 1)]:
             future.result()
+    except KeyboardInterrupt:
+        stop.set()  # the running runs got the same signal; wait for their checkpoints, start nothing new
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+    if stop.is_set():
+        raise SweepStopped("sweep stopped; rerun the same command to resume the interrupted run(s) and the rest")
     return status
 
 
