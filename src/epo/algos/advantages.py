@@ -13,6 +13,7 @@ import torch
 from epo.algos.losses import check_same_shape, masked_mean
 
 Ids = torch.Tensor | Sequence
+SAME_OUTCOME_RTOL = 1e-6  # episode returns R closer than this (relative, scale >= 1) are one outcome (R rounds)
 
 
 def as_index(ids: Ids) -> torch.Tensor:
@@ -94,7 +95,7 @@ def shaping_share(advantages: torch.Tensor, group_ids: Ids, returns: torch.Tenso
     n_groups = int(group.max()) + 1 if group.numel() else 0
     high = returns.new_full((n_groups,), -float("inf")).scatter_reduce(0, group, returns, "amax")
     low = returns.new_full((n_groups,), float("inf")).scatter_reduce(0, group, returns, "amin")
-    uniform = ((high - low) <= 1e-6 * high.abs().clamp(min=1.0))[group]  # [N]: one outcome (R rounds)
+    uniform = ((high - low) <= SAME_OUTCOME_RTOL * high.abs().clamp(min=1.0))[group]  # [N]: one outcome
     size = advantages.abs().to(torch.float64)
     total = float(size.sum())
     return float(size[uniform].sum()) / total if total > 0 else 0.0

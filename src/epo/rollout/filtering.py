@@ -14,9 +14,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
+from epo.algos.advantages import SAME_OUTCOME_RTOL  # the same rule as actor/adv_shaping_share's groups
 from epo.rollout.collector import RolloutResult
-
-OUTCOME_TOL = 1e-6  # returns closer than this (relative to their size) count as the same outcome
 
 
 @dataclass
@@ -35,7 +34,7 @@ def mixed_groups(rollout: RolloutResult) -> list[int]:
     out = []
     for group, values in returns.items():
         scale = max(1.0, max(abs(v) for v in values))
-        if max(values) - min(values) > OUTCOME_TOL * scale:
+        if max(values) - min(values) > SAME_OUTCOME_RTOL * scale:
             out.append(group)
     return out
 
