@@ -105,6 +105,8 @@ def test_filter_groups_is_a_grpo_option():
         load_config(None, tiny_run("algo.name=ppo", "rollout.filter_groups=true"))
     with pytest.raises(ConfigError, match="rollout.filter_max_rounds"):
         load_config(None, tiny_run("rollout.filter_groups=true", "rollout.filter_max_rounds=0"))
+    with pytest.raises(ConfigError, match="only used with rollout.filter_groups=true"):
+        load_config(None, tiny_run("rollout.filter_max_rounds=2"))  # would be a silent no-op
 
 
 BASE = tiny_run(

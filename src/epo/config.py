@@ -550,6 +550,8 @@ def validate(cfg: Config) -> Config:
             f"rollout.filter_groups: dynamic sampling filters GRPO groups; algo.name={cfg.algo.name} takes its "
             "advantages from the critic, not the group (set algo.name=grpo or rollout.filter_groups=false)"
         )
+    if not cfg.rollout.filter_groups and cfg.rollout.filter_max_rounds != RolloutConfig.filter_max_rounds:
+        raise ConfigError("rollout.filter_max_rounds: only used with rollout.filter_groups=true; set that, or drop it")
     if cfg.env.executor == "ray" and cfg.env.pool_mode == "inline":
         raise ConfigError("env.pool_mode: inline runs envs in this process; it cannot combine with env.executor=ray")
     if not cfg.env.eval_splits:
