@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import signal
+import sys
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -193,11 +198,55 @@ def test_an_interrupted_run_stops_the_sweep_and_a_rerun_resumes(tmp_path, monkey
     result = runner.invoke(app, ["sweep", str(grid_path), "--out", str(out)])
     assert result.exit_code == 130 and "sweep stopped" in result.output and "rerun the same command" in result.output
     assert len(started) == 1  # the second run was never started
-    assert read_status(out)["a/seed0"] == {**read_status(out)["a/seed0"], "state": "failed", "exit_code": 130}
+    assert read_status(out)["a/seed0"] == {**read_status(out)["a/seed0"], "state": "interrupted", "exit_code": 130}
     assert "b/seed0" not in read_status(out)
     monkeypatch.setattr(sweep_runner, "run_one", lambda cmd, log, env=None: started.append(cmd) or 0)
     status = sweep_runner.run_sweep(load_grid(grid_path), out, echo=lambda line: None)  # the rerun runs both
     assert len(started) == 3 and {v["state"] for v in status.values()} == {"done"}
+
+
+CHILD = """
+import pathlib, signal, sys, time
+out = pathlib.Path(sys.argv[1])
+def stop(signum, _frame):
+    with open(out / "signals", "a") as f:
+        f.write(f"{signum}\\n")
+    time.sleep(0.3)  # a checkpoint takes a moment: a second forwarded signal would land here
+    sys.exit(128 + signum)
+signal.signal(signal.SIGINT, stop)
+signal.signal(signal.SIGTERM, stop)
+import os
+(out / "ready").write_text(str(os.getsid(0)))
+time.sleep(60)
+"""
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_stop_signal_to_the_sweep_reaches_each_run_once(tmp_path, monkeypatch, signum):
+    """A signal sent to the sweep alone used to leave its runs going. The sweep forwards it, once; the runs are their own
+    sessions, so a signal to the sweep's whole group (a terminal's Ctrl-C, `kill -- -PGID`) cannot reach them a
+    second time, which would abort their checkpoint."""
+    import epo.sweep.runner as sweep_runner
+
+    methods = {"a": ["train.total_steps=1"], "b": ["train.total_steps=1"]}
+    grid_path, out = _grid_file(tmp_path, methods=methods, seeds=[0]), tmp_path / "s"
+    monkeypatch.setattr(sweep_runner, "train_command", lambda g, r, d: [sys.executable, "-c", CHILD, str(tmp_path)])
+
+    def send_when_ready():
+        deadline = time.monotonic() + 30
+        while not (tmp_path / "ready").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        os.kill(os.getpid(), signum)  # the sweep only (a group signal here would also hit make/pytest's parents)
+
+    handler_before = signal.getsignal(signal.SIGTERM)
+    threading.Thread(target=send_when_ready, daemon=True).start()
+    with pytest.raises(sweep_runner.SweepStopped) as stopped:
+        run_sweep(load_grid(grid_path), out, echo=lambda line: None)
+    assert stopped.value.exit_code == 128 + signum
+    assert (tmp_path / "signals").read_text().split() == [str(int(signum))]
+    assert read_status(out) == {"a/seed0": {**read_status(out)["a/seed0"], "state": "interrupted"}}
+    assert int((tmp_path / "ready").read_text()) != os.getsid(0)  # its own session: out of reach of group signals
+    assert signal.getsignal(signal.SIGTERM) is handler_before  # the sweep's handlers are gone afterwards
 
 
 def test_parallel_jobs_split_the_cores_and_bad_counts_fail(tmp_path, monkeypatch):
