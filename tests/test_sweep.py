@@ -152,6 +152,7 @@ def test_miniature_sweep_runs_resumes_and_aggregates(tmp_path):
     assert set(results["tests"]) == {"grpo_epo"}  # every method against the baseline (the first)
     # EPO runs log band fractions, the baseline does not
     assert results["summary"]["grpo_epo"]["frac_above"] is not None and results["summary"]["grpo"]["frac_above"] is None
+    assert results["summary"]["grpo"]["uniform_steps"]["n"] == 2 and "uniform_steps" in summary
     assert (out / "report" / "success_curves.png").stat().st_size > 0
     assert (out / "report" / "per_seed.csv").read_text().count("\n") == 5
     # a rerun finds everything done and starts nothing
@@ -170,6 +171,20 @@ def test_miniature_sweep_runs_resumes_and_aggregates(tmp_path):
         and "started, not finished): grpo_epo/seed1" in (tmp_path / "rep2" / "summary.md").read_text()
     )
     assert json.loads((tmp_path / "rep2" / "results.json").read_text())["summary"]["grpo_epo"]["iid/succ_max"]["n"] == 1
+
+
+def test_uniform_steps_counts_steps_without_a_mixed_group(tmp_path):
+    from epo.report.data import load_run
+    from epo.sweep.aggregate import seed_numbers
+
+    groups = [(1.0, 0.0), (0.5, 0.5), (0.5, 0.0), (0.0, 0.0)]  # (all lost, all won) per step: steps 1-2 uniform
+    rows = [
+        {"step": i + 1, "rollout/groups_all_lost": a, "rollout/groups_all_won": b} for i, (a, b) in enumerate(groups)
+    ]
+    rows[2]["rollout/filter_rounds"] = 3
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    numbers = seed_numbers(load_run(tmp_path), [])
+    assert numbers["uniform_steps"] == 0.5 and numbers["filter_rounds"] == 3
 
 
 def test_a_failing_run_is_reported_and_retried(tmp_path):

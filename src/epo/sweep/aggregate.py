@@ -2,7 +2,8 @@
 
 Per seed (one run): Succ.* (best eval) and Succ. (mean of the last evals) per split, as `epo report` defines them;
 the RL gain (last eval - first eval, the start-of-RL eval at step 0); the variance of the batch-mean entropy across
-RL steps; the mean band-violation fractions (epo/frac_below, epo/frac_above; EPO runs only). Per method: mean ± std
+RL steps; the mean band-violation fractions (epo/frac_below, epo/frac_above; EPO runs only); the fraction of steps
+whose groups all had one outcome (no outcome signal for GRPO). Per method: mean ± std
 and a 95% t-interval over seeds. Each method against the baseline: paired over shared seeds (`stats.paired`).
 Writes SWEEP_DIR/report/: summary.md, results.json, per_seed.csv and PNG figures.
 """
@@ -34,6 +35,9 @@ SEED_METRICS_DOC = {
     "frac_below": "mean fraction of tokens below the EPO band",
     "frac_above": "mean fraction of tokens above the EPO band",
     "train_success": "rollout success, last 5 steps",
+    "uniform_steps": "fraction of RL steps whose groups all had one outcome (all won or all lost): GRPO's outcome "
+    "advantage is 0 for the whole step, so only entropy terms (EPO, entropy bonus) give that step a gradient",
+    "filter_rounds": "mean collections per RL step (dynamic sampling, rollout.filter_groups; 1 = no refill)",
 }
 
 
@@ -71,7 +75,18 @@ def seed_numbers(run: RunData, splits: list[str]) -> dict[str, float | None]:
         _, v = run.series(f"epo/{key}")
         out[key] = float(v.mean()) if len(v) else None
     out["train_success"] = row.get("train_success")
+    out["uniform_steps"] = _uniform_steps(run)
+    _, rounds = run.series("rollout/filter_rounds")
+    out["filter_rounds"] = float(rounds.mean()) if len(rounds) else None
     return out
+
+
+def _uniform_steps(run: RunData) -> float | None:
+    """Fraction of the steps logging both group metrics where all_lost + all_won covers every group."""
+    lost = dict(zip(*run.series("rollout/groups_all_lost"), strict=True))
+    won = dict(zip(*run.series("rollout/groups_all_won"), strict=True))
+    steps = sorted(set(lost) & set(won))
+    return sum(lost[s] + won[s] >= 1 - 1e-9 for s in steps) / len(steps) if steps else None
 
 
 def aggregate(sweep_dir: Path) -> dict[str, Any]:
@@ -154,8 +169,10 @@ def render(agg: dict[str, Any], figures: list[str]) -> str:
         cells += [_pm(row.get(f"{s}/succ_last"), 100) for s in splits]
         n = max((v["n"] for v in row.values() if v), default=0)
         lines.append(f"| {m} | {n} | " + " | ".join(cells) + " |")
-    lines += ["", "## Entropy and RL gain: mean [95% t-interval] over seeds", ""]
+    lines += ["", "## Entropy, RL gain and signal: mean [95% t-interval] over seeds", ""]
+    lines += ["uniform_steps: " + SEED_METRICS_DOC["uniform_steps"] + ".", ""]
     keys = [f"{s}/rl_gain" for s in splits] + ["entropy_mean", "entropy_var", "frac_below", "frac_above"]
+    keys += ["uniform_steps"] + (["filter_rounds"] if any(row.get("filter_rounds") for row in summary.values()) else [])
     lines += ["| method | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
     for m, row in summary.items():
         lines.append(f"| {m} | " + " | ".join(_ci(row.get(k)) for k in keys) + " |")
