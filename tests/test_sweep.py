@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import os
@@ -155,6 +156,13 @@ def test_miniature_sweep_runs_resumes_and_aggregates(tmp_path):
     assert results["summary"]["grpo"]["uniform_steps"]["n"] == 2 and "uniform_steps" in summary
     assert (out / "report" / "success_curves.png").stat().st_size > 0
     assert (out / "report" / "per_seed.csv").read_text().count("\n") == 5
+    # episodes pooled over seeds, per eval step and task, add up to what the runs' saved evals hold
+    per_task = list(csv.DictReader((out / "report" / "per_task.csv").open()))
+    saved = [json.loads(p.read_text()) for p in out.glob("grpo/seed*/eval/step_*_iid.json")]
+    grpo_iid = [r for r in per_task if r["method"] == "grpo" and r["split"] == "iid"]
+    assert sum(int(r["wins"]) for r in grpo_iid) == sum(sum(d["episode_wins"]) for d in saved)
+    assert sum(int(r["episodes"]) for r in grpo_iid) == sum(len(d["episode_wins"]) for d in saved) > 0
+    assert "## Episodes pooled over seeds" in summary and "Wins per task, `grpo` on iid" in summary
     # a rerun finds everything done and starts nothing
     again = runner.invoke(app, ["sweep", str(grid_path), "--out", str(out)])
     assert again.exit_code == 0 and "4 done, 0 to run" in again.output

@@ -5,7 +5,7 @@ the RL gain (last eval - first eval, the start-of-RL eval at step 0); the varian
 RL steps; the mean band-violation fractions (epo/frac_below, epo/frac_above; EPO runs only); the fraction of steps
 whose groups all had one outcome (no outcome signal for GRPO). Per method: mean ± std
 and a 95% t-interval over seeds. Each method against the baseline: paired over shared seeds (`stats.paired`).
-Writes SWEEP_DIR/report/: summary.md, results.json, per_seed.csv and PNG figures.
+Writes SWEEP_DIR/report/: summary.md, results.json, per_seed.csv, per_task.csv (pooled.py) and PNG figures.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import yaml
 from epo.config import list_presets
 from epo.report.data import RunData, load_run
 from epo.report.summary import run_summary
-from epo.sweep import plots
+from epo.sweep import plots, pooled
 from epo.sweep.grid import GRID_FILE
 from epo.sweep.runner import read_status
 from epo.sweep.stats import paired, summarize
@@ -125,8 +125,10 @@ def write_sweep_report(sweep_dir: str | Path, out_dir: str | Path | None = None)
     (out_dir / "results.json").write_text(json.dumps(agg, indent=1, default=str))
     _write_csv(out_dir / "per_seed.csv", agg["per_seed"])
     figures = plots.write_sweep_figures(runs, agg["splits"], out_dir)
+    counts = pooled.pooled_counts(runs, agg["splits"])
+    pooled.write_csv(out_dir / "per_task.csv", counts)
     path = out_dir / "summary.md"
-    path.write_text(render(agg, figures))
+    path.write_text(render(agg, figures, pooled.render(counts)))
     return path
 
 
@@ -145,7 +147,7 @@ def base_label(base: str) -> str:
         return path.name
 
 
-def render(agg: dict[str, Any], figures: list[str]) -> str:
+def render(agg: dict[str, Any], figures: list[str], pooled_lines: list[str] = ()) -> str:
     grid, splits, summary = agg["grid"], agg["splits"], agg["summary"]
     lines = [
         "# Sweep report",
@@ -185,7 +187,8 @@ def render(agg: dict[str, Any], figures: list[str]) -> str:
         "its smallest possible p is 2/2^n).",
         "",
     ]
-    keys = [f"{s}/{k}" for k in ("succ_max", "succ_converged", "succ_last") for s in splits] + ["entropy_var"]
+    keys = [f"{s}/{k}" for k in ("succ_max", "succ_converged", "succ_last") for s in splits]
+    keys += ["entropy_var", "uniform_steps"]
     lines += ["| method | metric | n | test | diff [95% CI] | p (t) | p (perm) |", "|---|---|---|---|---|---|---|"]
     for m, by_key in agg["tests"].items():
         for k in keys:
@@ -196,8 +199,8 @@ def render(agg: dict[str, Any], figures: list[str]) -> str:
                     f"| {m} | {k} | {c['n']} | {c['test']} | {c['diff']:+.4g} [{c['ci_low']:+.4g}, "
                     f"{c['ci_high']:+.4g}] | {c['p_t']:.3f} | {perm} |"
                 )
-    lines += ["", "## Figures", ""] + [f"![{f}]({f})" for f in figures]
-    lines += ["", "Per-seed numbers: per_seed.csv; everything above: results.json.", ""]
+    lines += ["", *pooled_lines, "## Figures", ""] + [f"![{f}]({f})" for f in figures]
+    lines += ["", "Per-seed numbers: per_seed.csv; per task and eval step: per_task.csv; the rest: results.json.", ""]
     return "\n".join(lines)
 
 
