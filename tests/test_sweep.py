@@ -163,6 +163,13 @@ def test_miniature_sweep_runs_resumes_and_aggregates(tmp_path):
     assert sum(int(r["wins"]) for r in grpo_iid) == sum(sum(d["episode_wins"]) for d in saved)
     assert sum(int(r["episodes"]) for r in grpo_iid) == sum(len(d["episode_wins"]) for d in saved) > 0
     assert "## Episodes pooled over seeds" in summary and "Wins per task, `grpo` on iid" in summary
+    torn = next(out.glob("grpo/seed0/eval/step_*_iid.json"))
+    torn.write_text(torn.read_text()[:40])  # a torn eval file is named and left out, the report still written
+    rep = runner.invoke(app, ["report", str(out), "--out", str(tmp_path / "torn")])
+    assert (
+        rep.exit_code == 0
+        and f"unreadable or without episode lists: {torn}" in (tmp_path / "torn" / "summary.md").read_text()
+    )
     # a rerun finds everything done and starts nothing
     again = runner.invoke(app, ["sweep", str(grid_path), "--out", str(out)])
     assert again.exit_code == 0 and "4 done, 0 to run" in again.output

@@ -125,10 +125,10 @@ def write_sweep_report(sweep_dir: str | Path, out_dir: str | Path | None = None)
     (out_dir / "results.json").write_text(json.dumps(agg, indent=1, default=str))
     _write_csv(out_dir / "per_seed.csv", agg["per_seed"])
     figures = plots.write_sweep_figures(runs, agg["splits"], out_dir)
-    counts = pooled.pooled_counts(runs, agg["splits"])
+    counts, unreadable = pooled.pooled_counts(runs, agg["splits"])
     pooled.write_csv(out_dir / "per_task.csv", counts)
     path = out_dir / "summary.md"
-    path.write_text(render(agg, figures, pooled.render(counts)))
+    path.write_text(render(agg, figures, pooled.render(counts, unreadable)))
     return path
 
 

@@ -21,22 +21,39 @@ MAX_TASKS_SHOWN = 16  # a per-task table of the full task distribution would be 
 Counts = dict[str, dict[str, dict[int, dict[str, list[int]]]]]
 
 
-def pooled_counts(runs: dict[str, dict[int, RunData]], splits: list[str]) -> Counts:
+def pooled_counts(runs: dict[str, dict[int, RunData]], splits: list[str]) -> tuple[Counts, list[str]]:
+    """(counts, the eval files that could not be read: left out and named in the report, not fatal)."""
     counts: Counts = {}
+    unreadable: list[str] = []
     for method, by_seed in runs.items():
         per_split = counts.setdefault(method, {})
         for split in splits:
             steps: dict[int, dict[str, list[int]]] = defaultdict(lambda: defaultdict(lambda: [0, 0]))
             for run in by_seed.values():
                 for path in sorted((run.path / "eval").glob(f"step_*_{split}.json")):
-                    saved = json.loads(path.read_text())
-                    step = int(path.name.split("_")[1])
-                    for task, won in zip(saved.get("episode_tasks", []), saved.get("episode_wins", []), strict=True):
-                        steps[step][task][0] += int(won)
-                        steps[step][task][1] += 1
+                    episodes = _episodes(path)
+                    if episodes is None:
+                        unreadable.append(str(path))
+                        continue
+                    per_task = steps[int(path.name.split("_")[1])]  # step_<step>_<split>.json
+                    for task, won in episodes:
+                        per_task[task][0] += won
+                        per_task[task][1] += 1
             if steps:
                 per_split[split] = {s: dict(t) for s, t in sorted(steps.items())}
-    return counts
+    return counts, unreadable
+
+
+def _episodes(path: Path) -> list[tuple[str, int]] | None:
+    """[(task, won)] of one saved eval; None when the file is torn or its lists do not pair up."""
+    try:
+        saved = json.loads(path.read_text())
+        tasks, wins = saved["episode_tasks"], saved["episode_wins"]
+        if len(tasks) != len(wins):
+            return None
+        return [(str(task), int(won)) for task, won in zip(tasks, wins, strict=True)]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def write_csv(path: Path, counts: Counts) -> None:
@@ -50,9 +67,12 @@ def write_csv(path: Path, counts: Counts) -> None:
                         w.writerow([method, split, step, task, wins, n])
 
 
-def render(counts: Counts) -> list[str]:
+def render(counts: Counts, unreadable: list[str]) -> list[str]:
     """Markdown: pooled wins per eval step, then per task where a split has at most MAX_TASKS_SHOWN tasks."""
-    lines = ["## Episodes pooled over seeds", "", "| method | split | step | wins / episodes | success [95% Wilson] |"]
+    lines = ["## Episodes pooled over seeds", ""]
+    if unreadable:
+        lines += [f"Left out, unreadable or without episode lists: {', '.join(unreadable)}.", ""]
+    lines += ["| method | split | step | wins / episodes | success [95% Wilson] |"]
     lines.append("|---|---|---|---|---|")
     for method, per_split in counts.items():
         for split, steps in per_split.items():
