@@ -44,6 +44,7 @@ class SweepStopped(Exception):
 
 
 _RUNNING: set[subprocess.Popen] = set()  # the runs of this process now going, for forwarding stop signals
+_FORWARDED: list[int] = []  # the stop signal already forwarded: a run that starts just after it gets it too
 _RUNNING_LOCK = threading.Lock()
 
 
@@ -107,6 +108,8 @@ def run_one(cmd: list[str], log_path: str, env: dict[str, str] | None = None) ->
         )
         with _RUNNING_LOCK:
             _RUNNING.add(proc)
+            if _FORWARDED:  # the sweep was stopped between deciding to start this run and starting it
+                proc.send_signal(_FORWARDED[-1])
         try:
             return proc.wait()
         finally:
@@ -116,6 +119,7 @@ def run_one(cmd: list[str], log_path: str, env: dict[str, str] | None = None) ->
 
 def _forward(signum: int) -> None:
     with _RUNNING_LOCK:
+        _FORWARDED.append(signum)
         for proc in _RUNNING:
             if proc.poll() is None:
                 proc.send_signal(signum)
@@ -203,6 +207,7 @@ def run_sweep(
             exit_code[0] = code
             stop.set()
 
+    _FORWARDED.clear()
     old_handlers = _install_stop_handlers(on_signal)
     pool = ThreadPoolExecutor(max_workers=jobs)
     try:
@@ -212,6 +217,7 @@ def run_sweep(
         pool.shutdown(wait=True, cancel_futures=True)
         for signum, handler in old_handlers.items():
             signal.signal(signum, handler)
+        _FORWARDED.clear()
     if stop.is_set():
         raise SweepStopped(
             "sweep stopped; rerun the same command to resume the interrupted run(s) and the rest", exit_code[0]
