@@ -215,6 +215,10 @@ def test_splits_kwargs_and_errors():
     assert sizes == {"train": 2000, "iid": 200, "ood": 200}
     kwargs = {"difficulty": "easy", "num_train": 7, "rooms": [3, 5]}
     assert SPEC.splits(**kwargs)["train"][-1] == "train/00006"
+    window = SPEC.splits(difficulty="easy", num_iid=4, first_iid=4)["iid"]  # another fixed set of practised games
+    assert window == ["iid/00004", "iid/00005", "iid/00006", "iid/00007"]
+    with pytest.raises(ValueError, match="first_iid must be a non-negative int"):
+        SPEC.splits(first_iid=-1)
     obs, info = SPEC.make(**kwargs).reset(options={"task_id": "ood/00001"})
     assert info["task_type"] in ("fetch", "craft") and obs.startswith("You are in the")
     with pytest.raises(ValueError, match="unknown difficulty"):

@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import math
+import os
+import signal
+import sys
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -147,8 +153,23 @@ def test_miniature_sweep_runs_resumes_and_aggregates(tmp_path):
     assert set(results["tests"]) == {"grpo_epo"}  # every method against the baseline (the first)
     # EPO runs log band fractions, the baseline does not
     assert results["summary"]["grpo_epo"]["frac_above"] is not None and results["summary"]["grpo"]["frac_above"] is None
+    assert results["summary"]["grpo"]["uniform_steps"]["n"] == 2 and "uniform_steps" in summary
     assert (out / "report" / "success_curves.png").stat().st_size > 0
     assert (out / "report" / "per_seed.csv").read_text().count("\n") == 5
+    # episodes pooled over seeds, per eval step and task, add up to what the runs' saved evals hold
+    per_task = list(csv.DictReader((out / "report" / "per_task.csv").open()))
+    saved = [json.loads(p.read_text()) for p in out.glob("grpo/seed*/eval/step_*_iid.json")]
+    grpo_iid = [r for r in per_task if r["method"] == "grpo" and r["split"] == "iid"]
+    assert sum(int(r["wins"]) for r in grpo_iid) == sum(sum(d["episode_wins"]) for d in saved)
+    assert sum(int(r["episodes"]) for r in grpo_iid) == sum(len(d["episode_wins"]) for d in saved) > 0
+    assert "## Episodes pooled over seeds" in summary and "Wins per task, `grpo` on iid" in summary
+    torn = next(out.glob("grpo/seed0/eval/step_*_iid.json"))
+    torn.write_text(torn.read_text()[:40])  # a torn eval file is named and left out, the report still written
+    rep = runner.invoke(app, ["report", str(out), "--out", str(tmp_path / "torn")])
+    assert (
+        rep.exit_code == 0
+        and f"unreadable or without episode lists: {torn}" in (tmp_path / "torn" / "summary.md").read_text()
+    )
     # a rerun finds everything done and starts nothing
     again = runner.invoke(app, ["sweep", str(grid_path), "--out", str(out)])
     assert again.exit_code == 0 and "4 done, 0 to run" in again.output
@@ -165,6 +186,20 @@ def test_miniature_sweep_runs_resumes_and_aggregates(tmp_path):
         and "started, not finished): grpo_epo/seed1" in (tmp_path / "rep2" / "summary.md").read_text()
     )
     assert json.loads((tmp_path / "rep2" / "results.json").read_text())["summary"]["grpo_epo"]["iid/succ_max"]["n"] == 1
+
+
+def test_uniform_steps_counts_steps_without_a_mixed_group(tmp_path):
+    from epo.report.data import load_run
+    from epo.sweep.aggregate import seed_numbers
+
+    groups = [(1.0, 0.0), (0.5, 0.5), (0.5, 0.0), (0.0, 0.0)]  # (all lost, all won) per step: steps 1-2 uniform
+    rows = [
+        {"step": i + 1, "rollout/groups_all_lost": a, "rollout/groups_all_won": b} for i, (a, b) in enumerate(groups)
+    ]
+    rows[2]["rollout/filter_rounds"] = 3
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    numbers = seed_numbers(load_run(tmp_path), [])
+    assert numbers["uniform_steps"] == 0.5 and numbers["filter_rounds"] == 3
 
 
 def test_a_failing_run_is_reported_and_retried(tmp_path):
@@ -193,11 +228,55 @@ def test_an_interrupted_run_stops_the_sweep_and_a_rerun_resumes(tmp_path, monkey
     result = runner.invoke(app, ["sweep", str(grid_path), "--out", str(out)])
     assert result.exit_code == 130 and "sweep stopped" in result.output and "rerun the same command" in result.output
     assert len(started) == 1  # the second run was never started
-    assert read_status(out)["a/seed0"] == {**read_status(out)["a/seed0"], "state": "failed", "exit_code": 130}
+    assert read_status(out)["a/seed0"] == {**read_status(out)["a/seed0"], "state": "interrupted", "exit_code": 130}
     assert "b/seed0" not in read_status(out)
     monkeypatch.setattr(sweep_runner, "run_one", lambda cmd, log, env=None: started.append(cmd) or 0)
     status = sweep_runner.run_sweep(load_grid(grid_path), out, echo=lambda line: None)  # the rerun runs both
     assert len(started) == 3 and {v["state"] for v in status.values()} == {"done"}
+
+
+CHILD = """
+import pathlib, signal, sys, time
+out = pathlib.Path(sys.argv[1])
+def stop(signum, _frame):
+    with open(out / "signals", "a") as f:
+        f.write(f"{signum}\\n")
+    time.sleep(0.3)  # a checkpoint takes a moment: a second forwarded signal would land here
+    sys.exit(128 + signum)
+signal.signal(signal.SIGINT, stop)
+signal.signal(signal.SIGTERM, stop)
+import os
+(out / "ready").write_text(str(os.getsid(0)))
+time.sleep(60)
+"""
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_stop_signal_to_the_sweep_reaches_each_run_once(tmp_path, monkeypatch, signum):
+    """A signal sent to the sweep alone used to leave its runs going. The sweep forwards it, once; the runs are their own
+    sessions, so a signal to the sweep's whole group (a terminal's Ctrl-C, `kill -- -PGID`) cannot reach them a
+    second time, which would abort their checkpoint."""
+    import epo.sweep.runner as sweep_runner
+
+    methods = {"a": ["train.total_steps=1"], "b": ["train.total_steps=1"]}
+    grid_path, out = _grid_file(tmp_path, methods=methods, seeds=[0]), tmp_path / "s"
+    monkeypatch.setattr(sweep_runner, "train_command", lambda g, r, d: [sys.executable, "-c", CHILD, str(tmp_path)])
+
+    def send_when_ready():
+        deadline = time.monotonic() + 30
+        while not (tmp_path / "ready").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        os.kill(os.getpid(), signum)  # the sweep only (a group signal here would also hit make/pytest's parents)
+
+    handler_before = signal.getsignal(signal.SIGTERM)
+    threading.Thread(target=send_when_ready, daemon=True).start()
+    with pytest.raises(sweep_runner.SweepStopped) as stopped:
+        run_sweep(load_grid(grid_path), out, echo=lambda line: None)
+    assert stopped.value.exit_code == 128 + signum
+    assert (tmp_path / "signals").read_text().split() == [str(int(signum))]
+    assert read_status(out) == {"a/seed0": {**read_status(out)["a/seed0"], "state": "interrupted"}}
+    assert int((tmp_path / "ready").read_text()) != os.getsid(0)  # its own session: out of reach of group signals
+    assert signal.getsignal(signal.SIGTERM) is handler_before  # the sweep's handlers are gone afterwards
 
 
 def test_parallel_jobs_split_the_cores_and_bad_counts_fail(tmp_path, monkeypatch):

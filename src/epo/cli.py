@@ -216,7 +216,7 @@ def sweep(
             status = run_sweep(g, target, ray=ray, cpus_per_run=cpus_per_run, echo=echo, jobs=jobs, methods=only)
         except SweepStopped as e:  # Ctrl-C / SIGTERM: the interrupted runs kept their checkpoints
             console.print(str(e), markup=False)
-            raise typer.Exit(130) from None
+            raise typer.Exit(e.exit_code) from None
         console.print(f"report: {write_sweep_report(target)}", markup=False)
         failed = sorted(k for k, v in status.items() if v["state"] != "done")
         if failed:

@@ -579,7 +579,9 @@ def _check_rollout_backend(cfg: Config) -> None:
     from epo.rollout.backend_select import VLLM_INSTALL_HINT, vllm_distribution
 
     if cfg.rollout.backend == "vllm" and vllm_distribution() is None:
-        raise ConfigError(f"rollout.backend: 'vllm' needs the vllm package, which is not installed ({VLLM_INSTALL_HINT})")
+        raise ConfigError(
+            f"rollout.backend: 'vllm' needs the vllm package, which is not installed ({VLLM_INSTALL_HINT})"
+        )
     if cfg.rollout.is_correction == "tis" and cfg.rollout.backend == "hf":
         raise ConfigError("rollout.is_correction: 'tis' needs the sampler's log-probs; rollout.backend=hf has none")
     if cfg.rollout.vllm_sleep:

@@ -31,11 +31,15 @@ def apply_lora(
     from epo.models.value import ValueModel
 
     if r < 1 or alpha <= 0 or not 0.0 <= dropout < 1.0:
-        raise ModelLoadError(f"invalid LoRA settings r={r}, alpha={alpha}, dropout={dropout} (need r>=1, alpha>0, 0<=p<1)")
+        raise ModelLoadError(
+            f"invalid LoRA settings r={r}, alpha={alpha}, dropout={dropout} (need r>=1, alpha>0, 0<=p<1)"
+        )
     targets = target_modules if isinstance(target_modules, str) else list(target_modules)
     tied = getattr(getattr(model, "config", None), "tie_word_embeddings", False)
     if tied and "lm_head" in targets:
-        raise ModelLoadError("LoRA on lm_head is not supported for models whose lm_head is tied to the input embeddings")
+        raise ModelLoadError(
+            "LoRA on lm_head is not supported for models whose lm_head is tied to the input embeddings"
+        )
     is_value_model = isinstance(model, ValueModel)
     config = LoraConfig(
         r=r,
@@ -50,7 +54,9 @@ def apply_lora(
             return model
         return get_peft_model(model, config)
     except ValueError as error:  # e.g. "Target modules {...} not found in the base model"
-        raise ModelLoadError(f"could not apply LoRA with target_modules={targets}: {str(error).splitlines()[0]}") from None
+        raise ModelLoadError(
+            f"could not apply LoRA with target_modules={targets}: {str(error).splitlines()[0]}"
+        ) from None
 
 
 def merge_and_save(model: nn.Module, tokenizer: Any, out_dir: str | Path) -> Path:

@@ -2,9 +2,10 @@
 
 Per seed (one run): Succ.* (best eval) and Succ. (mean of the last evals) per split, as `epo report` defines them;
 the RL gain (last eval - first eval, the start-of-RL eval at step 0); the variance of the batch-mean entropy across
-RL steps; the mean band-violation fractions (epo/frac_below, epo/frac_above; EPO runs only). Per method: mean ± std
+RL steps; the mean band-violation fractions (epo/frac_below, epo/frac_above; EPO runs only); the fraction of steps
+whose groups all had one outcome (no outcome signal for GRPO). Per method: mean ± std
 and a 95% t-interval over seeds. Each method against the baseline: paired over shared seeds (`stats.paired`).
-Writes SWEEP_DIR/report/: summary.md, results.json, per_seed.csv and PNG figures.
+Writes SWEEP_DIR/report/: summary.md, results.json, per_seed.csv, per_task.csv (pooled.py) and PNG figures.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import yaml
 from epo.config import list_presets
 from epo.report.data import RunData, load_run
 from epo.report.summary import run_summary
-from epo.sweep import plots
+from epo.sweep import plots, pooled
 from epo.sweep.grid import GRID_FILE
 from epo.sweep.runner import read_status
 from epo.sweep.stats import paired, summarize
@@ -34,6 +35,9 @@ SEED_METRICS_DOC = {
     "frac_below": "mean fraction of tokens below the EPO band",
     "frac_above": "mean fraction of tokens above the EPO band",
     "train_success": "rollout success, last 5 steps",
+    "uniform_steps": "fraction of RL steps whose groups all had one outcome (all won or all lost): GRPO's outcome "
+    "advantage is 0 for the whole step, so only entropy terms (EPO, entropy bonus) give that step a gradient",
+    "filter_rounds": "mean collections per RL step (dynamic sampling, rollout.filter_groups; 1 = no refill)",
 }
 
 
@@ -71,7 +75,18 @@ def seed_numbers(run: RunData, splits: list[str]) -> dict[str, float | None]:
         _, v = run.series(f"epo/{key}")
         out[key] = float(v.mean()) if len(v) else None
     out["train_success"] = row.get("train_success")
+    out["uniform_steps"] = _uniform_steps(run)
+    _, rounds = run.series("rollout/filter_rounds")
+    out["filter_rounds"] = float(rounds.mean()) if len(rounds) else None
     return out
+
+
+def _uniform_steps(run: RunData) -> float | None:
+    """Fraction of the steps logging both group metrics where all_lost + all_won covers every group."""
+    lost = dict(zip(*run.series("rollout/groups_all_lost"), strict=True))
+    won = dict(zip(*run.series("rollout/groups_all_won"), strict=True))
+    steps = sorted(set(lost) & set(won))
+    return sum(lost[s] + won[s] >= 1 - 1e-9 for s in steps) / len(steps) if steps else None
 
 
 def aggregate(sweep_dir: Path) -> dict[str, Any]:
@@ -110,8 +125,10 @@ def write_sweep_report(sweep_dir: str | Path, out_dir: str | Path | None = None)
     (out_dir / "results.json").write_text(json.dumps(agg, indent=1, default=str))
     _write_csv(out_dir / "per_seed.csv", agg["per_seed"])
     figures = plots.write_sweep_figures(runs, agg["splits"], out_dir)
+    counts, unreadable = pooled.pooled_counts(runs, agg["splits"])
+    pooled.write_csv(out_dir / "per_task.csv", counts)
     path = out_dir / "summary.md"
-    path.write_text(render(agg, figures))
+    path.write_text(render(agg, figures, pooled.render(counts, unreadable)))
     return path
 
 
@@ -130,7 +147,7 @@ def base_label(base: str) -> str:
         return path.name
 
 
-def render(agg: dict[str, Any], figures: list[str]) -> str:
+def render(agg: dict[str, Any], figures: list[str], pooled_lines: list[str] = ()) -> str:
     grid, splits, summary = agg["grid"], agg["splits"], agg["summary"]
     lines = [
         "# Sweep report",
@@ -154,8 +171,10 @@ def render(agg: dict[str, Any], figures: list[str]) -> str:
         cells += [_pm(row.get(f"{s}/succ_last"), 100) for s in splits]
         n = max((v["n"] for v in row.values() if v), default=0)
         lines.append(f"| {m} | {n} | " + " | ".join(cells) + " |")
-    lines += ["", "## Entropy and RL gain: mean [95% t-interval] over seeds", ""]
+    lines += ["", "## Entropy, RL gain and signal: mean [95% t-interval] over seeds", ""]
+    lines += ["uniform_steps: " + SEED_METRICS_DOC["uniform_steps"] + ".", ""]
     keys = [f"{s}/rl_gain" for s in splits] + ["entropy_mean", "entropy_var", "frac_below", "frac_above"]
+    keys += ["uniform_steps"] + (["filter_rounds"] if any(row.get("filter_rounds") for row in summary.values()) else [])
     lines += ["| method | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
     for m, row in summary.items():
         lines.append(f"| {m} | " + " | ".join(_ci(row.get(k)) for k in keys) + " |")
@@ -168,7 +187,8 @@ def render(agg: dict[str, Any], figures: list[str]) -> str:
         "its smallest possible p is 2/2^n).",
         "",
     ]
-    keys = [f"{s}/{k}" for k in ("succ_max", "succ_converged", "succ_last") for s in splits] + ["entropy_var"]
+    keys = [f"{s}/{k}" for k in ("succ_max", "succ_converged", "succ_last") for s in splits]
+    keys += ["entropy_var", "uniform_steps"]
     lines += ["| method | metric | n | test | diff [95% CI] | p (t) | p (perm) |", "|---|---|---|---|---|---|---|"]
     for m, by_key in agg["tests"].items():
         for k in keys:
@@ -179,8 +199,8 @@ def render(agg: dict[str, Any], figures: list[str]) -> str:
                     f"| {m} | {k} | {c['n']} | {c['test']} | {c['diff']:+.4g} [{c['ci_low']:+.4g}, "
                     f"{c['ci_high']:+.4g}] | {c['p_t']:.3f} | {perm} |"
                 )
-    lines += ["", "## Figures", ""] + [f"![{f}]({f})" for f in figures]
-    lines += ["", "Per-seed numbers: per_seed.csv; everything above: results.json.", ""]
+    lines += ["", *pooled_lines, "## Figures", ""] + [f"![{f}]({f})" for f in figures]
+    lines += ["", "Per-seed numbers: per_seed.csv; per task and eval step: per_task.csv; the rest: results.json.", ""]
     return "\n".join(lines)
 
 

@@ -6,6 +6,10 @@ with OMP_NUM_THREADS = cores // jobs unless set, so N runs do not oversubscribe 
 (`ray=True`, needs the `ray` extra; RAY_ADDRESS or a local instance), each asking for `cpus_per_run` CPUs so Ray
 packs them.
 Each run's console output goes to SWEEP_DIR/<method>/seed<s>.log.
+
+Stop signals: each run is its own session, so the sweep alone receives Ctrl-C (or a SIGTERM sent to it or to its
+process group) and forwards it to the running runs exactly once; they checkpoint and exit 130/143, the sweep starts
+no further run and exits the same way. A second signal is forwarded again and, as with `epo train`, aborts at once.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -32,6 +37,15 @@ INTERRUPTED = tuple(EXIT_INTERRUPTED.values())  # a run stopped by Ctrl-C / SIGT
 
 class SweepStopped(Exception):
     """A stop signal ended the sweep: the running runs checkpointed, no further run was started."""
+
+    def __init__(self, message: str, exit_code: int = 130):
+        super().__init__(message)
+        self.exit_code = exit_code  # 128 + the signal number, as `epo train` exits
+
+
+_RUNNING: set[subprocess.Popen] = set()  # the runs of this process now going, for forwarding stop signals
+_FORWARDED: list[int] = []  # the stop signal already forwarded: a run that starts just after it gets it too
+_RUNNING_LOCK = threading.Lock()
 
 
 STATUS_FILE = "status.json"
@@ -87,7 +101,38 @@ def run_one(cmd: list[str], log_path: str, env: dict[str, str] | None = None) ->
     with open(log_path, "a") as log:
         log.write(f"$ {' '.join(cmd)}\n")
         log.flush()
-        return subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env).returncode
+        # a session of its own: a terminal's Ctrl-C or a SIGTERM to the sweep's group reaches the sweep only, which
+        # forwards it once (two signals would make the run abort without its checkpoint)
+        proc = subprocess.Popen(
+            cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True
+        )
+        with _RUNNING_LOCK:
+            _RUNNING.add(proc)
+            if _FORWARDED:  # the sweep was stopped between deciding to start this run and starting it
+                proc.send_signal(_FORWARDED[-1])
+        try:
+            return proc.wait()
+        finally:
+            with _RUNNING_LOCK:
+                _RUNNING.discard(proc)
+
+
+def _forward(signum: int) -> None:
+    with _RUNNING_LOCK:
+        _FORWARDED.append(signum)
+        for proc in _RUNNING:
+            if proc.poll() is None:
+                proc.send_signal(signum)
+
+
+def _install_stop_handlers(on_signal: Callable[[int], None]) -> dict:
+    """SIGINT/SIGTERM call on_signal (main thread only, where Python delivers signals); returns the old handlers."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    old = {}
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        old[signum] = signal.signal(signum, lambda s, _frame: on_signal(s))
+    return old
 
 
 def run_env(jobs: int) -> dict[str, str]:
@@ -129,17 +174,27 @@ def run_sweep(
 
     def record(run: RunSpec, code: int, seconds: float) -> None:
         with lock:
-            status[run.run_id] = {"state": "done" if code == 0 else "failed", "exit_code": code, "seconds": seconds}
+            state = "done" if code == 0 else "interrupted" if code in INTERRUPTED else "failed"
+            status[run.run_id] = {"state": state, "exit_code": code, "seconds": seconds}
             _record_status(sweep_dir, run.run_id, status[run.run_id])
-            echo(f"{run.run_id}: {'done' if code == 0 else f'FAILED (exit {code})'} in {seconds:.0f} s")
+            said = {"done": "done", "interrupted": f"interrupted (exit {code}, checkpoint kept)"}
+            echo(f"{run.run_id}: {said.get(state, f'FAILED (exit {code})')} in {seconds:.0f} s")
 
     if ray:
         _run_on_ray(todo, cpus_per_run, record, echo)
         return status
     env = run_env(jobs)
-    # Ctrl-C in a terminal reaches the runs too (one process group): they checkpoint and exit 130, and the sweep
+    # A stop signal (forwarded to the runs, which checkpoint and exit 130/143) or a run that exits so on its own
     # starts no further run. Without this the queued runs would all still run, one after another, for hours.
     stop = threading.Event()
+    exit_code = [130]
+
+    def on_signal(signum: int) -> None:
+        if not stop.is_set():
+            exit_code[0] = 128 + signum
+            echo(f"{signal.Signals(signum).name}: stopping the running runs after their checkpoints (again: abort)")
+        stop.set()
+        _forward(signum)
 
     def one(i: int, run: RunSpec, cmd: list[str], log: str) -> None:
         if stop.is_set():
@@ -148,19 +203,25 @@ def run_sweep(
         start = time.monotonic()
         code = run_one(cmd, log, env)
         record(run, code, time.monotonic() - start)
-        if code in INTERRUPTED:
+        if code in INTERRUPTED and not stop.is_set():
+            exit_code[0] = code
             stop.set()
 
+    _FORWARDED.clear()
+    old_handlers = _install_stop_handlers(on_signal)
     pool = ThreadPoolExecutor(max_workers=jobs)
     try:
         for future in [pool.submit(one, i, *job) for i, job in enumerate(todo, 1)]:
             future.result()
-    except KeyboardInterrupt:
-        stop.set()  # the running runs got the same signal; wait for their checkpoints, start nothing new
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+        for signum, handler in old_handlers.items():
+            signal.signal(signum, handler)
+        _FORWARDED.clear()
     if stop.is_set():
-        raise SweepStopped("sweep stopped; rerun the same command to resume the interrupted run(s) and the rest")
+        raise SweepStopped(
+            "sweep stopped; rerun the same command to resume the interrupted run(s) and the rest", exit_code[0]
+        )
     return status
 
 

@@ -14,7 +14,8 @@ Decoy containers, junk objects and distractor keys (they open a decoy locked box
 Task ids are "<split>/<index>": train (2000), iid (200, held-out seeds, same parameters) and ood (200, harder:
 2 more rooms, 1 more lock, more distractors). Env kwargs (same for make and splits): difficulty=easy|medium|hard,
 overrides of any `LevelParams` range (rooms, locks, containers, junk, distractor_keys, ingredients,
-solution_len, task_types) and num_train/num_iid/num_ood. Optimal solution lengths (checked per game by the exact
+solution_len, task_types), num_train/num_iid/num_ood and first_train/first_iid/first_ood (a split's
+window: num_iid=4 first_iid=4 is iid/00004..00007). Optimal solution lengths (checked per game by the exact
 solver, out-of-range games are regenerated): easy 6-15 (ood 10-23), medium 10-32 (ood 14-40),
 hard 16-36 (ood 20-40); the default is medium, max_turns is 40. Reward 1.0 on the winning step only; an action
 not in info["admissible_actions"] changes nothing and gives info["valid"] = False. `expert_action()` replans from

@@ -88,6 +88,9 @@ class QuestConfig:
     num_train: int = 2000
     num_iid: int = 200
     num_ood: int = 200
+    first_train: int = 0  # a split's task ids are <split>/<first> .. <first + num - 1>: a window of its games
+    first_iid: int = 0
+    first_ood: int = 0
     difficulty: str = "medium"
     expert: str = "exact"  # "exact": shortest plan, knows everything; "explorer": acts on what was observed
 
@@ -97,9 +100,12 @@ class QuestConfig:
     def split_size(self, split: str) -> int:
         return {"train": self.num_train, "iid": self.num_iid, "ood": self.num_ood}[split]
 
+    def split_start(self, split: str) -> int:
+        return {"train": self.first_train, "iid": self.first_iid, "ood": self.first_ood}[split]
+
 
 _RANGE_FIELDS = tuple(f.name for f in fields(LevelParams) if f.name != "task_types")
-_SIZE_FIELDS = ("num_train", "num_iid", "num_ood")
+_SIZE_FIELDS = ("num_train", "num_iid", "num_ood", "first_train", "first_iid", "first_ood")
 EXPERTS = ("exact", "explorer")
 
 
@@ -116,7 +122,8 @@ def _as_range(name: str, value: Any) -> tuple[int, int]:
 
 
 def parse_kwargs(**kwargs: Any) -> QuestConfig:
-    """Build a QuestConfig from env kwargs: difficulty=easy|medium|hard, per-knob overrides, split sizes."""
+    """Build a QuestConfig from env kwargs: difficulty=easy|medium|hard, per-knob overrides, split sizes and starts
+    (num_iid=4 first_iid=4: the games iid/00004..iid/00007)."""
     difficulty = kwargs.pop("difficulty", "medium")
     if difficulty not in PRESETS:
         raise EnvSetupError(f"quest: unknown difficulty {difficulty!r}; choose one of {', '.join(PRESETS)}")
@@ -172,4 +179,8 @@ def parse_task_id(task_id: str) -> tuple[str, int]:
 
 
 def task_ids(config: QuestConfig) -> dict[str, list[str]]:
-    return {split: [f"{split}/{i:05d}" for i in range(config.split_size(split))] for split in SPLITS}
+    ids = {}
+    for split in SPLITS:
+        start = config.split_start(split)
+        ids[split] = [f"{split}/{i:05d}" for i in range(start, start + config.split_size(split))]
+    return ids
