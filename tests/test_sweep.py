@@ -96,6 +96,26 @@ def test_grid_expands_methods_by_seeds(tmp_path):
     assert grid.config(runs[1]).epo.mode == "on" and grid.config(runs[1]).train.seed == 0
 
 
+def test_per_seed_overrides_apply_to_every_method_of_that_seed(tmp_path):
+    """A seed may bring its own task set (per_seed), and the methods stay paired on it."""
+    path = _grid_file(tmp_path, per_seed={1: ["env.kwargs.num_iid=4", "env.kwargs.first_iid=8"]})
+    grid = load_grid(path)
+    by_id = {r.run_id: r for r in grid.runs()}
+    assert "env.kwargs.first_iid=8" not in by_id["grpo/seed0"].overrides
+    for method in ("grpo", "grpo_epo"):
+        run = by_id[f"{method}/seed1"]  # common, then the seed's, then the method's overrides
+        assert run.overrides == (
+            *TINY,
+            "env.kwargs.num_iid=4",
+            "env.kwargs.first_iid=8",
+            *grid.methods[method],
+            "train.seed=1",
+        )
+        assert grid.config(run).env.kwargs["first_iid"] == 8
+    assert load_grid(path).to_dict() == grid.to_dict() and grid.to_dict()["per_seed"] == {1: grid.per_seed[1]}
+    assert "per_seed" not in load_grid(_grid_file(tmp_path)).to_dict()  # sweeps saved before per_seed still match
+
+
 @pytest.mark.parametrize(
     ("raw", "message"),
     [
@@ -107,6 +127,16 @@ def test_grid_expands_methods_by_seeds(tmp_path):
         ({"base": "quest_demo_cpu", "seeds": [0], "methods": {"a b": []}}, "names"),
         ({"base": "quest_demo_cpu", "seeds": [0], "methods": {"a": ["epo.mode=maybe"]}}, "method 'a': epo.mode"),
         ({"base": "quest_demo_cpu", "seeds": [0], "methods": {"a": []}, "sedes": 1}, "unknown key"),
+        ({"base": "quest_demo_cpu", "seeds": [0], "methods": {"a": []}, "per_seed": {3: []}}, "per_seed.3: not one"),
+        ({"base": "quest_demo_cpu", "seeds": [0], "methods": {"a": []}, "per_seed": {0: "x=1"}}, "per_seed.0: must"),
+        (
+            {"base": "quest_demo_cpu", "seeds": [0], "methods": {"a": []}, "per_seed": {0: ["train.seed=2"]}},
+            "train.seed",
+        ),
+        (
+            {"base": "quest_demo_cpu", "seeds": [0, 1], "methods": {"a": []}, "per_seed": {1: ["env.nope=1"]}},
+            "env.nope",
+        ),
     ],
 )
 def test_bad_grids_fail_with_one_line(tmp_path, raw, message):

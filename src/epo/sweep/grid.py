@@ -9,8 +9,11 @@ GRID.yaml:
     methods:
       grpo: []
       grpo_epo: [epo.mode=on]
+    per_seed:                        # optional: overrides of one seed, for every method (e.g. its own task set)
+      1: [env.kwargs.first_iid=8]
 
-Run (method m, seed s) = base <- overrides <- methods[m] <- train.seed=s, written to SWEEP_DIR/m/seed<s>.
+Run (method m, seed s) = base <- overrides <- per_seed[s] <- methods[m] <- train.seed=s, written to
+SWEEP_DIR/m/seed<s>. Methods stay paired by seed, so with per_seed a pair also shares its task set.
 """
 
 from __future__ import annotations
@@ -50,11 +53,12 @@ class Grid:
     overrides: list[str] = field(default_factory=list)
     baseline: str = ""
     compare: dict[str, list[str]] = field(default_factory=dict)
+    per_seed: dict[int, list[str]] = field(default_factory=dict)
 
     def runs(self) -> list[RunSpec]:
         """Seed-major order: every method's seed 0 first, so a sweep cut short still has paired seeds."""
         return [
-            RunSpec(m, s, (*self.overrides, *self.methods[m], f"train.seed={s}"))
+            RunSpec(m, s, (*self.overrides, *self.per_seed.get(s, []), *self.methods[m], f"train.seed={s}"))
             for s in self.seeds
             for m in self.methods
         ]
@@ -70,6 +74,7 @@ class Grid:
             "baseline": self.baseline,
             "methods": {k: list(v) for k, v in self.methods.items()},
             **({"compare": {k: list(v) for k, v in self.compare.items()}} if self.compare else {}),
+            **({"per_seed": {s: list(v) for s, v in self.per_seed.items()}} if self.per_seed else {}),
         }
 
 
@@ -88,7 +93,7 @@ def load_grid(path: str | Path, check_configs: bool = True) -> Grid:
 def parse_grid(raw: object, base_dir: Path, check_configs: bool = True, where: str = "grid") -> Grid:
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: must be a mapping with base, seeds and methods")
-    unknown = set(raw) - {"base", "overrides", "seeds", "methods", "baseline", "compare"}
+    unknown = set(raw) - {"base", "overrides", "seeds", "methods", "baseline", "compare", "per_seed"}
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}")
     base = str(raw.get("base") or "")
@@ -111,20 +116,41 @@ def parse_grid(raw: object, base_dir: Path, check_configs: bool = True, where: s
     common = raw.get("overrides") or []
     if not isinstance(common, list) or not all(isinstance(o, str) for o in common):
         raise ConfigError(f"{where}: overrides: must be a list of 'key=value' strings")
-    if any(o.split("=", 1)[0].strip() == "train.seed" for o in [*common, *sum(methods.values(), [])]):
+    per_seed = _parse_per_seed(raw.get("per_seed"), seeds, where)
+    every = [*common, *sum(methods.values(), []), *sum(per_seed.values(), [])]
+    if any(o.split("=", 1)[0].strip() == "train.seed" for o in every):
         raise ConfigError(f"{where}: train.seed is set by the grid's seeds; remove it from the overrides")
     baseline = str(raw.get("baseline") or next(iter(methods)))
     if baseline not in methods:
         raise ConfigError(f"{where}: baseline: '{baseline}' is not one of the methods ({', '.join(methods)})")
     compare = _parse_compare(raw.get("compare"), methods, where)
-    grid = Grid(base, list(seeds), {str(k): list(v) for k, v in methods.items()}, list(common), baseline, compare)
+    grid = Grid(
+        base, list(seeds), {str(k): list(v) for k, v in methods.items()}, list(common), baseline, compare, per_seed
+    )
     if check_configs:
-        for run in grid.runs()[: len(methods)]:  # one seed suffices: seeds change only train.seed
+        # every method at the first seed, and the first method at each seed with overrides of its own; the rest
+        # differ from one of those only in train.seed
+        checked = [r for r in grid.runs() if r.seed == seeds[0] or (r.seed in per_seed and r.method == baseline)]
+        for run in checked:
             try:
                 grid.config(run)
             except ConfigError as e:
                 raise ConfigError(f"{where}: method '{run.method}': {e}") from None
     return grid
+
+
+def _parse_per_seed(raw: object, seeds: list[int], where: str) -> dict[int, list[str]]:
+    """`per_seed: {seed: [overrides]}`: every key one of the grid's seeds, every value a list of 'key=value'."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: per_seed: must be a mapping seed -> list of overrides")
+    for seed, ovr in raw.items():
+        if seed not in seeds:
+            raise ConfigError(f"{where}: per_seed.{seed}: not one of the seeds {seeds}")
+        if not isinstance(ovr, list) or not all(isinstance(o, str) for o in ovr):
+            raise ConfigError(f"{where}: per_seed.{seed}: must be a list of 'key=value' strings")
+    return {int(s): list(v) for s, v in raw.items()}
 
 
 def _parse_compare(raw: object, methods: dict, where: str) -> dict[str, list[str]]:
