@@ -128,8 +128,8 @@ def parse_grid(raw: object, base_dir: Path, check_configs: bool = True, where: s
         base, list(seeds), {str(k): list(v) for k, v in methods.items()}, list(common), baseline, compare, per_seed
     )
     if check_configs:
-        # every method at the first seed, and the first method at each seed with overrides of its own; the rest
-        # differ from one of those only in train.seed
+        # every method at the first seed, and the baseline at each seed with per_seed overrides (not every
+        # method × per_seed pair: a clash between a method's and a seed's overrides would show only when it runs)
         checked = [r for r in grid.runs() if r.seed == seeds[0] or (r.seed in per_seed and r.method == baseline)]
         for run in checked:
             try:
