@@ -1,0 +1,92 @@
+"""Experiment 7's paired tests (docs/RESULTS.md): per (game set, seed) pair, the step-30 eval wins of GRPO and GRPO+EPO
+and GRPO's fraction of steps in which every group had one outcome; then EPO - GRPO (paired t, exact sign-flip) and
+H19's Spearman rho between that fraction and the difference (exact permutation p up to 9 pairs, else 200,000 draws).
+
+    python experiments/analysis/pairs.py SWEEP_DIR [SWEEP_DIR ...] [--base grpo] [--arm grpo_epo] [--step 30]
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+from scipy import stats
+
+
+def wins(run: Path, step: int) -> tuple[int, int]:
+    saved = json.loads((run / "eval" / f"step_{step:06d}_iid.json").read_text())
+    return sum(saved["episode_wins"]), len(saved["episode_wins"])
+
+
+def uniform_fraction(run: Path) -> float:
+    """Fraction of RL steps whose groups all had one outcome (GRPO's advantage, hence its gradient, is 0 there)."""
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    steps = [json.loads(x) for x in lines if x.strip()]
+    steps = [r for r in steps if "actor/grad_norm" in r]
+    uniform = [r.get("rollout/groups_all_lost", 0) + r.get("rollout/groups_all_won", 0) >= 1 - 1e-9 for r in steps]
+    return sum(uniform) / len(uniform)
+
+
+def ranks(x: list[float]) -> list[float]:
+    return list(stats.rankdata(x))
+
+
+def spearman_p(x: list[float], y: list[float], draws: int = 200_000) -> tuple[float, float]:
+    """rho and the one-sided (rho > 0) permutation p: exact when the pairs are few, Monte Carlo otherwise."""
+    rx, ry = np.array(ranks(x)), np.array(ranks(y))
+    rho = float(np.corrcoef(rx, ry)[0, 1])
+    n = len(x)
+    if n <= 9:
+        perms = np.array(list(itertools.permutations(ry)))
+    else:
+        rng = np.random.default_rng(0)
+        perms = np.array([rng.permutation(ry) for _ in range(draws)])
+    # ranks have the same mean and spread under every permutation, so rho is monotone in the dot product
+    dots = perms @ rx
+    return rho, float(np.mean(dots >= rx @ ry - 1e-9))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("sweeps", nargs="+", type=Path)
+    ap.add_argument("--base", default="grpo")
+    ap.add_argument("--arm", default="grpo_epo")
+    ap.add_argument("--step", type=int, default=30)
+    args = ap.parse_args()
+    diffs, fracs = [], []
+    for sweep in args.sweeps:
+        for base_run in sorted(p for p in (sweep / args.base).glob("seed*") if p.is_dir()):
+            arm_run = sweep / args.arm / base_run.name
+            try:
+                (wb, n), (wa, _) = wins(base_run, args.step), wins(arm_run, args.step)
+            except FileNotFoundError:
+                print(f"{sweep.name}/{base_run.name}: not finished, pair dropped")
+                continue
+            f = uniform_fraction(base_run)
+            diffs.append(100 * (wa - wb) / n)
+            fracs.append(f)
+            print(
+                f"{sweep.name}/{base_run.name}: {args.base} {wb}/{n}, {args.arm} {wa}/{n}, "
+                f"diff {diffs[-1]:+.1f} points, {args.base} uniform steps {100 * f:.0f}%"
+            )
+    k = len(diffs)
+    mean = sum(diffs) / k
+    sd = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (k - 1))
+    half = stats.t.ppf(0.975, k - 1) * sd / math.sqrt(k)
+    t_p = float(stats.ttest_1samp(diffs, 0.0).pvalue)
+    signs = [sum(s * d for s, d in zip(sg, diffs)) for sg in itertools.product((1, -1), repeat=k)] if k <= 20 else []
+    flip_p = sum(abs(v) >= abs(sum(diffs)) - 1e-9 for v in signs) / len(signs) if signs else float("nan")
+    print(
+        f"{args.arm} - {args.base}, step {args.step}, {k} pairs: {mean:+.1f} points "
+        f"[{mean - half:+.1f}, {mean + half:+.1f}], t-test p = {t_p:.2g}, sign-flip p = {flip_p:.2g}"
+    )
+    rho, p = spearman_p(fracs, diffs)
+    print(f"H19: Spearman rho({args.base} uniform-step fraction, difference) = {rho:+.2f}, one-sided p = {p:.3g}")
+
+
+if __name__ == "__main__":
+    main()
