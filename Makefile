@@ -39,7 +39,7 @@ $(TESTX): $(BASE)
 
 # The whole suite: ruff, pytest in .venv, then the vLLM backend's tests in .venv-vllm (its CPU build; see below).
 test: $(BASE) $(ENVS) $(TESTX) $(VLLM_VENV)/.installed
-	$(PY) -m ruff check src tests bench examples
+	$(PY) -m ruff check src tests bench examples experiments
 	$(PY) -m pytest -q
 	$(MAKE) --no-print-directory test-vllm
 
@@ -50,8 +50,8 @@ test-integration: $(BASE) $(ENVS)
 	$(PY) -m pytest -q -m integration
 
 lint: $(BASE)
-	$(PY) -m ruff check src tests bench examples
-	$(PY) -m ruff format --check src tests bench examples
+	$(PY) -m ruff check src tests bench examples experiments
+	$(PY) -m ruff format --check src tests bench examples experiments
 
 bench: $(BASE) $(ENVS)
 	$(PY) bench/bench_envs.py

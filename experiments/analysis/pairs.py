@@ -3,11 +3,16 @@ and GRPO's fraction of steps in which every group had one outcome; then EPO - GR
 H19's Spearman rho between that fraction and the difference (exact permutation p up to 9 pairs, else 200,000 draws).
 
     python experiments/analysis/pairs.py SWEEP_DIR [SWEEP_DIR ...] [--base grpo] [--arm grpo_epo] [--step 30]
+        [--screening docs/results/fast_tier_manysets/screening.csv]
+
+With --screening (one sweep, one game set per seed): H19b, the same Spearman test with a predictor fixed before
+training, each set's expected share of one-outcome groups under the warm start, mean over games of p^G + (1 - p)^G.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import itertools
 import json
 import math
@@ -50,14 +55,29 @@ def spearman_p(x: list[float], y: list[float], draws: int = 200_000) -> tuple[fl
     return rho, float(np.mean(dots >= rx @ ry - 1e-9))
 
 
+def expected_uniform(screening: Path, group_size: int = 4) -> dict[int, float]:
+    """seed -> mean over the seed's games of p^G + (1-p)^G, p = the game's warm-start success in the screening."""
+    out = {}
+    with screening.open() as f:
+        for row in csv.DictReader(f):
+            if row["seed"] == "":
+                continue
+            wins = [int(w) for w in row["wins_per_game"].split()]
+            per_game = int(row["episodes"]) // len(wins)
+            ps = [w / per_game for w in wins]
+            out[int(row["seed"])] = sum(p**group_size + (1 - p) ** group_size for p in ps) / len(ps)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("sweeps", nargs="+", type=Path)
     ap.add_argument("--base", default="grpo")
     ap.add_argument("--arm", default="grpo_epo")
     ap.add_argument("--step", type=int, default=30)
+    ap.add_argument("--screening", type=Path)
     args = ap.parse_args()
-    diffs, fracs = [], []
+    diffs, fracs, seeds = [], [], []
     for sweep in args.sweeps:
         for base_run in sorted(p for p in (sweep / args.base).glob("seed*") if p.is_dir()):
             arm_run = sweep / args.arm / base_run.name
@@ -69,6 +89,7 @@ def main() -> None:
             f = uniform_fraction(base_run)
             diffs.append(100 * (wa - wb) / n)
             fracs.append(f)
+            seeds.append(int(base_run.name.removeprefix("seed")))
             print(
                 f"{sweep.name}/{base_run.name}: {args.base} {wb}/{n}, {args.arm} {wa}/{n}, "
                 f"diff {diffs[-1]:+.1f} points, {args.base} uniform steps {100 * f:.0f}%"
@@ -86,6 +107,13 @@ def main() -> None:
     )
     rho, p = spearman_p(fracs, diffs)
     print(f"H19: Spearman rho({args.base} uniform-step fraction, difference) = {rho:+.2f}, one-sided p = {p:.3g}")
+
+    if args.screening:
+        expected = expected_uniform(args.screening)
+        pred = [expected[s] for s in seeds]
+        print("H19b predictor per pair: " + ", ".join(f"seed{s} {p:.2f}" for s, p in zip(seeds, pred)))
+        rho, p = spearman_p(pred, diffs)
+        print(f"H19b: Spearman rho(expected one-outcome group share, difference) = {rho:+.2f}, one-sided p = {p:.3g}")
 
 
 if __name__ == "__main__":
