@@ -37,9 +37,10 @@ $(TESTX): $(BASE)
 	$(PY) -m pip install -q -e ".[test,ray]"
 	touch $@
 
-# The whole suite: ruff, pytest in .venv, then the vLLM backend's tests in .venv-vllm (its CPU build; see below).
+# The whole suite: ruff (lint and format), pytest in .venv, then the vLLM backend's tests in .venv-vllm (its CPU build; see below).
 test: $(BASE) $(ENVS) $(TESTX) $(VLLM_VENV)/.installed
 	$(PY) -m ruff check src tests bench examples experiments
+	$(PY) -m ruff format --check src tests bench examples experiments
 	$(PY) -m pytest -q
 	$(MAKE) --no-print-directory test-vllm
 
