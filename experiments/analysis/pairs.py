@@ -3,7 +3,7 @@ and GRPO's fraction of steps in which every group had one outcome; then EPO - GR
 H19's Spearman rho between that fraction and the difference (exact permutation p up to 9 pairs, else 200,000 draws).
 
     python experiments/analysis/pairs.py SWEEP_DIR [SWEEP_DIR ...] [--base grpo] [--arm grpo_epo] [--step 30]
-        [--screening docs/results/fast_tier_manysets/screening.csv]
+        [--screening docs/results/fast_tier_manysets/screening.csv] [--plot PNG]
 
 With --screening (one sweep, one game set per seed): H19b, the same Spearman test with a predictor fixed before
 training, each set's expected share of one-outcome groups under the warm start, mean over games of p^G + (1 - p)^G.
@@ -69,6 +69,26 @@ def expected_uniform(screening: Path, group_size: int = 4) -> dict[int, float]:
     return out
 
 
+def scatter(path: Path, fracs: list[float], diffs: list[float], sweeps: list[str], diff_name: str, base: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    for name in dict.fromkeys(sweeps):
+        xs = [100 * f for f, s in zip(fracs, sweeps) if s == name]
+        ys = [d for d, s in zip(diffs, sweeps) if s == name]
+        ax.scatter(xs, ys, label=name, alpha=0.8)
+    ax.axhline(0, color="grey", lw=0.8)
+    ax.set_xlabel(f"{base}: steps where every group had one outcome (%)")
+    ax.set_ylabel(f"{diff_name} (points)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    print(f"plot: {path}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("sweeps", nargs="+", type=Path)
@@ -76,8 +96,9 @@ def main() -> None:
     ap.add_argument("--arm", default="grpo_epo")
     ap.add_argument("--step", type=int, default=30)
     ap.add_argument("--screening", type=Path)
+    ap.add_argument("--plot", type=Path, help="scatter of the difference against the uniform-step fraction")
     args = ap.parse_args()
-    diffs, fracs, seeds = [], [], []
+    diffs, fracs, seeds, sweeps = [], [], [], []
     for sweep in args.sweeps:
         for base_run in sorted(p for p in (sweep / args.base).glob("seed*") if p.is_dir()):
             arm_run = sweep / args.arm / base_run.name
@@ -90,6 +111,7 @@ def main() -> None:
             diffs.append(100 * (wa - wb) / n)
             fracs.append(f)
             seeds.append(int(base_run.name.removeprefix("seed")))
+            sweeps.append(sweep.name)
             print(
                 f"{sweep.name}/{base_run.name}: {args.base} {wb}/{n}, {args.arm} {wa}/{n}, "
                 f"diff {diffs[-1]:+.1f} points, {args.base} uniform steps {100 * f:.0f}%"
@@ -108,6 +130,8 @@ def main() -> None:
     rho, p = spearman_p(fracs, diffs)
     print(f"H19: Spearman rho({args.base} uniform-step fraction, difference) = {rho:+.2f}, one-sided p = {p:.3g}")
 
+    if args.plot:
+        scatter(args.plot, fracs, diffs, sweeps, f"{args.arm} - {args.base}, step-{args.step} eval", args.base)
     if args.screening:
         expected = expected_uniform(args.screening)
         pred = [expected[s] for s in seeds]
