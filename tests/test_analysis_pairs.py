@@ -46,6 +46,6 @@ def test_main_pairs_runs_by_seed_and_drops_unfinished_pairs(tmp_path, monkeypatc
     out = capsys.readouterr().out
     assert "sweep/seed0: grpo 1/4, grpo_epo 3/4, diff +50.0 points, grpo uniform steps 50%" in out
     assert "sweep/seed2: not finished, pair dropped" in out
-    assert "step 30, 2 pairs: +25.0 points" in out
+    assert "step 30, 2 pairs: +25.0 points" in out and "(one-sided, > 0: " in out
     # expected one-outcome share: seed 0 games at p = 1 and 0 -> 1.0; seed 1 both at p = 0.5 -> 2 * 0.5**4 = 0.125
     assert "H19b predictor per pair: seed0 1.00, seed1 0.12" in out
