@@ -15,11 +15,12 @@ import argparse
 import csv
 import itertools
 import json
-import math
 from pathlib import Path
 
 import numpy as np
 from scipy import stats
+
+from epo.sweep.stats import paired
 
 
 def wins(run: Path, step: int) -> tuple[int, int]:
@@ -117,16 +118,12 @@ def main() -> None:
                 f"diff {diffs[-1]:+.1f} points, {args.base} uniform steps {100 * f:.0f}%"
             )
     k = len(diffs)
-    mean = sum(diffs) / k
-    sd = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (k - 1))
-    half = stats.t.ppf(0.975, k - 1) * sd / math.sqrt(k)
-    t_p = float(stats.ttest_1samp(diffs, 0.0).pvalue)
+    cmp = paired(dict(enumerate(diffs)), dict.fromkeys(range(k), 0.0))  # epo report's paired t and sign-flip
     t_p_greater = float(stats.ttest_1samp(diffs, 0.0, alternative="greater").pvalue)  # Experiment 8's H20
-    signs = [sum(s * d for s, d in zip(sg, diffs)) for sg in itertools.product((1, -1), repeat=k)] if k <= 20 else []
-    flip_p = sum(abs(v) >= abs(sum(diffs)) - 1e-9 for v in signs) / len(signs) if signs else float("nan")
     print(
-        f"{args.arm} - {args.base}, step {args.step}, {k} pairs: {mean:+.1f} points "
-        f"[{mean - half:+.1f}, {mean + half:+.1f}], t-test p = {t_p:.2g} (one-sided, > 0: {t_p_greater:.2g}), sign-flip p = {flip_p:.2g}"
+        f"{args.arm} - {args.base}, step {args.step}, {k} pairs: {cmp.diff:+.1f} points "
+        f"[{cmp.ci_low:+.1f}, {cmp.ci_high:+.1f}], t-test p = {cmp.p_t:.2g} (one-sided, > 0: {t_p_greater:.2g}), "
+        f"sign-flip p = {cmp.p_perm:.2g}"
     )
     rho, p = spearman_p(fracs, diffs)
     print(f"H19: Spearman rho({args.base} uniform-step fraction, difference) = {rho:+.2f}, one-sided p = {p:.3g}")
