@@ -350,6 +350,23 @@ def test_a_sweep_dir_refuses_another_grid(tmp_path):
         prepare(load_grid(_grid_file(tmp_path, seeds=[5])), out)
 
 
+def test_a_sweep_dir_resumes_from_another_checkout_of_the_same_base_preset(tmp_path, capsys):
+    preset = (Path(__file__).parents[1] / "configs" / "quest_demo_cpu.yaml").read_text()
+    first, second = tmp_path / "checkout1", tmp_path / "checkout2"
+    for checkout in (first, second):
+        checkout.mkdir()
+        (checkout / "mine.yaml").write_text(preset)
+    out = tmp_path / "s"
+    prepare(load_grid(_grid_file(first, base="mine.yaml")), out)
+    prepare(load_grid(_grid_file(second, base="mine.yaml")), out)  # the same grid and preset text, another folder
+    assert yaml.safe_load((out / "sweep.yaml").read_text())["base"] == str((second / "mine.yaml").resolve())
+    assert "base preset moved" in capsys.readouterr().err
+    (first / "mine.yaml").write_text(preset.replace("quest", "quest ", 1))  # the old path now holds other text
+    (out / "sweep.yaml").write_text((out / "sweep.yaml").read_text().replace(str(second), str(first)))
+    with pytest.raises(ConfigError, match="holds a different grid"):
+        prepare(load_grid(_grid_file(second, base="mine.yaml")), out)
+
+
 def test_the_report_names_the_base_config_without_this_machines_folders(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "grids").mkdir()

@@ -89,10 +89,25 @@ def prepare(grid: Grid, sweep_dir: Path) -> None:
     saved = sweep_dir / GRID_FILE
     if saved.is_file():
         old = yaml.safe_load(saved.read_text())
-        if old != grid.to_dict():
+        if old != grid.to_dict() and not _moved_base(old, grid, saved):
             raise ConfigError(f"{sweep_dir}: holds a different grid ({saved}); use another --out or the same grid")
     else:
         saved.write_text(yaml.safe_dump(grid.to_dict(), sort_keys=False))
+
+
+def _moved_base(old: dict, grid: Grid, saved: Path) -> bool:
+    """True when the saved grid is this one with its base preset file at another path (the sweep dir or the checkout
+    was moved to another machine or folder): same file name, and the same text where the old path still exists.
+    Then sweep.yaml is updated to the new path, and the move is printed."""
+    new = grid.to_dict()
+    old_base, new_base = Path(str(old.get("base", ""))), Path(grid.base)
+    if {**old, "base": grid.base} != new or old_base.name != new_base.name or not new_base.is_file():
+        return False
+    if old_base.is_file() and old_base.read_text() != new_base.read_text():
+        return False
+    saved.write_text(yaml.safe_dump(new, sort_keys=False))
+    print(f"{saved}: base preset moved from {old_base} to {new_base}; sweep.yaml updated", file=sys.stderr)
+    return True
 
 
 def run_one(cmd: list[str], log_path: str, env: dict[str, str] | None = None) -> int:

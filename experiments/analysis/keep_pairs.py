@@ -1,0 +1,77 @@
+"""Keep a sweep's finished pairs in the repository, so that a machine lost between sessions loses no finished run.
+
+    python experiments/analysis/keep_pairs.py SWEEP_DIR DEST        # after (or during) a session's sweep
+    mkdir -p SWEEP_DIR && cp -r DEST/. SWEEP_DIR/                    # next session, on a fresh machine: restore
+    epo sweep GRID.yaml --out SWEEP_DIR --jobs 2                     # then resume: the kept runs count as done
+
+Copies into DEST every run of each seed whose runs are *all* done (status.json), without checkpoints or TensorBoard
+files (metrics.jsonl holds the same numbers), with its console log; writes DEST/status.json (the kept runs) and
+DEST/sweep.yaml. A seed with an unfinished run is left out whole, so that both runs of a pair come from one session and
+one warm-start build. DEST/warm_starts.json records, per seed, the SHA-256 of the warm start (init_from) the runs
+started from. Runs already in DEST are kept as they are. DEST is a sweep dir itself: `epo report DEST` reads it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import yaml
+
+LEFT_OUT = shutil.ignore_patterns("checkpoints", "tensorboard", ".lock", ".*.tmp*")
+
+
+def complete_seeds(grid: dict, status: dict) -> list[int]:
+    """Seeds whose every method's run is done."""
+    methods = list(grid["methods"])
+    return [s for s in grid["seeds"] if all(status.get(f"{m}/seed{s}", {}).get("state") == "done" for m in methods)]
+
+
+def warm_start_sha(run_dir: Path) -> str | None:
+    """SHA-256 of the weights the run was initialised from (its config's init_from), if that is a local folder."""
+    init = yaml.safe_load((run_dir / "config.yaml").read_text()).get("init_from")
+    found = sorted(Path(init).glob("**/model.safetensors")) if init and Path(init).is_dir() else []
+    return hashlib.sha256(found[0].read_bytes()).hexdigest() if found else None
+
+
+def keep(sweep_dir: Path, dest: Path) -> list[str]:
+    """Copy the complete pairs of sweep_dir into dest; returns the run ids newly kept."""
+    grid = yaml.safe_load((sweep_dir / "sweep.yaml").read_text())
+    status = json.loads((sweep_dir / "status.json").read_text())
+    dest.mkdir(parents=True, exist_ok=True)
+    kept = json.loads((dest / "status.json").read_text()) if (dest / "status.json").is_file() else {}
+    shas_path = dest / "warm_starts.json"
+    shas = json.loads(shas_path.read_text()) if shas_path.is_file() else {}
+    new = []
+    for seed in complete_seeds(grid, status):
+        for method in grid["methods"]:
+            run_id = f"{method}/seed{seed}"
+            if run_id in kept:
+                continue
+            shutil.copytree(sweep_dir / method / f"seed{seed}", dest / method / f"seed{seed}", ignore=LEFT_OUT)
+            shutil.copy2(sweep_dir / method / f"seed{seed}.log", dest / method / f"seed{seed}.log")
+            kept[run_id] = status[run_id]
+            shas.setdefault(str(seed), warm_start_sha(sweep_dir / method / f"seed{seed}"))
+            new.append(run_id)
+    shutil.copy2(sweep_dir / "sweep.yaml", dest / "sweep.yaml")
+    (dest / "status.json").write_text(json.dumps(kept, indent=1, sort_keys=True))
+    shas_path.write_text(json.dumps(shas, indent=1, sort_keys=True))
+    return new
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("sweep_dir", type=Path)
+    ap.add_argument("dest", type=Path)
+    args = ap.parse_args()
+    new = keep(args.sweep_dir, args.dest)
+    print(
+        f"kept {len(new)} new runs in {args.dest} ({len(json.loads((args.dest / 'status.json').read_text()))} in all)"
+    )
+
+
+if __name__ == "__main__":
+    main()
