@@ -216,6 +216,13 @@ def test_miniature_sweep_runs_resumes_and_aggregates(tmp_path):
         and "started, not finished): grpo_epo/seed1" in (tmp_path / "rep2" / "summary.md").read_text()
     )
     assert json.loads((tmp_path / "rep2" / "results.json").read_text())["summary"]["grpo_epo"]["iid/succ_max"]["n"] == 1
+    # where the runs were computed: one machine here; a run resumed on another machine makes the report say so
+    assert "Computed on: " in summary and [len(ids) for ids in results["machines"].values()] == [4]
+    prov = out / "grpo" / "seed1" / "provenance.jsonl"
+    moved = {**json.loads(prov.read_text().splitlines()[0]), "device_name": "Other CPU", "from_step": 1}
+    prov.write_text(prov.read_text() + json.dumps(moved) + "\n")
+    rep = runner.invoke(app, ["report", str(out), "--out", str(tmp_path / "mixed")])
+    assert rep.exit_code == 0 and "not all computed alike" in (tmp_path / "mixed" / "summary.md").read_text()
 
 
 def test_uniform_steps_counts_steps_without_a_mixed_group(tmp_path):

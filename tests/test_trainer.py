@@ -11,6 +11,7 @@ from rich.console import Console
 
 from epo.config import load_config
 from epo.telemetry.metrics import read_metrics
+from epo.telemetry.provenance import read_provenance
 from epo.testing import tiny_run
 from epo.trainer.checkpoint import list_checkpoints
 from epo.trainer.trainer import Trainer
@@ -102,6 +103,8 @@ def test_resume_gives_the_same_metrics_as_an_uninterrupted_run(method, tmp_path)
     assert [r["step"] for r in a] == [r["step"] for r in b]
     assert a == b
     assert torch.equal(_params(full.policy), _params(resumed.policy))
+    stretches = read_provenance(tmp_path / "part")  # where each stretch was computed: the start, then the resume
+    assert [(p["phase"], p["from_step"]) for p in stretches] == [("rl", 0), ("rl", 3)]
 
 
 def test_eval_at_start_off_evaluates_only_at_the_end(tmp_path):

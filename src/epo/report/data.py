@@ -1,5 +1,5 @@
 """What `epo report` reads from a run dir: metrics.jsonl, warnings.jsonl, faults.jsonl, config.yaml,
-before_after.json."""
+before_after.json, provenance.jsonl."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from epo.errors import RunDirError
 from epo.report.health import read_metrics_checked
 from epo.telemetry.faults import read_faults
 from epo.telemetry.metrics import METRICS_FILE, read_warnings
+from epo.telemetry.provenance import read_provenance
 
 BEFORE_AFTER_FILE = "before_after.json"
 _EVAL_SUCCESS = re.compile(r"^eval/([^/]+)/success$")
@@ -42,6 +43,8 @@ class RunData:
     """faults.jsonl: env worker faults (step, phase, worker, reason, task, message)."""
     issues: list[str] = field(default_factory=list)
     """One line per problem found in metrics.jsonl (torn lines, duplicate steps)."""
+    provenance: list[dict[str, Any]] = field(default_factory=list)
+    """provenance.jsonl: the code, libraries and machine of each start and resume (empty for older runs)."""
 
     def has(self, key: str) -> bool:
         return len(self.series(key)[0]) > 0
@@ -89,6 +92,7 @@ def load_run(path: str | Path, label: str | None = None) -> RunData:
         _read_json(path / BEFORE_AFTER_FILE),
         read_faults(path),
         issues,
+        read_provenance(path),
     )
 
 

@@ -19,6 +19,7 @@ from typing import Any
 from epo.report.data import RunData, load_runs
 from epo.report.health import faults_section, issues_section
 from epo.report.plots import write_all
+from epo.telemetry.provenance import machine_label
 
 CONVERGED_FRACTION = 0.2
 CONVERGED_MIN_EVALS = 3
@@ -143,7 +144,8 @@ def render_summary(runs: list[RunData], splits: list[str], figures: list[Path], 
         rows.append(row + [warnings_text(run)])
     lines += _table(header, rows)
     lines += _before_after_section(runs)
-    lines += ["", *_config_section(runs), "", *_warnings_section(runs), "", *faults_section(runs), ""]
+    lines += ["", *_config_section(runs), "", *machines_section(runs)]
+    lines += ["", *_warnings_section(runs), "", *faults_section(runs), ""]
     lines += [*issues_section(runs), "", "## Figures", ""] if any(r.issues for r in runs) else ["## Figures", ""]
     lines += [f"![{p.stem}]({p.name})" for p in figures]
     if skipped:
@@ -197,6 +199,36 @@ def _config_section(runs: list[RunData]) -> list[str]:
     if not diffs:
         return lines + ["The runs' configs are identical (apart from run name and output dir)."]
     return lines + _table(["key"] + [r.label for r in runs], [[k] + [_cell(v) for v in vs] for k, vs in diffs.items()])
+
+
+def machines_section(runs: list[RunData]) -> list[str]:
+    """Where each stretch of each run was computed (provenance.jsonl: one row per start and resume)."""
+    lines = ["## Machines", ""]
+    rows = [
+        [
+            r.label,
+            str(p.get("phase", "rl")) + ("" if p.get("from_step") is None else f" from step {p['from_step']}"),
+            _cell(machine_label(p), 80),
+            _cell(p.get("precision_reason", "—"), 60),
+            f"{p.get('epo', '—')} ({p.get('git') or 'no git'})",
+            f"{p.get('threads', '—')} × {p.get('world_size', '—')}",
+        ]
+        for r in runs
+        for p in r.provenance
+    ]
+    unrecorded = [r.label for r in runs if not r.provenance]
+    if rows:
+        header = ["run", "stretch", "machine · precision · torch", "precision chosen because", "epo (commit)"]
+        lines += _table([*header, "threads × processes"], rows)
+    if len(labels := {machine_label(p) for r in runs for p in r.provenance}) > 1:
+        lines += [
+            "",
+            f"**Computed on {len(labels)} different machines or precisions**: numbers can differ beyond "
+            "seed noise (different kernels change the sampled episodes).",
+        ]
+    if unrecorded:
+        lines += [""] * bool(rows) + [f"No provenance.jsonl (made before epo recorded it): {', '.join(unrecorded)}."]
+    return lines
 
 
 def _warnings_section(runs: list[RunData]) -> list[str]:

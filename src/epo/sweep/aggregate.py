@@ -24,6 +24,7 @@ from epo.sweep import plots, pooled
 from epo.sweep.grid import GRID_FILE
 from epo.sweep.runner import read_status
 from epo.sweep.stats import paired, summarize
+from epo.telemetry.provenance import machine_label
 
 SEED_METRICS_DOC = {
     "succ_max": "Succ.*: best eval success of the seed",
@@ -105,7 +106,26 @@ def aggregate(sweep_dir: Path) -> dict[str, Any]:
         if m in per_seed and ref in per_seed:
             label = m if ref == grid["baseline"] else f"{m} vs {ref}"
             tests[label] = {k: _as_dict(paired(_by_seed(per_seed[m], k), _by_seed(per_seed[ref], k))) for k in metrics}
-    return {"grid": grid, "splits": splits, "per_seed": per_seed, "summary": summary, "tests": tests, "runs": runs}
+    machines = machine_counts(runs)
+    return {
+        "grid": grid,
+        "splits": splits,
+        "per_seed": per_seed,
+        "summary": summary,
+        "tests": tests,
+        "machines": machines,
+        "runs": runs,
+    }
+
+
+def machine_counts(runs: dict[str, dict[int, RunData]]) -> dict[str, list[str]]:
+    """{machine label: run ids computed (in part) on it}; "unrecorded" for runs without provenance.jsonl."""
+    out: dict[str, list[str]] = {}
+    for method, by_seed in runs.items():
+        for seed, run in by_seed.items():
+            for label in dict.fromkeys(machine_label(p) for p in run.provenance) or ["unrecorded"]:
+                out.setdefault(label, []).append(f"{method}/seed{seed}")
+    return out
 
 
 def comparisons(grid: dict) -> list[tuple[str, str]]:
@@ -157,6 +177,7 @@ def render(agg: dict[str, Any], figures: list[str], pooled_lines: list[str] = ()
         "",
         f"Not aggregated (started, not finished): {', '.join(grid['unfinished']) or 'none'}.",
         "",
+        *_machines_lines(agg.get("machines", {})),
         "## Success (the paper's form): mean ± std over seeds, in %",
         "",
         "Succ.* = mean over seeds of each seed's best eval; Succ. = mean over seeds of the mean of each seed's last "
@@ -202,6 +223,19 @@ def render(agg: dict[str, Any], figures: list[str], pooled_lines: list[str] = ()
     lines += ["", *pooled_lines, "## Figures", ""] + [f"![{f}]({f})" for f in figures]
     lines += ["", "Per-seed numbers: per_seed.csv; per task and eval step: per_task.csv; the rest: results.json.", ""]
     return "\n".join(lines)
+
+
+def _machines_lines(machines: dict[str, list[str]]) -> list[str]:
+    """Where the runs were computed (provenance.jsonl); a warning when they were not all computed alike."""
+    said = "; ".join(f"{label} ({len(ids)} runs)" for label, ids in machines.items())
+    lines = [f"Computed on: {said or 'no runs'}.", ""]
+    if len(machines) > 1:
+        lines += [
+            "**The runs were not all computed alike** (machine, precision or torch; runs per label in "
+            "results.json `machines`): numbers from different kernels differ beyond seed noise.",
+            "",
+        ]
+    return lines
 
 
 def _by_seed(seeds: dict[int, dict], key: str) -> dict[int, float]:

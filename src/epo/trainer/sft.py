@@ -32,6 +32,7 @@ from epo.rollout.evaluate import EvalResult
 from epo.rollout.oracle import collect_oracle
 from epo.telemetry.metrics import truncate_after
 from epo.telemetry.progress import StepProgress
+from epo.telemetry.provenance import append_provenance, machine_record
 from epo.trainer import setup
 from epo.trainer.batching import iter_micro_batches
 from epo.trainer.checkpoint import (
@@ -85,7 +86,8 @@ def run_sft(
     setup.seed_everything(cfg.train.seed)
     device = setup.pick_device(cfg.model.device)
     model, tokenizer = setup.load_policy(cfg, device)
-    setup.log_precision(console, cfg, device)
+    chosen = setup.log_precision(console, cfg, device)
+    append_provenance(out, machine_record(device, chosen, from_step=None, phase="sft"))
     result = SFTResult(out, out / "export")
     with GracefulExit(console.print) as stop, setup.make_pool(cfg) as pool:
         collector = setup.make_collector(cfg, pool, model, tokenizer, console)

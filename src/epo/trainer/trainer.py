@@ -33,6 +33,7 @@ from epo.telemetry.faults import EnvBatchFailed, FaultLog, collect_with_retries,
 from epo.telemetry.metrics import MetricsLogger, summary_line
 from epo.telemetry.monitor import CascadeMonitor
 from epo.telemetry.progress import StepProgress
+from epo.telemetry.provenance import append_provenance, machine_record
 from epo.trainer import dist_checkpoint, distributed, fsdp, setup
 from epo.trainer.checkpoint import (
     CheckpointError,
@@ -130,7 +131,9 @@ class Trainer:
             + (f", {self.dist.world_size} processes" if self.dist.enabled else "")
             + ")"
         )
-        setup.log_precision(self.console, cfg, self.device)
+        chosen = setup.log_precision(self.console, cfg, self.device)
+        if main:
+            append_provenance(self.run_dir, machine_record(self.device, chosen, self.step, self.dist.world_size))
         if note := reference_smoothing_note(cfg.epo.mode, setup.max_turns(cfg)):
             self.console.print(f"[yellow]note:[/] {note}", highlight=False)
         with (
