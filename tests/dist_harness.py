@@ -134,7 +134,12 @@ def assert_same_result(one: dict, two: dict) -> None:
     """1 process vs 2: the last mini-batch's gradients, the weights and the EPO entropy history."""
     assert torch.allclose(one["grads"], two["grads"], rtol=1e-4, atol=1e-6), (one["grads"] - two["grads"]).abs().max()
     assert one["grads"].abs().sum() > 0
-    assert torch.allclose(one["params"], two["params"], atol=1e-6)
+    # Weights: equal to 1e-6 but for a few. Adam divides by sqrt(v), so where a gradient is ~0 the last bits of a sum
+    # reduced in another order (one process vs a reduce-scatter; AVX-512 vs AVX2 kernels) change that weight's step by
+    # up to lr (1e-3 here). Seen on an avx512 CPU: 1 and 126 of 3.2M weights off by 4e-6 and 1e-4; none on AVX2.
+    diff = (one["params"] - two["params"]).abs()
+    off = int((diff > 1e-6).sum())
+    assert off <= 1e-4 * diff.numel() and float(diff.max()) < 1e-3, (off, diff.numel(), diff.max())
     assert one["history"]["num_updates"] == two["history"]["num_updates"] == RL_STEPS
     for t, stat in one["history"]["stats"].items():
         assert stat == pytest.approx(two["history"]["stats"][t], rel=1e-5), t

@@ -81,6 +81,21 @@ def test_paper_presets_default_to_auto():
 
 
 # ---------------------------------------------------------------- TIS and the mismatch metric
+def test_the_engine_runs_at_the_runs_compute_precision(monkeypatch):
+    from epo.models import precision
+    from epo.rollout.vllm_backend import engine_dtype
+
+    cfg = load_config(None, ["model.path=tiny"])  # train.precision=auto, model.dtype=float32
+    monkeypatch.setattr(precision, "cpu_bf16_unit", lambda: "avx512_bf16")
+    assert engine_dtype(cfg, "cpu") == "bfloat16"  # auto on a CPU with bf16 units: the trainer computes in bf16
+    monkeypatch.setattr(precision, "cpu_bf16_unit", lambda: None)
+    assert engine_dtype(cfg, "cpu") == "float32"  # auto on an AVX2 CPU
+    cfg.train.precision = "bf16"
+    assert engine_dtype(cfg, "cpu") == "bfloat16"
+    cfg.train.precision, cfg.model.dtype = "fp32", "bfloat16"  # bf16 weights (inference): the engine loads them so
+    assert engine_dtype(cfg, "cpu") == "bfloat16"
+
+
 def test_tis_weights_by_hand():
     trainer = torch.log(torch.tensor([[0.5, 0.2, 0.9, 0.3]]))
     sampler = torch.log(torch.tensor([[0.25, 0.4, 0.1, 0.3]]))
@@ -116,7 +131,7 @@ def _samples_with_sampler_logprobs(model, tok, shift: float):
     """Two turn samples whose sampler log-probs are the trainer's own (temperature 1) plus `shift`."""
     from epo.trainer.update import forward_pass
 
-    cfg = load_config(None, ["model.path=tiny"])
+    cfg = load_config(None, ["model.path=tiny", "train.precision=fp32"])  # exact scaling: not bf16 (auto on some CPUs)
     samples = [
         TurnSample(tok("go north")["input_ids"], tok(" <action>look</action>")["input_ids"], 0, 0, 0, reward=1.0),
         TurnSample(tok("go south")["input_ids"], tok(" <action>wait</action>")["input_ids"], 0, 1, 0, reward=0.0),

@@ -29,6 +29,7 @@ TINY_RUN: tuple[str, ...] = (
     "train.tensorboard=false",
     "train.report=false",
     "optim.warmup_ratio=0",
+    "train.precision=fp32",  # not auto (bf16 on avx512_bf16 CPUs): tests compare runs exactly; bf16 tests ask for it
 )
 """Dot-list overrides (as for `load_config` or `epo train`) of the tiny run."""
 

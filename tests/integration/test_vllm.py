@@ -41,7 +41,8 @@ def setup():
 
     model, tok = load_model_and_tokenizer("embedded")
     model.eval()
-    cfg = load_config("quest_demo_cpu", ["rollout.backend=vllm", "rollout.vllm_kv_cache_gb=1"])
+    # fp32 engine and trainer: these tests compare log-probs to 1e-3 (auto is bf16 on avx512_bf16 CPUs: engine_dtype)
+    cfg = load_config("quest_demo_cpu", ["rollout.backend=vllm", "rollout.vllm_kv_cache_gb=1", "train.precision=fp32"])
     backend = make_backend(cfg, model, tok)  # what `epo train/eval` build: the vLLM backend, not HF (issue 9)
     assert isinstance(backend, VLLMBackend)
     backend.cfg = cfg
@@ -165,7 +166,7 @@ def test_mismatch_metric_is_finite_and_small_in_an_rl_update(setup):
     from epo.trainer.update import prepare_step, update_policy
 
     model, tok, backend, _ = setup
-    cfg = load_config("quest_demo_cpu", ["rollout.backend=vllm", "rollout.is_correction=tis"])
+    cfg = load_config("quest_demo_cpu", ["rollout.backend=vllm", "rollout.is_correction=tis", "train.precision=fp32"])
     assert cfg.rollout.is_correction == "tis"
     snapshot = {n: p.detach().clone() for n, p in model.named_parameters()}
     with EnvPool("quest", {"difficulty": "easy"}, num_workers=1, mode="inline") as pool:

@@ -10,6 +10,8 @@ import importlib.metadata
 import importlib.util
 from pathlib import Path
 
+from epo.models.precision import read_cpu_flags
+
 VLLM_INSTALL_HINT = "pip install 'epo[vllm]' on a GPU machine, or the CPU build: see README 'vLLM rollouts'"
 
 
@@ -27,15 +29,8 @@ def vllm_distribution() -> str | None:
 
 
 def cpu_flags(cpuinfo: str | Path = "/proc/cpuinfo") -> set[str]:
-    """The instruction-set flags of the first CPU listed ('' where the file is unreadable: e.g. not Linux)."""
-    try:
-        text = Path(cpuinfo).read_text()
-    except OSError:
-        return set()
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            return set(line.split(":", 1)[1].split())
-    return set()
+    """The instruction-set flags of the first CPU listed (empty where the file is unreadable: e.g. not Linux)."""
+    return read_cpu_flags(str(cpuinfo)) or set()
 
 
 def vllm_device_problem(dist: str | None, cuda: bool, flags: set[str]) -> str:

@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from epo.models.precision import resolve_precision
 from epo.rollout.backend import STOP_STRINGS, eos_token_ids, trim_length
 from epo.rollout.types import SamplingParams
 
@@ -339,6 +340,13 @@ def engine_dirs(source: str) -> tuple[str | None, str | None]:
     return str(model_dir), str(tokenizer_dir)
 
 
+def engine_dtype(cfg, device: torch.device | str) -> str:
+    """The engine's dtype: bfloat16 when the run computes in bf16 (`train.precision`, resolved for the policy's device:
+    auto is bf16 on CUDA and avx512_bf16/AMX CPUs), so rollouts sample at the precision the trainer's forwards use
+    (as the HF backend's do, under autocast); else model.dtype (float32 for training)."""
+    return "bfloat16" if resolve_precision(cfg.train.precision, device).mixed else cfg.model.dtype
+
+
 def vllm_backend_from_config(cfg, model, tokenizer, source: str) -> VLLMBackend:
     r = cfg.rollout
     model_dir, tokenizer_dir = engine_dirs(source)
@@ -347,7 +355,7 @@ def vllm_backend_from_config(cfg, model, tokenizer, source: str) -> VLLMBackend:
         tokenizer,
         model_dir,
         tokenizer_dir,
-        dtype=cfg.model.dtype,
+        dtype=engine_dtype(cfg, next(model.parameters()).device),
         max_model_len=cfg.agent.max_prompt_tokens + r.max_new_tokens,
         block_size=r.vllm_block_size,
         gpu_memory_utilization=r.vllm_gpu_memory_utilization,

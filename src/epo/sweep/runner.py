@@ -83,19 +83,19 @@ def _record_status(sweep_dir: Path, run_id: str, entry: dict) -> None:
         os.replace(tmp, Path(sweep_dir) / STATUS_FILE)
 
 
-def prepare(grid: Grid, sweep_dir: Path) -> None:
+def prepare(grid: Grid, sweep_dir: Path, echo: Callable[[str], None] = lambda line: None) -> None:
     """Create SWEEP_DIR with the grid; refuse a directory that holds a different grid."""
     sweep_dir.mkdir(parents=True, exist_ok=True)
     saved = sweep_dir / GRID_FILE
     if saved.is_file():
         old = yaml.safe_load(saved.read_text())
-        if old != grid.to_dict() and not _moved_base(old, grid, saved):
+        if old != grid.to_dict() and not _moved_base(old, grid, saved, echo):
             raise ConfigError(f"{sweep_dir}: holds a different grid ({saved}); use another --out or the same grid")
     else:
         saved.write_text(yaml.safe_dump(grid.to_dict(), sort_keys=False))
 
 
-def _moved_base(old: dict, grid: Grid, saved: Path) -> bool:
+def _moved_base(old: dict, grid: Grid, saved: Path, echo: Callable[[str], None]) -> bool:
     """True when the saved grid is this one with its base preset file at another path (the sweep dir or the checkout
     was moved to another machine or folder): same file name, and the same text where the old path still exists.
     Then sweep.yaml is updated to the new path, and the move is printed."""
@@ -106,7 +106,7 @@ def _moved_base(old: dict, grid: Grid, saved: Path) -> bool:
     if old_base.is_file() and old_base.read_text() != new_base.read_text():
         return False
     saved.write_text(yaml.safe_dump(new, sort_keys=False))
-    print(f"{saved}: base preset moved from {old_base} to {new_base}; sweep.yaml updated", file=sys.stderr)
+    echo(f"{saved}: base preset moved from {old_base} to {new_base}; sweep.yaml updated")
     return True
 
 
@@ -178,7 +178,7 @@ def run_sweep(
     if unknown:
         raise ConfigError(f"--methods: {', '.join(unknown)} not in the grid ({', '.join(grid.methods)})")
     sweep_dir = Path(sweep_dir)
-    prepare(grid, sweep_dir)
+    prepare(grid, sweep_dir, echo)
     status = read_status(sweep_dir)
     chosen = [r for r in grid.runs() if not methods or r.method in methods]
     pending = [r for r in chosen if status.get(r.run_id, {}).get("state") != "done"]
