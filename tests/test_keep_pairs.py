@@ -26,6 +26,8 @@ def _sweep(root: Path, warm: Path, done: list[str]) -> Path:
         (run / "checkpoints" / "step_000015").mkdir(parents=True)
         (run / "checkpoints" / "step_000015" / "model.safetensors").write_bytes(b"big")
         (run / "tensorboard").mkdir()
+        (run / "final").mkdir()
+        (run / "final" / "model.safetensors").write_bytes(b"big")
         (run / "eval").mkdir()
         (run / "eval" / "step_000030_iid.json").write_text("{}")
         (run / "metrics.jsonl").write_text("{}\n")
@@ -46,7 +48,7 @@ def test_only_whole_pairs_are_kept_without_checkpoints_and_with_the_warm_start_h
     assert set(read_status(dest)) == {"grpo/seed0", "grpo_epo/seed0"}
     assert (dest / "grpo_epo" / "seed0" / "eval" / "step_000030_iid.json").is_file()
     assert (dest / "grpo_epo" / "seed0.log").is_file() and not (dest / "grpo" / "seed1").exists()
-    assert not list(dest.glob("**/checkpoints")) and not list(dest.glob("**/tensorboard"))
+    assert not list(dest.glob("**/*.safetensors")) and not list(dest.glob("**/tensorboard"))
     shas = json.loads((dest / "warm_starts.json").read_text())
     assert shas == {"0": hashlib.sha256(b"weights").hexdigest()}
 

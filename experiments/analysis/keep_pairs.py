@@ -4,8 +4,8 @@
     mkdir -p SWEEP_DIR && cp -r DEST/. SWEEP_DIR/                    # next session, on a fresh machine: restore
     epo sweep GRID.yaml --out SWEEP_DIR --jobs 2                     # then resume: the kept runs count as done
 
-Copies into DEST every run of each seed whose runs are *all* done (status.json), without checkpoints or TensorBoard
-files (metrics.jsonl holds the same numbers), with its console log; writes DEST/status.json (the kept runs) and
+Copies into DEST every run of each seed whose runs are *all* done (status.json), without weights (checkpoints/,
+final/) or TensorBoard files (metrics.jsonl holds the same numbers), with its console log; writes DEST/status.json (the kept runs) and
 DEST/sweep.yaml. A seed with an unfinished run is left out whole, so that both runs of a pair come from one session and
 one warm-start build. DEST/warm_starts.json records, per seed, the SHA-256 of the warm start (init_from) the runs
 started from. Runs already in DEST are kept as they are. DEST is a sweep dir itself: `epo report DEST` reads it.
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import yaml
 
-LEFT_OUT = shutil.ignore_patterns("checkpoints", "tensorboard", ".lock", ".*.tmp*")
+LEFT_OUT = shutil.ignore_patterns("checkpoints", "final", "tensorboard", ".lock", ".*.tmp*")  # weights; duplicates
 
 
 def complete_seeds(grid: dict, status: dict) -> list[int]:
@@ -31,10 +31,15 @@ def complete_seeds(grid: dict, status: dict) -> list[int]:
 
 
 def warm_start_sha(run_dir: Path) -> str | None:
-    """SHA-256 of the weights the run was initialised from (its config's init_from), if that is a local folder."""
+    """SHA-256 of the weights the run was initialised from (its config's init_from; None when it has none). Run from
+    the directory the sweep ran in: init_from is relative to it."""
     init = yaml.safe_load((run_dir / "config.yaml").read_text()).get("init_from")
-    found = sorted(Path(init).glob("**/model.safetensors")) if init and Path(init).is_dir() else []
-    return hashlib.sha256(found[0].read_bytes()).hexdigest() if found else None
+    if not init:
+        return None
+    found = sorted(Path(init).glob("**/model.safetensors"))
+    if not found:
+        raise SystemExit(f"{run_dir}: init_from {init} has no model.safetensors here (run from the sweep's directory)")
+    return hashlib.sha256(found[0].read_bytes()).hexdigest()
 
 
 def keep(sweep_dir: Path, dest: Path) -> list[str]:
