@@ -41,16 +41,22 @@ class Precision:
         return f"precision: {kind} ({self.reason})"
 
 
-def read_cpu_flags(path: str = "/proc/cpuinfo") -> set[str] | None:
-    """The CPU feature flags of the first core, or None where /proc/cpuinfo is not available (not Linux)."""
+def read_cpuinfo(field: str, path: str = "/proc/cpuinfo") -> str | None:
+    """The value of `field` for the first core in /proc/cpuinfo, or None where it is not there (not Linux)."""
     try:
         with open(path) as f:
             for line in f:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
+                if line.startswith(field):
+                    return line.split(":", 1)[1].strip()
     except OSError:
         return None
     return None
+
+
+def read_cpu_flags(path: str = "/proc/cpuinfo") -> set[str] | None:
+    """The CPU feature flags of the first core, or None where /proc/cpuinfo is not available (not Linux)."""
+    flags = read_cpuinfo("flags", path)
+    return None if flags is None else set(flags.split())
 
 
 @functools.cache

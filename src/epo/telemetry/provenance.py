@@ -21,7 +21,7 @@ import torch
 import transformers
 
 import epo
-from epo.models.precision import Precision, cpu_bf16_unit
+from epo.models.precision import Precision, cpu_bf16_unit, read_cpuinfo
 
 PROVENANCE_FILE = "provenance.jsonl"
 
@@ -47,14 +47,7 @@ def device_name(device: torch.device) -> str:
     """The GPU's name, or the CPU's model name from /proc/cpuinfo (platform.processor() elsewhere)."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    return read_cpuinfo("model name") or platform.processor() or platform.machine()
 
 
 def machine_record(
