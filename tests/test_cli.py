@@ -85,7 +85,10 @@ def test_train_eval_report_round_trip(tmp_path):
         app, ["eval", "--config", "quest_demo_cpu", *TINY, "--split", "iid", "-n", "2", "--out", str(out)]
     )
     assert result.exit_code == 0, result.output
-    assert json.loads(out.read_text())["iid"]["episodes"] == 2
+    saved = json.loads(out.read_text())
+    assert saved["splits"]["iid"]["episodes"] == 2
+    assert saved["provenance"]["phase"] == "eval" and saved["provenance"]["precision"] == "fp32"
+    assert saved["provenance"]["env"] == "quest" and saved["provenance"]["torch"]
     result = runner.invoke(app, ["report", str(run), "--out", str(tmp_path / "rep")])
     assert result.exit_code == 0, result.output
     assert list((tmp_path / "rep").glob("*.png"))

@@ -164,6 +164,21 @@ def test_dry_run_prints_list_overrides_as_written(tmp_path):
     assert "env.eval_splits=[iid]" in result.output  # not eaten as console markup
 
 
+def test_dry_run_shows_what_a_rerun_does(tmp_path):
+    grid_path, out = tmp_path / "g.yaml", tmp_path / "s"
+    grid_path.write_text(yaml.safe_dump({"base": "quest_demo_cpu", "seeds": [0, 1], "methods": {"a": [], "b": []}}))
+    out.mkdir()
+    (out / "status.json").write_text(json.dumps({"a/seed0": {"state": "done", "exit_code": 0, "seconds": 1.0}}))
+    (out / "a" / "seed1").mkdir(parents=True)
+    (out / "a" / "seed1" / "config.yaml").write_text("{}")  # started, interrupted
+    result = runner.invoke(app, ["sweep", str(grid_path), "--out", str(out), "--dry-run", "--methods", "a"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.strip().splitlines()
+    assert lines[0].endswith("1 done, 1 to run (dry run)")
+    assert lines[1:] == [f"-m epo.cli train --resume {out / 'a' / 'seed1'}"]
+    assert not (out / "sweep.yaml").exists()  # a dry run writes nothing
+
+
 # ----------------------------------------------------------------------------- end to end (miniature grid)
 
 

@@ -123,8 +123,10 @@ def evaluate(
     episodes: int | None = None,
     temperature: float | None = None,
     console: Console | None = None,
+    out: str | Path | None = None,
 ) -> dict[str, EvalResult]:
-    """Success (with a Wilson 95% interval), turns, invalid rate and a per-task-type table, per split.
+    """Success (with a Wilson 95% interval), turns, invalid rate and a per-task-type table, per split; `out`: write
+    them as JSON with the provenance of the evaluation (code, machine, precision, policy, env, seed).
 
     model: a model dir, an `epo sft` output, an RL run dir (its final/), a hub id or 'embedded' (default: the
     config's init_from / model.path). splits default to env.eval_splits; episodes to train.eval_episodes."""
@@ -140,7 +142,7 @@ def evaluate(
     if temperature is not None:
         extra.append(f"train.eval_temperature={temperature}")
     cfg = as_config(config, extra)
-    return evaluate_policy(cfg, list(splits or cfg.env.eval_splits), console=console)
+    return evaluate_policy(cfg, list(splits or cfg.env.eval_splits), console=console, out=out)
 
 
 def report(

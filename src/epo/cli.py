@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -150,11 +149,17 @@ def eval_cmd(
         from epo import api
 
         results = api.evaluate(
-            config, overrides, model=model, splits=split, episodes=episodes, temperature=temperature, console=console
+            config,
+            overrides,
+            model=model,
+            splits=split,
+            episodes=episodes,
+            temperature=temperature,
+            console=console,
+            out=out,
         )
         _print_eval(results)
         if out:
-            out.write_text(json.dumps({k: v.__dict__ for k, v in results.items()}, indent=1))
             console.print(f"results: {out}", markup=False)
 
     _guard(go)
@@ -199,19 +204,19 @@ def sweep(
 
     def go():
         from epo.sweep import load_grid, run_sweep, write_sweep_report
-        from epo.sweep.runner import SweepStopped, train_command
+        from epo.sweep.runner import SweepStopped, plan, train_command
 
         g = load_grid(grid)
         target = out or Path("sweeps") / grid.stem
-        if dry_run:
-            for run in g.runs():
-                console.print(
-                    " ".join(train_command(g, run, target)[1:]), soft_wrap=True, highlight=False, markup=False
-                )
-            return
         # paths stay on one line; no markup, or an override such as env.eval_splits=[iid] prints as "env.eval_splits="
         echo = lambda line: console.print(line, soft_wrap=True, highlight=False, markup=False)  # noqa: E731
         only = [m.strip() for m in methods.split(",") if m.strip()] if methods else None
+        if dry_run:  # what a real (re)run would do now: done runs are skipped, started ones resumed
+            chosen, pending = plan(g, target, only)
+            echo(f"sweep {target}: {len(chosen) - len(pending)} done, {len(pending)} to run (dry run)")
+            for run in pending:
+                echo(" ".join(train_command(g, run, target)[1:]))
+            return
         try:
             status = run_sweep(g, target, ray=ray, cpus_per_run=cpus_per_run, echo=echo, jobs=jobs, methods=only)
         except SweepStopped as e:  # Ctrl-C / SIGTERM: the interrupted runs kept their checkpoints

@@ -159,6 +159,16 @@ def run_env(jobs: int) -> dict[str, str]:
     return env
 
 
+def plan(grid: Grid, sweep_dir: Path, methods: list[str] | None = None) -> tuple[list[RunSpec], list[RunSpec]]:
+    """(the runs chosen by `methods`, those of them not yet done in SWEEP_DIR): what a (re)run of the sweep does."""
+    unknown = sorted(set(methods or []) - set(grid.methods))
+    if unknown:
+        raise ConfigError(f"--methods: {', '.join(unknown)} not in the grid ({', '.join(grid.methods)})")
+    status = read_status(sweep_dir)
+    chosen = [r for r in grid.runs() if not methods or r.method in methods]
+    return chosen, [r for r in chosen if status.get(r.run_id, {}).get("state") != "done"]
+
+
 def run_sweep(
     grid: Grid,
     sweep_dir: str | Path,
@@ -174,14 +184,10 @@ def run_sweep(
         raise ConfigError(f"--jobs must be >= 1, got {jobs}")
     if ray and jobs != 1:
         raise ConfigError("--jobs is for this machine; with --ray, Ray packs the runs by --cpus-per-run")
-    unknown = sorted(set(methods or []) - set(grid.methods))
-    if unknown:
-        raise ConfigError(f"--methods: {', '.join(unknown)} not in the grid ({', '.join(grid.methods)})")
     sweep_dir = Path(sweep_dir)
+    chosen, pending = plan(grid, sweep_dir, methods)
     prepare(grid, sweep_dir, echo)
     status = read_status(sweep_dir)
-    chosen = [r for r in grid.runs() if not methods or r.method in methods]
-    pending = [r for r in chosen if status.get(r.run_id, {}).get("state") != "done"]
     echo(f"sweep {sweep_dir}: {len(chosen) - len(pending)} done, {len(pending)} to run")
     todo = [(r, train_command(grid, r, sweep_dir), str(sweep_dir / r.method / f"seed{r.seed}.log")) for r in pending]
 

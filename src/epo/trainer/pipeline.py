@@ -12,6 +12,7 @@ from rich.table import Table
 from epo.config import Config, ConfigError, replace, save_config
 from epo.report.data import BEFORE_AFTER_FILE
 from epo.rollout.evaluate import EvalResult, gain_test
+from epo.telemetry.provenance import machine_record
 from epo.trainer import distributed, setup
 from epo.trainer.checkpoint import list_checkpoints
 from epo.trainer.rundir import CONFIG_FILE, resume_changes, saved_config
@@ -147,7 +148,10 @@ def _fmt(res: EvalResult | None) -> str:
     return f"{100 * res.success:.1f}% [{100 * res.ci_low:.0f}-{100 * res.ci_high:.0f}] n={res.episodes}"
 
 
-def evaluate_policy(cfg: Config, splits: list[str], console: Console | None = None) -> dict[str, EvalResult]:
+def evaluate_policy(
+    cfg: Config, splits: list[str], console: Console | None = None, out: str | Path | None = None
+) -> dict[str, EvalResult]:
+    """out: also write the results as JSON ({"provenance": what computed them and on which policy, "splits": ...})."""
     console = console or Console()
     all_splits = setup.check_env(cfg)
     unknown = [s for s in splits if s not in all_splits]
@@ -157,7 +161,14 @@ def evaluate_policy(cfg: Config, splits: list[str], console: Console | None = No
     setup.seed_everything(cfg.train.seed)
     device = setup.pick_device(cfg.model.device)
     model, tokenizer = setup.load_policy(cfg, device, train=False)
-    setup.log_precision(console, cfg, device)
+    chosen = setup.log_precision(console, cfg, device)
     with setup.make_pool(cfg) as pool:
         collector = setup.make_collector(cfg, pool, model, tokenizer, console)
-        return evaluate_splits(cfg, collector, all_splits, splits, cfg.train.eval_episodes, console, "eval")
+        results = evaluate_splits(cfg, collector, all_splits, splits, cfg.train.eval_episodes, console, "eval")
+    if out:
+        record = machine_record(device, chosen, from_step=None, phase="eval")
+        record.update(policy=str(cfg.init_from or cfg.model.path), env=cfg.env.name, env_kwargs=dict(cfg.env.kwargs))
+        record.update(seed=cfg.train.seed, temperature=cfg.train.eval_temperature)
+        splits_json = {k: v.__dict__ for k, v in results.items()}
+        Path(out).write_text(json.dumps({"provenance": record, "splits": splits_json}, indent=1))
+    return results
