@@ -67,6 +67,18 @@ def test_sign_flip_p_is_exact():
     # all 4 differences positive: only the all-plus and all-minus assignments reach |mean| -> 2/16
     assert sign_flip_p(np.array([1.0, 2.0, 3.0, 4.0])) == pytest.approx(2 / 16)
     assert sign_flip_p(np.array([1.0, -1.0])) == pytest.approx(1.0)
+    d = np.random.default_rng(1).normal(0.3, 1.0, size=9)  # against a brute force over all 512 assignments
+    brute = [abs(sum(x if (k >> i) & 1 else -x for i, x in enumerate(d))) >= abs(d.sum()) - 1e-9 for k in range(512)]
+    assert sign_flip_p(d) == pytest.approx(sum(brute) / 512)
+
+
+def test_sign_flip_p_on_many_pairs_is_monte_carlo_and_close_to_exact():
+    # 28 pairs (Experiment 8) once enumerated 2^28 rows and was killed for memory; beyond 20 it samples
+    d = np.random.default_rng(2).normal(0.4, 1.0, size=21)
+    exact = sign_flip_p(d)  # 2^21 assignments, chunked
+    assert sign_flip_p(d, exact_max=0) == pytest.approx(exact, abs=0.006)  # 200,000 draws: s.e. <= 0.0011
+    p28 = sign_flip_p(np.random.default_rng(3).normal(0.0, 1.0, size=28))
+    assert 0.0 < p28 <= 1.0
 
 
 def test_paired_uses_shared_seeds_and_welch_otherwise():

@@ -204,8 +204,8 @@ def render(agg: dict[str, Any], figures: list[str], pooled_lines: list[str] = ()
         f"## Against the baseline `{grid['baseline']}` (and the grid's `compare` pairs, named `method vs reference`)",
         "",
         "Difference method - reference, mean [95% t-interval]; p: two-sided paired t-test over shared seeds "
-        "(Welch's t-test where no seeds are shared) and exact sign-flip permutation test (paired only; with n seeds "
-        "its smallest possible p is 2/2^n).",
+        "(Welch's t-test where no seeds are shared) and sign-flip permutation test (paired only; exact up to 20 seeds, "
+        "where its smallest possible p is 2/2^n, else 200,000 seeded random sign assignments).",
         "",
     ]
     keys = [f"{s}/{k}" for k in ("succ_max", "succ_converged", "succ_last") for s in splits]
