@@ -314,12 +314,12 @@ def report(args, argv, best, tokens, flops, auto, trl_note, probe, probe_gflops)
         lines.append(
             f"| {name} | {secs:.2f} | {tokens / secs:.0f} | {flops / secs / 1e9:.1f} | {share} | {ours / secs:.2f}x |"
         )
-    ratio = probe_gflops["fp32"] / probe_gflops["bf16"]
+    ratio = probe_gflops["fp32"] / probe_gflops["bf16"]  # > 1: bf16 is slower
+    speed = f"{ratio:.1f}x slower" if ratio > 1 else f"{1 / ratio:.1f}x faster"
     lines += [
         "",
         f"bf16 GEMM speed here ([{probe.m}, {probe.k}] @ [{probe.k}, {probe.n}]): "
-        f"{probe_gflops['bf16']:.1f} GFLOP/s vs fp32 {probe_gflops['fp32']:.1f} ({ratio:.1f}x "
-        f"{'slower' if ratio > 1 else 'faster'}).",
+        f"{probe_gflops['bf16']:.1f} GFLOP/s vs fp32 {probe_gflops['fp32']:.1f} ({speed}).",
     ]
     lines += ["", NOTES]
     if "ceiling bf16" not in best:
