@@ -16,7 +16,7 @@ from epo.rollout import backend_select
 from epo.rollout.backend import HFBackend
 from epo.rollout.backend_select import cpu_flags, resolve_backend
 from epo.rollout.types import SamplingParams, TurnSample
-from epo.rollout.vllm_backend import hf_weights, push_groups, version_key
+from epo.rollout.vllm_backend import engine_dirs, hf_weights, push_groups, version_key
 
 
 # ---------------------------------------------------------------- backend selection
@@ -446,3 +446,15 @@ def test_lora_push_sends_merged_weights_under_plain_names():
         assert torch.allclose(value, reference[name], atol=1e-6), name
     q = "model.layers.0.self_attn.q_proj.weight"
     assert not torch.allclose(merged[q], base.get_submodule("model.layers.0.self_attn.q_proj").base_layer.weight)
+
+
+# ---------------------------------------------------------------- engine dirs
+def test_engine_dirs_give_the_converted_tokenizer_dir_the_model_config(tmp_path, monkeypatch):
+    # vLLM logged "Error parsing config" twice and slept 2 s per engine start on a tokenizer dir without config.json
+    model_dir, tok_dir = tmp_path / "model", tmp_path / "tokenizer"
+    model_dir.mkdir(), tok_dir.mkdir()
+    (model_dir / "config.json").write_text('{"model_type": "llama"}')
+    monkeypatch.setattr("epo.models.loading._resolve_dirs", lambda source: (model_dir, tok_dir))
+    assert engine_dirs("some.gguf") == (str(model_dir), str(tok_dir))
+    assert (tok_dir / "config.json").read_text() == '{"model_type": "llama"}'
+    assert sorted(p.name for p in tok_dir.iterdir()) == ["config.json"]  # no temporary file left behind

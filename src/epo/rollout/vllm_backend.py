@@ -337,7 +337,21 @@ def engine_dirs(source: str) -> tuple[str | None, str | None]:
     from epo.models.loading import _resolve_dirs
 
     model_dir, tokenizer_dir = _resolve_dirs(source)
+    _give_tokenizer_dir_a_config(Path(model_dir), Path(tokenizer_dir))
     return str(model_dir), str(tokenizer_dir)
+
+
+def _give_tokenizer_dir_a_config(model_dir: Path, tokenizer_dir: Path) -> None:
+    """vLLM parses a config.json in the tokenizer dir too; the converted GGUF's tokenizer dir has none, so every engine
+    start logged two ERROR lines ("Error parsing config ... retrying") and slept 2 s. Copy the model's (atomically:
+    several runs may share the cache)."""
+    target = tokenizer_dir / "config.json"
+    if tokenizer_dir == model_dir or target.is_file() or not (model_dir / "config.json").is_file():
+        return
+    fd, tmp = tempfile.mkstemp(prefix=".config-", suffix=".json", dir=tokenizer_dir)
+    with os.fdopen(fd, "w") as f:
+        f.write((model_dir / "config.json").read_text())
+    os.replace(tmp, target)
 
 
 def engine_dtype(cfg, device: torch.device | str) -> str:
