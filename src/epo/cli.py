@@ -204,7 +204,7 @@ def sweep(
 
     def go():
         from epo.sweep import load_grid, run_sweep, write_sweep_report
-        from epo.sweep.runner import SweepStopped, plan, train_command
+        from epo.sweep.runner import SweepStopped, plan, read_status, train_command
 
         g = load_grid(grid)
         target = out or Path("sweeps") / grid.stem
@@ -212,7 +212,7 @@ def sweep(
         echo = lambda line: console.print(line, soft_wrap=True, highlight=False, markup=False)  # noqa: E731
         only = [m.strip() for m in methods.split(",") if m.strip()] if methods else None
         if dry_run:  # what a real (re)run would do now: done runs are skipped, started ones resumed
-            chosen, pending = plan(g, target, only)
+            chosen, pending = plan(g, read_status(target), only)
             echo(f"sweep {target}: {len(chosen) - len(pending)} done, {len(pending)} to run (dry run)")
             for run in pending:
                 echo(" ".join(train_command(g, run, target)[1:]))

@@ -159,12 +159,11 @@ def run_env(jobs: int) -> dict[str, str]:
     return env
 
 
-def plan(grid: Grid, sweep_dir: Path, methods: list[str] | None = None) -> tuple[list[RunSpec], list[RunSpec]]:
-    """(the runs chosen by `methods`, those of them not yet done in SWEEP_DIR): what a (re)run of the sweep does."""
+def plan(grid: Grid, status: dict[str, dict], methods: list[str] | None = None) -> tuple[list[RunSpec], list[RunSpec]]:
+    """(the runs chosen by `methods`, those of them not yet done by `status`): what a (re)run of the sweep does."""
     unknown = sorted(set(methods or []) - set(grid.methods))
     if unknown:
         raise ConfigError(f"--methods: {', '.join(unknown)} not in the grid ({', '.join(grid.methods)})")
-    status = read_status(sweep_dir)
     chosen = [r for r in grid.runs() if not methods or r.method in methods]
     return chosen, [r for r in chosen if status.get(r.run_id, {}).get("state") != "done"]
 
@@ -185,9 +184,9 @@ def run_sweep(
     if ray and jobs != 1:
         raise ConfigError("--jobs is for this machine; with --ray, Ray packs the runs by --cpus-per-run")
     sweep_dir = Path(sweep_dir)
-    chosen, pending = plan(grid, sweep_dir, methods)
-    prepare(grid, sweep_dir, echo)
     status = read_status(sweep_dir)
+    chosen, pending = plan(grid, status, methods)  # before prepare: a bad --methods leaves no sweep dir behind
+    prepare(grid, sweep_dir, echo)
     echo(f"sweep {sweep_dir}: {len(chosen) - len(pending)} done, {len(pending)} to run")
     todo = [(r, train_command(grid, r, sweep_dir), str(sweep_dir / r.method / f"seed{r.seed}.log")) for r in pending]
 

@@ -167,8 +167,13 @@ def evaluate_policy(
         results = evaluate_splits(cfg, collector, all_splits, splits, cfg.train.eval_episodes, console, "eval")
     if out:
         record = machine_record(device, chosen, from_step=None, phase="eval")
-        record.update(policy=str(cfg.init_from or cfg.model.path), env=cfg.env.name, env_kwargs=dict(cfg.env.kwargs))
-        record.update(seed=cfg.train.seed, temperature=cfg.train.eval_temperature)
+        record.update(
+            policy=str(cfg.init_from or cfg.model.path),
+            env=cfg.env.name,
+            env_kwargs=dict(cfg.env.kwargs),
+            seed=cfg.train.seed,
+            temperature=cfg.train.eval_temperature,
+        )
         splits_json = {k: v.__dict__ for k, v in results.items()}
         Path(out).write_text(json.dumps({"provenance": record, "splits": splits_json}, indent=1))
     return results
