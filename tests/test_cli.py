@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 from typer.testing import CliRunner
 
@@ -35,6 +37,12 @@ def test_help_lists_commands():
     assert result.exit_code == 0
     for cmd in ("train", "sft", "eval", "report", "envs", "presets", "config"):
         assert cmd in result.output
+
+
+def test_python_dash_m_runs_the_cli():
+    result = subprocess.run([sys.executable, "-m", "epo", "--help"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "sweep" in result.stdout and "train" in result.stdout
 
 
 def test_envs_and_presets():

@@ -3,6 +3,8 @@ abandons it after the current turn instead of waiting for it (15+ min on ALFWorl
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import signal
 
@@ -46,6 +48,32 @@ def test_stop_during_the_zero_shot_eval_abandons_it_and_a_resume_runs_it(monkeyp
     resumed = sft.run_sft(cfg, tmp_path / "sft", console=QUIET, resume=True)
     assert not resumed.interrupted and resumed.before["iid"].episodes == 2  # the eval ran again, whole
     assert (tmp_path / "sft" / sft.BEFORE_FILE).is_file() and (tmp_path / "sft" / "export").is_dir()
+
+
+def test_stop_in_the_second_split_of_the_zero_shot_eval_keeps_the_first(monkeypatch, tmp_path):
+    overrides = tiny_run("env.max_turns=15", "sft.episodes=2", "sft.epochs=1", "sft.eval_episodes=2")
+    cfg = load_config(None, [*overrides, "env.eval_splits=[iid,ood]"])
+    whole = sft.run_sft(cfg, tmp_path / "whole", console=QUIET).before  # reference: the eval never stopped
+    splits_run, original = [], StepProgress.turn  # the zero-shot eval's splits, in the order they started
+
+    def signal_in_ood(self, turn, active):
+        if self.progress.tasks[0].description == "before SFT" and turn == 0:
+            splits_run.append(self.progress.tasks[1].description.removeprefix("eval "))
+            if splits_run == ["iid", "ood"]:
+                os.kill(os.getpid(), signal.SIGTERM)
+        return original(self, turn, active)
+
+    monkeypatch.setattr(StepProgress, "turn", signal_in_ood)
+    part = sft.run_sft(cfg, tmp_path / "sft", console=QUIET)
+    assert splits_run == ["iid", "ood"] and part.interrupted
+    assert sorted(json.loads((tmp_path / "sft" / sft.BEFORE_FILE).read_text())) == ["iid"]  # iid kept on disk
+    resumed = sft.run_sft(cfg, tmp_path / "sft", console=QUIET, resume=True)
+    assert splits_run == ["iid", "ood", "ood"]  # the resume evaluated ood only
+    assert not resumed.interrupted and _timeless(resumed.before) == _timeless(whole)  # what an unstopped eval gets
+
+
+def _timeless(results: dict) -> dict:
+    return {split: dataclasses.replace(res, seconds=0.0) for split, res in results.items()}
 
 
 def test_stop_during_the_step_0_eval_ends_the_run_before_training_and_resume_starts_over(monkeypatch, tmp_path):

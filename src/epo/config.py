@@ -19,6 +19,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from epo.errors import EpoError
+from epo.fsio import atomic_write_text
 from epo.telemetry.monitor import KINDS as MONITOR_KINDS
 
 
@@ -706,12 +707,7 @@ def to_yaml(cfg: Config) -> str:
 
 def save_config(cfg: Config, path: str | Path) -> None:
     """Write atomically (temp file + rename): a crash mid-write must not leave a run without its config.yaml."""
-    import os
-
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(to_yaml(cfg))
-    os.replace(tmp, path)
+    atomic_write_text(path, to_yaml(cfg))
 
 
 def field_docs(cls: type = Config, prefix: str = "") -> dict[str, str]:

@@ -29,6 +29,7 @@ from pathlib import Path
 import yaml
 
 from epo.config import ConfigError
+from epo.fsio import atomic_write_text
 from epo.sweep.grid import GRID_FILE, Grid, RunSpec
 from epo.trainer.rundir import EXIT_INTERRUPTED
 
@@ -78,9 +79,7 @@ def _record_status(sweep_dir: Path, run_id: str, entry: dict) -> None:
         fcntl.flock(lock, fcntl.LOCK_EX)
         status = read_status(sweep_dir)
         status[run_id] = entry
-        tmp = Path(sweep_dir) / f".{STATUS_FILE}.tmp"
-        tmp.write_text(json.dumps(status, indent=1, sort_keys=True))
-        os.replace(tmp, Path(sweep_dir) / STATUS_FILE)
+        atomic_write_text(Path(sweep_dir) / STATUS_FILE, json.dumps(status, indent=1, sort_keys=True))
 
 
 def prepare(grid: Grid, sweep_dir: Path, echo: Callable[[str], None] = lambda line: None) -> None:

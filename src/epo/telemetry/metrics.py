@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from epo.errors import EnvSetupError, RunDirError
+from epo.fsio import atomic_write_text
 
 METRICS_FILE = "metrics.jsonl"
 WARNINGS_FILE = "warnings.jsonl"
@@ -110,9 +110,7 @@ def truncate_after(path: Path, step: int) -> int:
             dropped += 1
         else:
             kept.append(encode_line(rec))
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text("".join(line + "\n" for line in kept))
-    os.replace(tmp, path)
+    atomic_write_text(path, "".join(line + "\n" for line in kept))
     return dropped
 
 

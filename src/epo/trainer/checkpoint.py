@@ -42,6 +42,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from epo.errors import EpoError
+from epo.fsio import atomic_write_text, fsync_dir, fsync_file
 
 CHECKPOINTS_DIR = "checkpoints"
 LATEST_FILE = "latest"
@@ -182,7 +183,7 @@ def save_checkpoint(
         if write_files is not None:
             write_files(tmp)
         _write_manifest(tmp, step)  # last: its presence marks the checkpoint complete
-        _fsync_dir(tmp)
+        fsync_dir(tmp)
         _move_into_place(tmp, final)
     except BaseException as error:
         free = _free_bytes(ckpt_root)  # before the temp dir is removed: what the writer saw
@@ -190,7 +191,7 @@ def save_checkpoint(
         if _is_disk_full(error, free, needed):
             raise DiskFullError(_disk_full_message(final, needed, free)) from None
         raise
-    _atomic_write_text(ckpt_root / LATEST_FILE, name + "\n")
+    atomic_write_text(ckpt_root / LATEST_FILE, name + "\n")
     _prune(ckpt_root, keep_last, newest=final)
     return final
 
@@ -293,10 +294,10 @@ def _write_manifest(tmp: Path, step: int) -> None:
         if p.is_file()
     }
     for rel in files:
-        _fsync_file(tmp / rel)
+        fsync_file(tmp / rel)
     manifest = {"format_version": FORMAT_VERSION, "step": step, "files": files}
     (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1, sort_keys=True))
-    _fsync_file(tmp / MANIFEST_FILE)
+    fsync_file(tmp / MANIFEST_FILE)
 
 
 def _move_into_place(tmp: Path, final: Path) -> None:
@@ -306,7 +307,7 @@ def _move_into_place(tmp: Path, final: Path) -> None:
         trash = final.with_name(f".old-{final.name}-{os.getpid()}")
         os.replace(final, trash)
     os.replace(tmp, final)
-    _fsync_dir(final.parent)
+    fsync_dir(final.parent)
     if trash is not None:
         shutil.rmtree(trash, ignore_errors=True)
 
@@ -323,27 +324,6 @@ def _remove_stale_temp_dirs(ckpt_root: Path) -> None:
     for p in ckpt_root.iterdir():
         if p.is_dir() and (p.name.startswith(".tmp-") or p.name.startswith(".old-")):
             shutil.rmtree(p, ignore_errors=True)
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    _fsync_file(tmp)
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb") as f:
-        os.fsync(f.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _sha256(path: Path) -> str:

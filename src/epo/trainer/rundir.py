@@ -37,6 +37,7 @@ from typing import Any
 
 from epo.config import Config, load_config
 from epo.errors import ResumeConfigError, RunDirError
+from epo.fsio import fsync_dir, fsync_file
 
 LOCK_FILE = ".lock"
 RESUMES_FILE = "resumes.jsonl"
@@ -310,7 +311,7 @@ def resume_command(run_dir: str | Path) -> str:
 def atomic_dir(final: str | Path) -> Iterator[Path]:
     """Yield a temp dir next to `final`; on success fsync its files and rename it to `final` (replacing an old one
     only after the new one is complete). On failure the temp dir is removed and `final` is untouched."""
-    from epo.trainer.checkpoint import _fsync_dir, _fsync_file, _move_into_place
+    from epo.trainer.checkpoint import _move_into_place
 
     final = Path(final)
     tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
@@ -323,8 +324,8 @@ def atomic_dir(final: str | Path) -> Iterator[Path]:
         yield tmp
         for p in tmp.rglob("*"):
             if p.is_file():
-                _fsync_file(p)
-        _fsync_dir(tmp)
+                fsync_file(p)
+        fsync_dir(tmp)
         _move_into_place(tmp, final)
     except BaseException:
         import shutil

@@ -26,6 +26,7 @@ from rich.console import Console
 
 from epo.config import Config, save_config, to_yaml
 from epo.errors import TrainingError
+from epo.fsio import atomic_write_text
 from epo.models import merge_and_save, response_logprobs
 from epo.models.precision import autocast_for
 from epo.rollout.evaluate import EvalResult
@@ -140,25 +141,32 @@ def run_sft(
 def _before_eval(
     cfg: Config, collector, splits, console: Console, out: Path, resume: bool, stop: GracefulExit
 ) -> dict[str, EvalResult]:
-    """The zero-shot eval, saved to OUT/sft_before.json so a resumed warm start does not repeat it. A stop signal
-    abandons it at once (nothing is trained yet, so nothing is lost but the eval, which a resume runs again)."""
+    """The zero-shot eval, saved to OUT/sft_before.json split by split, so a resumed warm start does not repeat the
+    splits that finished. A stop signal abandons the split being evaluated at once (nothing is trained yet, so
+    nothing is lost but that split, which a resume runs again)."""
     path = out / BEFORE_FILE
+    done = {}
     if resume and path.is_file():
-        return {split: EvalResult(**res) for split, res in json.loads(path.read_text()).items()}
+        done = {split: EvalResult(**res) for split, res in json.loads(path.read_text()).items()}
+        if set(cfg.env.eval_splits) <= done.keys():
+            return done
+
+    def save(finished: dict[str, EvalResult]) -> None:
+        atomic_write_text(path, json.dumps({split: asdict(res) for split, res in finished.items()}))
+
     try:
-        before = _eval_all(cfg, collector, splits, console, "before SFT", stop=stop)
+        return _eval_all(cfg, collector, splits, console, "before SFT", stop=stop, done=done, on_split=save)
     except EvalStopped as e:
-        console.print(f"{e}: nothing kept, a resume runs this eval again")
+        kept = sorted(json.loads(path.read_text())) if path.is_file() else []
+        console.print(f"{e}: kept {', '.join(kept) or 'no split'}; a resume runs the rest of this eval")
         return {}
-    path.write_text(json.dumps({split: asdict(res) for split, res in before.items()}))
-    return before
 
 
-def _eval_all(cfg: Config, collector, splits, console: Console, label: str, stop=None) -> dict[str, EvalResult]:
+def _eval_all(cfg: Config, collector, splits, console: Console, label: str, stop=None, **kw) -> dict[str, EvalResult]:
     if cfg.sft.eval_episodes <= 0:
         return {}
     names = list(cfg.env.eval_splits)
-    return evaluate_splits(cfg, collector, splits, names, cfg.sft.eval_episodes, console, label, stop)
+    return evaluate_splits(cfg, collector, splits, names, cfg.sft.eval_episodes, console, label, stop, **kw)
 
 
 class _SFTLoop:

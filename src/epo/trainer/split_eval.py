@@ -3,6 +3,8 @@ with a progress bar over splits and turns and env faults reported as they are dr
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from rich.console import Console
 from rich.markup import escape
@@ -50,20 +52,26 @@ def evaluate_splits(
     console: Console,
     label: str,
     stop=None,
+    done: dict[str, EvalResult] | None = None,
+    on_split: Callable[[dict[str, EvalResult]], None] | None = None,
 ) -> dict[str, EvalResult]:
     """`episodes` of each split in `names` (task ids from `split_ids`), sampled with the eval seed train.seed + 1 (its
-    own stream: see rollout/evaluate.py). Each result is printed as '  LABEL: <split line>'. stop: a GracefulExit
-    whose signal abandons the eval after the current turn (raises EvalStopped)."""
-    out: dict[str, EvalResult] = {}
-    with StepProgress(console, len(names), label=label) as progress:
+    own stream: see rollout/evaluate.py, so a split's result does not depend on which splits ran before it). Each
+    result is printed as '  LABEL: <split line>'. stop: a GracefulExit whose signal abandons the eval after the
+    current turn (raises EvalStopped). done: splits already evaluated (kept, not run again); on_split: called with
+    the finished splits after each one, so a caller can persist them before a later split is stopped."""
+    out: dict[str, EvalResult] = {k: v for k, v in (done or {}).items() if k in names}
+    with StepProgress(console, len(names), len(out), label=label) as progress:
         try:
-            for split in names:
+            for split in [n for n in names if n not in out]:
                 collector.on_turn = stop_checking(progress.turn, stop, f"{label} {split}")
                 progress.phase(f"eval {split}", collector.max_turns)
                 out[split] = evaluate_split(cfg, collector, split, split_ids[split], episodes, cfg.train.seed + 1)
                 for fault in collector.pool.drain_faults():  # episodes a crashed or hung env worker ended (lost)
                     console.print(f"[yellow]env fault:[/] {label} {split}: {escape(fault.line())}", soft_wrap=True)
                 progress.step_done(f"  {label}: {out[split].line()}")
+                if on_split is not None:
+                    on_split(dict(out))
         finally:
             collector.on_turn = None
     return out
