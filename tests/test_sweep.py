@@ -157,6 +157,24 @@ def test_bad_grids_fail_with_one_line(tmp_path, raw, message):
     assert "\n" not in str(err.value)
 
 
+def test_command_line_overrides_join_every_run_and_are_saved_with_the_grid(tmp_path):
+    path = _grid_file(tmp_path)
+    grid = load_grid(path, extra=["rollout.temperature=0.7"])
+    assert all(r.overrides[len(TINY)] == "rollout.temperature=0.7" for r in grid.runs())  # after the grid's common
+    assert grid.config(grid.runs()[1]).rollout.temperature == 0.7
+    prepare(grid, tmp_path / "s")
+    assert yaml.safe_load((tmp_path / "s" / "sweep.yaml").read_text())["overrides"][-1] == "rollout.temperature=0.7"
+    with pytest.raises(ConfigError, match="holds a different grid"):
+        prepare(load_grid(path), tmp_path / "s")  # a resume without them would run another grid
+    with pytest.raises(ConfigError, match="epo.mode is set by the grid's method grpo, method grpo_epo"):
+        load_grid(path, extra=["epo.mode=off"])  # the method's value would win: refused, not ignored
+    cli = ["sweep", str(path), "rollout.temperature=0.7", "--out", str(tmp_path / "d"), "--dry-run"]
+    result = runner.invoke(app, cli)
+    assert result.exit_code == 0 and "rollout.temperature=0.7" in result.output, result.output
+    result = runner.invoke(app, [*cli[:2], "rollout.temperature", *cli[3:]])
+    assert result.exit_code == 2 and "expected key=value" in result.output, result.output
+
+
 def test_train_command_resumes_a_started_run(tmp_path):
     grid = load_grid(_grid_file(tmp_path))
     run = grid.runs()[0]

@@ -193,6 +193,9 @@ def report(
 @app.command()
 def sweep(
     grid: Path = typer.Argument(..., help="GRID.yaml: base preset, overrides, methods (overrides each) and seeds."),
+    overrides: list[str] = typer.Argument(
+        None, help="Dot-list overrides for every run (e.g. model.device=cuda), added to the grid's; saved with it."
+    ),
     out: Path = typer.Option(None, "--out", help="Sweep dir (default sweeps/<grid name>)."),
     ray: bool = typer.Option(False, "--ray", help="Run the runs as Ray tasks (RAY_ADDRESS or a local instance)."),
     cpus_per_run: float = typer.Option(1.0, "--cpus-per-run", help="CPUs Ray reserves for each run."),
@@ -206,7 +209,7 @@ def sweep(
         from epo.sweep import load_grid, run_sweep, write_sweep_report
         from epo.sweep.runner import SweepStopped, plan, read_status, train_command
 
-        g = load_grid(grid)
+        g = load_grid(grid, extra=overrides or [])
         target = out or Path("sweeps") / grid.stem
         # paths stay on one line; no markup, or an override such as env.eval_splits=[iid] prints as "env.eval_splits="
         echo = lambda line: console.print(line, soft_wrap=True, highlight=False, markup=False)  # noqa: E731

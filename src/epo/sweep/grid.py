@@ -78,8 +78,10 @@ class Grid:
         }
 
 
-def load_grid(path: str | Path, check_configs: bool = True) -> Grid:
-    """Read and validate GRID.yaml; with check_configs every run's config is loaded (fails before any run starts)."""
+def load_grid(path: str | Path, check_configs: bool = True, extra: list[str] | tuple[str, ...] = ()) -> Grid:
+    """Read and validate GRID.yaml; with check_configs every run's config is loaded (fails before any run starts).
+    extra: overrides for every run, from the command line (`epo sweep GRID model.device=cuda`), appended to the
+    grid's common overrides; a key that a method or a seed sets is refused, since the grid's own value would win."""
     path = Path(path)
     try:
         raw = yaml.safe_load(path.read_text())
@@ -87,10 +89,12 @@ def load_grid(path: str | Path, check_configs: bool = True) -> Grid:
         raise ConfigError(f"{path}: cannot read the grid ({e.strerror})") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
-    return parse_grid(raw, path.parent, check_configs, where=str(path))
+    return parse_grid(raw, path.parent, check_configs, where=str(path), extra=list(extra))
 
 
-def parse_grid(raw: object, base_dir: Path, check_configs: bool = True, where: str = "grid") -> Grid:
+def parse_grid(
+    raw: object, base_dir: Path, check_configs: bool = True, where: str = "grid", extra: list[str] | None = None
+) -> Grid:
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: must be a mapping with base, seeds and methods")
     unknown = set(raw) - {"base", "overrides", "seeds", "methods", "baseline", "compare", "per_seed"}
@@ -117,6 +121,7 @@ def parse_grid(raw: object, base_dir: Path, check_configs: bool = True, where: s
     if not isinstance(common, list) or not all(isinstance(o, str) for o in common):
         raise ConfigError(f"{where}: overrides: must be a list of 'key=value' strings")
     per_seed = _parse_per_seed(raw.get("per_seed"), seeds, where)
+    common = [*common, *_check_extra(extra or [], methods, per_seed, where)]
     every = [*common, *sum(methods.values(), []), *sum(per_seed.values(), [])]
     if any(o.split("=", 1)[0].strip() == "train.seed" for o in every):
         raise ConfigError(f"{where}: train.seed is set by the grid's seeds; remove it from the overrides")
@@ -137,6 +142,25 @@ def parse_grid(raw: object, base_dir: Path, check_configs: bool = True, where: s
             except ConfigError as e:
                 raise ConfigError(f"{where}: method '{run.method}': {e}") from None
     return grid
+
+
+def _key(override: str) -> str:
+    return override.split("=", 1)[0].strip().lstrip("+~")
+
+
+def _check_extra(extra: list[str], methods: dict, per_seed: dict, where: str) -> list[str]:
+    """Command-line overrides: 'key=value' each, and no key that a method or a seed of the grid sets."""
+    for o in extra:
+        if "=" not in o:
+            raise ConfigError(f"sweep override '{o}': expected key=value")
+        owners = [f"method {m}" for m, ovr in methods.items() if _key(o) in map(_key, ovr)]
+        owners += [f"seed {s}" for s, ovr in per_seed.items() if _key(o) in map(_key, ovr)]
+        if owners:
+            raise ConfigError(
+                f"sweep override '{o}': {_key(o)} is set by the grid's {', '.join(owners[:3])}, whose value would "
+                f"win; edit {where} instead"
+            )
+    return extra
 
 
 def _parse_per_seed(raw: object, seeds: list[int], where: str) -> dict[int, list[str]]:

@@ -89,7 +89,9 @@ def prepare(grid: Grid, sweep_dir: Path, echo: Callable[[str], None] = lambda li
     if saved.is_file():
         old = yaml.safe_load(saved.read_text())
         if old != grid.to_dict() and not _moved_base(old, grid, saved, echo):
-            raise ConfigError(f"{sweep_dir}: holds a different grid ({saved}); use another --out or the same grid")
+            raise ConfigError(
+                f"{sweep_dir}: holds a different grid ({saved}); use another --out, or the same grid and command-line overrides"
+            )
     else:
         saved.write_text(yaml.safe_dump(grid.to_dict(), sort_keys=False))
 
