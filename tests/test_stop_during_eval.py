@@ -91,6 +91,33 @@ def test_stop_during_the_step_0_eval_ends_the_run_before_training_and_resume_sta
     assert [r["step"] for r in rows if "rollout/samples" in r] == [1]
 
 
+def test_stop_in_the_second_split_of_the_step_0_eval_keeps_the_first(monkeypatch, tmp_path):
+    run = tmp_path / "run"
+    overrides = tiny_run("train.total_steps=1", "train.eval_at_start=true", "train.eval_episodes=2")
+    cfg = load_config(None, [*overrides, "env.eval_splits=[iid,ood]", "train.eval_every=0"])
+    splits_run, original = [], StepProgress.turn  # the eval splits, in the order they started
+
+    def signal_in_ood(self, turn, active):
+        phase = self.progress.tasks[1].description
+        if phase.startswith("eval ") and turn == 0:
+            splits_run.append(phase.removeprefix("eval "))
+            if splits_run == ["iid", "ood"]:
+                os.kill(os.getpid(), signal.SIGTERM)
+        return original(self, turn, active)
+
+    monkeypatch.setattr(StepProgress, "turn", signal_in_ood)
+    result = Trainer(cfg, run, console=QUIET).train()
+    assert result.interrupted and result.steps_done == 0 and splits_run == ["iid", "ood"]
+    iid = (run / "eval" / "step_000000_iid.json").read_text()
+    assert not list_checkpoints(run) and not (run / "eval" / "step_000000_ood.json").exists()
+    out = CliRunner().invoke(app, ["train", "--resume", str(run)])
+    assert out.exit_code == 0, out.output
+    assert splits_run == ["iid", "ood", "ood", "iid", "ood"]  # step 0: ood only; then step 1's eval, whole
+    assert "(kept from the stopped run)" in out.output and (run / "eval" / "step_000000_iid.json").read_text() == iid
+    rows = [r for r in read_metrics(run) if "eval/iid/success" in r]
+    assert [r["step"] for r in rows] == [0, 1] and all("eval/ood/success" in r for r in rows)
+
+
 def test_stop_during_the_after_sft_eval_keeps_the_finished_export(monkeypatch, tmp_path):
     cfg = load_config(None, tiny_run("env.max_turns=15", "sft.episodes=2", "sft.epochs=1", "sft.eval_episodes=2"))
     turns, original = [], StepProgress.turn

@@ -13,6 +13,7 @@ from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from epo.fsio import atomic_write_text
 from epo.rollout.types import SamplingParams, Trajectory
 
 
@@ -48,7 +49,15 @@ class EvalResult:
         return round(self.success * self.episodes)
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(asdict(self), indent=1))
+        atomic_write_text(path, json.dumps(asdict(self), indent=1))
+
+    @classmethod
+    def load(cls, path: str | Path) -> EvalResult | None:
+        """A saved result, or None where the file is missing or unreadable (a resume then evaluates again)."""
+        try:
+            return cls(**json.loads(Path(path).read_text()))
+        except (OSError, ValueError, TypeError):
+            return None
 
     def line(self) -> str:
         return (

@@ -369,31 +369,46 @@ class Trainer:
 
     def _first_eval(self, collector, progress, logger, stop) -> tuple[dict[str, EvalResult], bool]:
         """The step-0 eval; a stop signal abandons it after the current turn (one process only: under torchrun
-        the other ranks would wait in the first step's collectives). Returns (results, stopped)."""
+        the other ranks would wait in the first step's collectives). Splits that a stopped run finished (saved in
+        eval/) are kept, not run again: the weights are the same at step 0. Returns (results, stopped)."""
+        kept = {s: r for s in self.cfg.env.eval_splits if (r := EvalResult.load(self._eval_path(0, s))) is not None}
         if self.dist.enabled:
-            return self._evaluate(collector, progress, logger), False
+            return self._evaluate(collector, progress, logger, kept), False
         on_turn = collector.on_turn
         collector.on_turn = stop_checking(on_turn, stop, "eval at step 0")
         try:
-            return self._evaluate(collector, progress, logger), False
+            return self._evaluate(collector, progress, logger, kept), False
         except EvalStopped as e:
-            self.console.print(f"{e}: nothing kept, no checkpoint (nothing trained yet); a resume starts at step 0")
+            done = [s for s in self.cfg.env.eval_splits if self._eval_path(0, s).is_file()]
+            self.console.print(
+                f"{e}: kept {', '.join(done) or 'no split'}, no checkpoint (nothing trained yet); a resume starts at "
+                "step 0 and evaluates the rest"
+            )
             return {}, True
         finally:
             collector.on_turn = on_turn
 
-    def _evaluate(self, collector, progress, logger) -> dict[str, EvalResult]:
+    def _eval_path(self, step: int, split: str) -> Path:
+        return self.run_dir / "eval" / f"step_{step:06d}_{split}.json"
+
+    def _evaluate(
+        self, collector, progress, logger, kept: dict[str, EvalResult] | None = None
+    ) -> dict[str, EvalResult]:
+        """Every eval split at this step (those in `kept` already evaluated), saved to eval/ and logged."""
         cfg = self.cfg
         out = {}
         for split in cfg.env.eval_splits:
+            if split in (kept or {}):
+                out[split] = kept[split]
+                self.console.print(f"  eval step {self.step} {kept[split].line()} (kept from the stopped run)")
+                continue
             progress.phase(f"eval {split}", collector.max_turns)
             seed = distributed.rollout_seed(cfg.train.seed + 1, self.step)  # own stream: see evaluate.py
             out[split] = res = evaluate_split(cfg, collector, split, self.splits[split], cfg.train.eval_episodes, seed)
             if self.faults is not None:
                 self.faults.record(self.step, f"eval {split}", collector.pool.drain_faults())
-            eval_dir = self.run_dir / "eval"
-            eval_dir.mkdir(exist_ok=True)
-            res.save(eval_dir / f"step_{self.step:06d}_{split}.json")
+            self._eval_path(self.step, split).parent.mkdir(exist_ok=True)
+            res.save(self._eval_path(self.step, split))
             self.console.print(f"  eval step {self.step} {res.line()}")
         if logger is not None:
             metrics: dict = {}
