@@ -199,6 +199,9 @@ def sweep(
     out: Path = typer.Option(None, "--out", help="Sweep dir (default sweeps/<grid name>)."),
     ray: bool = typer.Option(False, "--ray", help="Run the runs as Ray tasks (RAY_ADDRESS or a local instance)."),
     cpus_per_run: float = typer.Option(1.0, "--cpus-per-run", help="CPUs Ray reserves for each run."),
+    gpus_per_run: float = typer.Option(
+        0.0, "--gpus-per-run", help="GPUs Ray reserves for each run (Ray hides GPUs from runs that reserve none)."
+    ),
     jobs: int = typer.Option(1, "--jobs", "-j", help="Runs at once on this machine (each gets cores/jobs threads)."),
     methods: str = typer.Option(None, "--methods", help="Run only these methods (comma-separated); the rest later."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the runs' commands; run nothing."),
@@ -221,7 +224,16 @@ def sweep(
                 echo(" ".join(train_command(g, run, target)[1:]))
             return
         try:
-            status = run_sweep(g, target, ray=ray, cpus_per_run=cpus_per_run, echo=echo, jobs=jobs, methods=only)
+            status = run_sweep(
+                g,
+                target,
+                ray=ray,
+                cpus_per_run=cpus_per_run,
+                echo=echo,
+                jobs=jobs,
+                methods=only,
+                gpus_per_run=gpus_per_run,
+            )
         except SweepStopped as e:  # Ctrl-C / SIGTERM: the interrupted runs kept their checkpoints
             console.print(str(e), markup=False)
             raise typer.Exit(e.exit_code) from None

@@ -177,6 +177,7 @@ def run_sweep(
     echo: Callable[[str], None] = print,
     jobs: int = 1,
     methods: list[str] | None = None,
+    gpus_per_run: float = 0.0,
 ) -> dict[str, dict]:
     """Run every pending run of the grid (of `methods` only, when given: a grid can be run in parts, into the same
     SWEEP_DIR, so the parts stay paired); returns the status ({run_id: {state, exit_code, seconds}})."""
@@ -187,6 +188,7 @@ def run_sweep(
     sweep_dir = Path(sweep_dir)
     status = read_status(sweep_dir)
     chosen, pending = plan(grid, status, methods)  # before prepare: a bad --methods leaves no sweep dir behind
+    check_gpus(grid, chosen, ray, gpus_per_run, echo)
     prepare(grid, sweep_dir, echo)
     echo(f"sweep {sweep_dir}: {len(chosen) - len(pending)} done, {len(pending)} to run")
     todo = [(r, train_command(grid, r, sweep_dir), str(sweep_dir / r.method / f"seed{r.seed}.log")) for r in pending]
@@ -202,7 +204,7 @@ def run_sweep(
             echo(f"{run.run_id}: {said.get(state, f'FAILED (exit {code})')} in {seconds:.0f} s")
 
     if ray:
-        _run_on_ray(todo, cpus_per_run, record, echo)
+        _run_on_ray(todo, cpus_per_run, gpus_per_run, record, echo)
         return status
     env = run_env(jobs)
     # A stop signal (forwarded to the runs, which checkpoint and exit 130/143) or a run that exits so on its own
@@ -246,16 +248,32 @@ def run_sweep(
     return status
 
 
-def _run_on_ray(jobs, cpus_per_run: float, record, echo) -> None:
+def check_gpus(grid: Grid, runs: list[RunSpec], ray: bool, gpus_per_run: float, echo: Callable[[str], None]) -> None:
+    """Ray sets CUDA_VISIBLE_DEVICES="" in a task that reserves no GPU, so its run could not see one: refuse
+    model.device=cuda there, and say that model.device=auto will mean the CPU."""
+    if gpus_per_run < 0 or (gpus_per_run and not ray):
+        raise ConfigError("--gpus-per-run: GPUs Ray reserves for each run (>= 0), only with --ray")
+    if not ray or gpus_per_run > 0 or not runs:
+        return
+    devices = {grid.config(r).model.device for r in runs}
+    if any(d.startswith("cuda") for d in devices):
+        raise ConfigError(
+            "model.device=cuda with --ray: Ray hides the GPUs from a run that reserves none; add --gpus-per-run 1"
+        )
+    if "auto" in devices:
+        echo("--ray without --gpus-per-run: Ray hides GPUs from the runs, so model.device=auto trains on CPU")
+
+
+def _run_on_ray(jobs, cpus_per_run: float, gpus_per_run: float, record, echo) -> None:
     try:
         import ray
     except ImportError:
         raise RuntimeError("--ray needs Ray: pip install 'epo[ray]'") from None
     if not ray.is_initialized():
         ray.init(address=os.environ.get("RAY_ADDRESS"), include_dashboard=False, log_to_driver=False)
-    remote = ray.remote(num_cpus=cpus_per_run)(_timed_run)
+    remote = ray.remote(num_cpus=cpus_per_run, num_gpus=gpus_per_run)(_timed_run)
     futures = {remote.remote(cmd, log): run for run, cmd, log in jobs}
-    echo(f"submitted {len(futures)} runs to Ray ({cpus_per_run} CPU each)")
+    echo(f"submitted {len(futures)} runs to Ray ({cpus_per_run} CPU, {gpus_per_run} GPU each)")
     while futures:
         ready, _ = ray.wait(list(futures), num_returns=1)
         code, seconds = ray.get(ready[0])
