@@ -200,7 +200,9 @@ def sweep(
     ray: bool = typer.Option(False, "--ray", help="Run the runs as Ray tasks (RAY_ADDRESS or a local instance)."),
     cpus_per_run: float = typer.Option(1.0, "--cpus-per-run", help="CPUs Ray reserves for each run."),
     gpus_per_run: float = typer.Option(
-        0.0, "--gpus-per-run", help="GPUs Ray reserves for each run (Ray hides GPUs from runs that reserve none)."
+        0.0,
+        "--gpus-per-run",
+        help="GPUs for each run: Ray reserves them (--ray), or each of the --jobs lanes gets its own.",
     ),
     jobs: int = typer.Option(1, "--jobs", "-j", help="Runs at once on this machine (each gets cores/jobs threads)."),
     methods: str = typer.Option(None, "--methods", help="Run only these methods (comma-separated); the rest later."),

@@ -17,6 +17,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import queue
 import signal
 import subprocess
 import sys
@@ -189,6 +190,7 @@ def run_sweep(
     status = read_status(sweep_dir)
     chosen, pending = plan(grid, status, methods)  # before prepare: a bad --methods leaves no sweep dir behind
     check_gpus(grid, chosen, ray, gpus_per_run, echo)
+    gpu_slots = None if ray else local_gpu_slots(jobs, gpus_per_run)  # None, or a CUDA_VISIBLE_DEVICES per lane
     prepare(grid, sweep_dir, echo)
     echo(f"sweep {sweep_dir}: {len(chosen) - len(pending)} done, {len(pending)} to run")
     todo = [(r, train_command(grid, r, sweep_dir), str(sweep_dir / r.method / f"seed{r.seed}.log")) for r in pending]
@@ -224,7 +226,14 @@ def run_sweep(
             return
         echo(f"[{i}/{len(todo)}] {run.run_id}: {' '.join(cmd[1:])}  (log: {log})")
         start = time.monotonic()
-        code = run_one(cmd, log, env)
+        if gpu_slots is None:
+            code = run_one(cmd, log, env)
+        else:  # this run's own GPU(s) while it runs
+            slot = gpu_slots.get()
+            try:
+                code = run_one(cmd, log, {**env, "CUDA_VISIBLE_DEVICES": slot})
+            finally:
+                gpu_slots.put(slot)
         record(run, code, time.monotonic() - start)
         if code in INTERRUPTED and not stop.is_set():
             exit_code[0] = code
@@ -248,11 +257,38 @@ def run_sweep(
     return status
 
 
+def visible_gpus() -> list[str]:
+    """The GPU ids this process may use: CUDA_VISIBLE_DEVICES where set, else every GPU torch sees."""
+    if "CUDA_VISIBLE_DEVICES" in os.environ:
+        return [g.strip() for g in os.environ["CUDA_VISIBLE_DEVICES"].split(",") if g.strip()]
+    import torch
+
+    return [str(i) for i in range(torch.cuda.device_count())]
+
+
+def local_gpu_slots(jobs: int, gpus_per_run: float) -> queue.Queue | None:
+    """--gpus-per-run G with --jobs N on one machine: N disjoint groups of G of the visible GPUs, one per lane, so
+    runs at once never share a GPU (without it every run would see every GPU and use the first)."""
+    if not gpus_per_run:
+        return None
+    gpus = visible_gpus()
+    if gpus_per_run != int(gpus_per_run) or jobs * int(gpus_per_run) > len(gpus):
+        raise ConfigError(
+            f"--gpus-per-run {gpus_per_run:g} x --jobs {jobs}: needs {jobs} groups of a whole number of GPUs, and "
+            f"{len(gpus)} are visible ({','.join(gpus) or 'none'})"
+        )
+    g = int(gpus_per_run)
+    slots: queue.Queue = queue.Queue()
+    for lane in range(jobs):
+        slots.put(",".join(gpus[lane * g : (lane + 1) * g]))
+    return slots
+
+
 def check_gpus(grid: Grid, runs: list[RunSpec], ray: bool, gpus_per_run: float, echo: Callable[[str], None]) -> None:
     """Ray sets CUDA_VISIBLE_DEVICES="" in a task that reserves no GPU, so its run could not see one: refuse
     model.device=cuda there, and say that model.device=auto will mean the CPU."""
-    if gpus_per_run < 0 or (gpus_per_run and not ray):
-        raise ConfigError("--gpus-per-run: GPUs Ray reserves for each run (>= 0), only with --ray")
+    if gpus_per_run < 0:
+        raise ConfigError(f"--gpus-per-run: GPUs for each run (>= 0), got {gpus_per_run:g}")
     if not ray or gpus_per_run > 0 or not runs:
         return
     devices = {grid.config(r).model.device for r in runs}
