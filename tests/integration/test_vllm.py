@@ -140,12 +140,13 @@ def test_lora_push_sends_merged_weights(setup):
 
     prompt, response = prompts[0], tok(" Paris is the capital.", add_special_tokens=False)["input_ids"]
     before = _trainer_logprobs(model, prompt, response)
+    torch.manual_seed(0)  # LoRA's A init and the B draw below: the size of the move must not depend on test order
     lora = apply_lora(model, r=4, alpha=8, target_modules=["q_proj", "v_proj", "down_proj"])
     try:
         with torch.no_grad():
             for n, p in lora.named_parameters():
                 if "lora_B" in n:
-                    p.normal_(std=0.02)
+                    p.normal_(std=0.04)
         lora_backend = vllm_backend_from_config(backend.cfg, lora, tok, "embedded")  # same engine, merged push
         assert lora_backend.llm is backend.llm
         _assert_engine_follows(lora, lora_backend, prompt, response, before)
