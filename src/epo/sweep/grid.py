@@ -123,7 +123,7 @@ def parse_grid(
     per_seed = _parse_per_seed(raw.get("per_seed"), seeds, where)
     common = [*common, *_check_extra(extra or [], methods, per_seed, where)]
     every = [*common, *sum(methods.values(), []), *sum(per_seed.values(), [])]
-    if any(o.split("=", 1)[0].strip() == "train.seed" for o in every):
+    if any(_key(o) == "train.seed" for o in every):
         raise ConfigError(f"{where}: train.seed is set by the grid's seeds; remove it from the overrides")
     baseline = str(raw.get("baseline") or next(iter(methods)))
     if baseline not in methods:
