@@ -4,6 +4,7 @@ Run dirs, checkpoints, sweep status and configs all go through here."""
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 
@@ -22,10 +23,16 @@ def fsync_dir(path: Path) -> None:
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write `text` to a temp file next to `path`, fsync it and rename it over `path`."""
+    """Write `text` to a temp file next to `path`, fsync it and rename it over `path`. A failed write (a full disk)
+    leaves `path` as it was and removes the temp file. The temp name holds the process and thread, so concurrent
+    writers (env workers filling one cache, sweeps sharing a status.json) never share a temp file."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    fsync_file(tmp)
-    os.replace(tmp, path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
+    try:
+        tmp.write_text(text)
+        fsync_file(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     fsync_dir(path.parent)

@@ -21,11 +21,11 @@ import hashlib
 import importlib.util
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from epo.errors import DataNotFoundError, EnvSetupError
+from epo.fsio import atomic_write_text
 
 CONVERSION_VERSION = "1"  # bump when convert_game changes: it names the cache folder
 GAME_FILE, TRAJ_FILE, JSON_DIR = "game.tw-pddl", "traj_data.json", "json_2.1.1"
@@ -128,19 +128,6 @@ def bundled_help_grammar() -> str:
     return text[start:]
 
 
-def _write_atomic(path: Path, write: Any) -> None:
-    """Write through a temp file + rename, so parallel env workers never read a half-written game."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 class GameCache:
     """Converted games, one folder per task id, made on first use under `cache_dir`
     (default $XDG_CACHE_HOME or ~/.cache, then epo/alfworld/<hash of source folder, conversion version, help block>)."""
@@ -162,6 +149,7 @@ class GameCache:
         target = self.cache_dir / task_id
         if not (target / GAME_FILE).is_file():
             game = convert_game(json.loads((source / GAME_FILE).read_text()), self.help_grammar)
-            _write_atomic(target / TRAJ_FILE, lambda f: f.write((source / TRAJ_FILE).read_text()))
-            _write_atomic(target / GAME_FILE, lambda f: json.dump(game, f))  # written last: marks the folder done
+            target.mkdir(parents=True, exist_ok=True)  # temp file + rename: parallel env workers never read half a game
+            atomic_write_text(target / TRAJ_FILE, (source / TRAJ_FILE).read_text())
+            atomic_write_text(target / GAME_FILE, json.dumps(game))  # written last: marks the folder done
         return target / GAME_FILE

@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from epo.fsio import atomic_write_text
 from epo.models.precision import resolve_precision
 from epo.rollout.backend import STOP_STRINGS, eos_token_ids, trim_length
 from epo.rollout.types import SamplingParams
@@ -348,10 +349,7 @@ def _give_tokenizer_dir_a_config(model_dir: Path, tokenizer_dir: Path) -> None:
     target = tokenizer_dir / "config.json"
     if tokenizer_dir == model_dir or target.is_file() or not (model_dir / "config.json").is_file():
         return
-    fd, tmp = tempfile.mkstemp(prefix=".config-", suffix=".json", dir=tokenizer_dir)
-    with os.fdopen(fd, "w") as f:
-        f.write((model_dir / "config.json").read_text())
-    os.replace(tmp, target)
+    atomic_write_text(target, (model_dir / "config.json").read_text())
 
 
 def engine_dtype(cfg, device: torch.device | str) -> str:
