@@ -60,3 +60,24 @@ def test_only_whole_pairs_are_kept_without_checkpoints_and_with_the_warm_start_h
     sweep = _sweep(tmp_path, warm.parent, ["grpo/seed1", "grpo_epo/seed1"])
     assert keep_pairs.keep(sweep, dest) == ["grpo/seed1", "grpo_epo/seed1"]
     assert len(read_status(dest)) == 4 and set(json.loads((dest / "warm_starts.json").read_text())) == {"0", "1"}
+
+
+def test_restore_merges_kept_runs_from_several_places_and_replaces_unfinished_copies(tmp_path):
+    def kept(name: str, runs: list[str]) -> Path:
+        dest = tmp_path / name
+        for run_id in runs:
+            (dest / run_id / "eval").mkdir(parents=True)
+            (dest / run_id / "eval" / "step_000060_iid.json").write_text(name)
+            Path(f"{dest / run_id}.log").write_text("log\n")
+        (dest / "status.json").write_text(json.dumps({r: {"state": "done", "seconds": 1.0} for r in runs}))
+        return dest
+
+    earlier = kept("earlier", ["grpo/seed0", "grpo/seed1"])  # another experiment's arm, shared
+    this = kept("this", ["grpo/seed0", "ppo/seed0"])
+    sweep = tmp_path / "sweep"
+    (sweep / "ppo" / "seed0" / "checkpoints").mkdir(parents=True)  # interrupted before the machine was lost
+    assert keep_pairs.restore(earlier, sweep) == ["grpo/seed0", "grpo/seed1"]
+    assert keep_pairs.restore(this, sweep) == ["ppo/seed0"]  # grpo/seed0 is done already: left alone
+    assert set(read_status(sweep)) == {"grpo/seed0", "grpo/seed1", "ppo/seed0"}
+    assert (sweep / "grpo" / "seed0" / "eval" / "step_000060_iid.json").read_text() == "earlier"
+    assert not (sweep / "ppo" / "seed0" / "checkpoints").exists() and (sweep / "ppo" / "seed0.log").is_file()

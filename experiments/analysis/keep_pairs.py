@@ -1,7 +1,7 @@
 """Keep a sweep's finished pairs in the repository, so that a machine lost between sessions loses no finished run.
 
     python experiments/analysis/keep_pairs.py SWEEP_DIR DEST        # after (or during) a session's sweep
-    mkdir -p SWEEP_DIR && cp -r DEST/. SWEEP_DIR/                    # next session, on a fresh machine: restore
+    python experiments/analysis/keep_pairs.py SWEEP_DIR DEST --restore  # next session, on a fresh machine: restore
     epo sweep GRID.yaml --out SWEEP_DIR --jobs 2                     # then resume: the kept runs count as done
 
 Copies into DEST every run of each seed whose runs are *all* done (status.json), without weights (checkpoints/,
@@ -9,6 +9,11 @@ final/) or TensorBoard files (metrics.jsonl holds the same numbers), with its co
 DEST/sweep.yaml. A seed with an unfinished run is left out whole, so that both runs of a pair come from one session and
 one warm-start build. DEST/warm_starts.json records, per seed, the SHA-256 of the warm start (init_from) the runs
 started from. Runs already in DEST are kept as they are. DEST is a sweep dir itself: `epo report DEST` reads it.
+
+--restore copies the other way, DEST's runs into SWEEP_DIR, and merges status.json instead of replacing it, so that
+runs kept from several places (an earlier experiment's arms, then this one's seeds) can be restored one after the
+other. A run already done in SWEEP_DIR is left alone; an unfinished one there is replaced by the kept, finished one.
+The grid file is not copied: `epo sweep` writes its own on its first start.
 """
 
 from __future__ import annotations
@@ -67,11 +72,34 @@ def keep(sweep_dir: Path, dest: Path) -> list[str]:
     return new
 
 
+def restore(dest: Path, sweep_dir: Path) -> list[str]:
+    """Copy dest's kept runs into sweep_dir and merge their status entries; returns the run ids restored."""
+    kept = json.loads((dest / "status.json").read_text())
+    status_path = sweep_dir / "status.json"
+    status = json.loads(status_path.read_text()) if status_path.is_file() else {}
+    new = []
+    for run_id, entry in sorted(kept.items()):
+        if status.get(run_id, {}).get("state") == "done":
+            continue
+        shutil.rmtree(sweep_dir / run_id, ignore_errors=True)  # an interrupted copy of the run: the kept one finished
+        shutil.copytree(dest / run_id, sweep_dir / run_id)
+        shutil.copy2(dest / f"{run_id}.log", sweep_dir / f"{run_id}.log")
+        status[run_id] = entry
+        new.append(run_id)
+    status_path.write_text(json.dumps(status, indent=1, sort_keys=True))
+    return new
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("sweep_dir", type=Path)
     ap.add_argument("dest", type=Path)
+    ap.add_argument("--restore", action="store_true", help="copy DEST's kept runs into SWEEP_DIR (merging status)")
     args = ap.parse_args()
+    if args.restore:
+        args.sweep_dir.mkdir(parents=True, exist_ok=True)
+        print(f"restored {len(restore(args.dest, args.sweep_dir))} runs from {args.dest} into {args.sweep_dir}")
+        return
     new = keep(args.sweep_dir, args.dest)
     print(
         f"kept {len(new)} new runs in {args.dest} ({len(json.loads((args.dest / 'status.json').read_text()))} in all)"
