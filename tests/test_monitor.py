@@ -134,3 +134,48 @@ def test_shaping_signal_fires_when_most_advantage_comes_from_one_outcome_groups(
     resumed = CascadeMonitor(30)
     resumed.load_state_dict({k: v for k, v in monitor.state_dict().items() if k != "shaping"})  # older checkpoint
     assert resumed.shaping == []
+
+
+def test_invalid_collapse_fires_when_nearly_every_action_is_invalid_and_nothing_wins():
+    monitor = CascadeMonitor(30)  # window 6
+    rates = [0.3, 0.4, 0.95, 0.96, 0.97, 0.99, 1.0, 0.98, 0.99, 1.0]  # mean of the last 6 > 0.9 from step 8
+    wins = [0.5, 0.25, 0, 0, 0, 0, 0, 0, 0, 0]
+    fired = []
+    for step, (rate, win) in enumerate(zip(rates, wins, strict=True), start=1):
+        fired += monitor.update(step, {"rollout/invalid_rate": rate, "rollout/success_rate": win})
+    assert [(w.kind, w.step) for w in fired] == [("invalid_collapse", 8)]
+    assert "no episode won" in fired[0].message
+    winning = CascadeMonitor(30)  # the same invalid rates with a win inside the window: the reward still teaches
+    for step, rate in enumerate(rates, start=1):
+        assert winning.update(step, {"rollout/invalid_rate": rate, "rollout/success_rate": 0.125}) == []
+
+
+def test_value_not_learning_fires_after_the_early_phase_on_the_median_explained_variance():
+    monitor = CascadeMonitor(30)  # window 6; checked after step 0.3 * 30 = 9
+    evs = [-1e-4, 2e-5, -7e7, -3e-4, 1e-5, -2e-4] * 3  # PPO on Experiment 10's set 100: never above ~0
+    fired = []
+    for step, ev in enumerate(evs, start=1):
+        fired += monitor.update(step, {"critic/explained_var": ev})
+    assert [(w.kind, w.step) for w in fired] == [("value_not_learning", 10)]
+    assert "optim.value_lr" in fired[0].message
+    learning = CascadeMonitor(30)
+    assert not any(learning.update(s, {"critic/explained_var": 0.4}) for s in range(1, 31))
+    resumed = CascadeMonitor(30)  # an older checkpoint without these two trails
+    resumed.load_state_dict({k: v for k, v in monitor.state_dict().items() if k not in ("invalid", "explained_var")})
+    assert resumed.invalid == [] and resumed.explained_var == []
+
+
+def test_experiment_10_ppo_collapse_is_named_and_its_grpo_run_is_not():
+    """Replays the committed metrics of docs/RESULTS.md Experiment 10, set 100, through the monitor."""
+    import json
+    from pathlib import Path
+
+    sweep = Path(__file__).parents[1] / "docs" / "results" / "fast_tier_long_methods" / "sweep"
+
+    def kinds(run: str) -> set[str]:
+        rows = [json.loads(line) for line in (sweep / run / "metrics.jsonl").read_text().splitlines()]
+        monitor = CascadeMonitor(60)
+        return {w.kind for r in rows if "actor/entropy" in r for w in monitor.update(r["step"], r)}
+
+    assert {"invalid_collapse", "value_not_learning"} <= kinds("ppo/seed100")
+    assert not {"invalid_collapse", "value_not_learning"} & kinds("grpo/seed100")

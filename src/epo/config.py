@@ -352,7 +352,8 @@ class DiagConfig:
     """What the cascade monitor does on a warning: none | checkpoint | stop (checkpoint, then end the run) |
     raise_entropy (multiply the active entropy coefficient by monitor_entropy_factor)."""
     monitor_on: list[str] = field(default_factory=lambda: ["early_collapse", "late_oscillation", "late_climb"])
-    """Warning kinds that trigger monitor_action (early_collapse, late_oscillation, late_climb, shaping_signal)."""
+    """Warning kinds that trigger monitor_action (early_collapse, late_oscillation, late_climb, shaping_signal,
+    invalid_collapse, value_not_learning)."""
     monitor_entropy_factor: float = 2.0
     """raise_entropy: factor applied to epo.entropy_coef (EPO on) or algo.entropy_coef, per triggering warning."""
 

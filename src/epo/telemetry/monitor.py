@@ -8,7 +8,10 @@ The EPO paper describes two phases of failure in multi-turn sparse-reward RL:
 (the signed step-to-step change ΔH is computed from the entropy series; "epo/entropy_delta" is its absolute value)
 and returns new warnings of three kinds: "early_collapse", "late_oscillation", "late_climb". A fourth,
 "shaping_signal", reads GRPO's "actor/adv_shaping_share": most of the advantage comes from groups whose episodes all
-had the same outcome, so the policy is trained on the per-turn shaping, not on winning. Each kind fires on the
+had the same outcome, so the policy is trained on the per-turn shaping, not on winning. Two more name faults that
+end a run without an entropy pattern (docs/RESULTS.md, Experiment 10): "invalid_collapse" (almost every action parses
+to no valid action and nothing is won) and "value_not_learning" (PPO's value head explains none of the returns'
+variance, so its advantages are the raw returns). Each kind fires on the
 step its condition becomes true and stays quiet until the condition has been false for `rearm_steps` steps.
 Thresholds: `MonitorConfig` (documented again in docs/METRICS.md).
 """
@@ -21,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-KINDS = ("early_collapse", "late_oscillation", "late_climb", "shaping_signal")
+KINDS = ("early_collapse", "late_oscillation", "late_climb", "shaping_signal", "invalid_collapse", "value_not_learning")
 
 
 @dataclass
@@ -48,6 +51,13 @@ class MonitorConfig:
     (checked only while no oscillation is detected)."""
     shaping_share_above: float = 0.5
     """Shaping signal (GRPO): the mean of actor/adv_shaping_share over the trailing window exceeds this."""
+    invalid_rate_above: float = 0.9
+    """Invalid collapse: the mean of rollout/invalid_rate over the trailing window exceeds this while no episode of
+    the window won (rollout/success_rate 0)."""
+    value_ev_at_most: float = 0.0
+    """Value not learning (PPO): the median of critic/explained_var over the trailing window is at most this (0: the
+    values explain none of the returns' variance; the median, because the ratio explodes when the returns barely
+    vary), checked after early_fraction × total_steps so a fresh value head has time to fit."""
     rearm_steps: int = 5
     """After firing, a kind fires again only once its condition was false for this many consecutive steps."""
 
@@ -89,6 +99,8 @@ class CascadeMonitor:
         self.entropy: list[float] = []  # trailing, at most max(window, baseline_steps) values
         self.success: list[float] = []  # trailing, at most baseline_steps values
         self.shaping: list[float] = []  # trailing, at most window values of actor/adv_shaping_share
+        self.invalid: list[tuple[float, float]] = []  # trailing (invalid_rate, success_rate), at most window
+        self.explained_var: list[float] = []  # trailing, at most window values of critic/explained_var
         self.quiet_steps = {k: self.cfg.rearm_steps for k in KINDS}  # consecutive steps with the condition false
 
     # ------------------------------------------------------------------ update
@@ -102,8 +114,19 @@ class CascadeMonitor:
         a = _finite(metrics.get("actor/adv_shaping_share"))
         if a is not None:
             self.shaping = (self.shaping + [a])[-self.window :]
-        shaping = self._debounce("shaping_signal", step, self._shaping_signal(step))
-        return self._entropy_warnings(step, h) + ([shaping] if shaping is not None else [])
+        invalid = _finite(metrics.get("rollout/invalid_rate"))
+        if invalid is not None and s is not None:
+            self.invalid = (self.invalid + [(invalid, s)])[-self.window :]
+        ev = _finite(metrics.get("critic/explained_var"))
+        if ev is not None:
+            self.explained_var = (self.explained_var + [ev])[-self.window :]
+        checks = {
+            "shaping_signal": self._shaping_signal(step),
+            "invalid_collapse": self._invalid_collapse(step),
+            "value_not_learning": self._value_not_learning(step),
+        }
+        fired = [w for kind, msg in checks.items() if (w := self._debounce(kind, step, msg)) is not None]
+        return self._entropy_warnings(step, h) + fired
 
     def _entropy_warnings(self, step: int, h: float | None) -> list[MonitorWarning]:
         """The three cascade kinds, from this step's entropy h (None: not logged)."""
@@ -196,6 +219,33 @@ class CascadeMonitor:
             "rollout.group_size; docs/RESULTS.md Experiment 3)"
         )
 
+    def _invalid_collapse(self, step: int) -> str | None:
+        if len(self.invalid) < self.window:
+            return None
+        rate = float(np.mean([i for i, _ in self.invalid]))
+        if rate <= self.cfg.invalid_rate_above or any(s > 0 for _, s in self.invalid):
+            return None
+        return (
+            f"invalid-action collapse at step {step}: {rate:.0%} of the actions over the last {self.window} steps "
+            f"parsed to no valid action (threshold {self.cfg.invalid_rate_above:.0%}) and no episode won, so the "
+            "outcome reward gives no signal to recover. Roll back to an earlier checkpoint and lower the lr; with PPO "
+            "and model.value_model=shared see value_not_learning (docs/RESULTS.md Experiment 10)"
+        )
+
+    def _value_not_learning(self, step: int) -> str | None:
+        if step <= self.cfg.early_fraction * self.total_steps or len(self.explained_var) < self.window:
+            return None
+        median = float(np.median(self.explained_var))
+        if median > self.cfg.value_ev_at_most:
+            return None
+        return (
+            f"value head not learning at step {step}: median explained variance {median:.3g} over the last "
+            f"{self.window} steps (threshold <= {self.cfg.value_ev_at_most:g}), so PPO's advantages are close to the "
+            "raw returns. With model.value_model=shared the head alone trains at optim.value_lr while the value loss's "
+            "gradient (algo.value_coef) reaches the policy's trunk at optim.lr: check that optim.value_lr is not far "
+            "below optim.lr, or use model.value_model=separate (docs/RESULTS.md Experiment 10)"
+        )
+
     # ------------------------------------------------------------------ checkpointing
 
     def state_dict(self) -> dict[str, Any]:
@@ -204,6 +254,8 @@ class CascadeMonitor:
             "entropy": list(self.entropy),
             "success": list(self.success),
             "shaping": list(self.shaping),
+            "invalid": [list(x) for x in self.invalid],
+            "explained_var": list(self.explained_var),
             "quiet_steps": dict(self.quiet_steps),
         }
 
@@ -212,6 +264,8 @@ class CascadeMonitor:
         self.entropy = [float(x) for x in state["entropy"]]
         self.success = [float(x) for x in state["success"]]
         self.shaping = [float(x) for x in state.get("shaping", [])]  # absent in checkpoints before this warning
+        self.invalid = [(float(i), float(s)) for i, s in state.get("invalid", [])]  # the same for these two
+        self.explained_var = [float(x) for x in state.get("explained_var", [])]
         self.quiet_steps = {k: int(state["quiet_steps"].get(k, self.cfg.rearm_steps)) for k in KINDS}
 
 
