@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -167,9 +170,6 @@ def test_value_not_learning_fires_after_the_early_phase_on_the_median_explained_
 
 def test_experiment_10_ppo_collapse_is_named_and_its_grpo_run_is_not():
     """Replays the committed metrics of docs/RESULTS.md Experiment 10, set 100, through the monitor."""
-    import json
-    from pathlib import Path
-
     sweep = Path(__file__).parents[1] / "docs" / "results" / "fast_tier_long_methods" / "sweep"
 
     def kinds(run: str) -> set[str]:

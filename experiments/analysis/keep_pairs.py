@@ -26,6 +26,8 @@ from pathlib import Path
 
 import yaml
 
+from epo.fsio import atomic_write_text
+
 LEFT_OUT = shutil.ignore_patterns("checkpoints", "final", "tensorboard", ".lock", ".*.tmp*")  # weights; duplicates
 
 
@@ -67,8 +69,8 @@ def keep(sweep_dir: Path, dest: Path) -> list[str]:
             shas.setdefault(str(seed), warm_start_sha(sweep_dir / method / f"seed{seed}"))
             new.append(run_id)
     shutil.copy2(sweep_dir / "sweep.yaml", dest / "sweep.yaml")
-    (dest / "status.json").write_text(json.dumps(kept, indent=1, sort_keys=True))
-    shas_path.write_text(json.dumps(shas, indent=1, sort_keys=True))
+    atomic_write_text(dest / "status.json", json.dumps(kept, indent=1, sort_keys=True))
+    atomic_write_text(shas_path, json.dumps(shas, indent=1, sort_keys=True))
     return new
 
 
@@ -86,7 +88,7 @@ def restore(dest: Path, sweep_dir: Path) -> list[str]:
         shutil.copy2(dest / f"{run_id}.log", sweep_dir / f"{run_id}.log")
         status[run_id] = entry
         new.append(run_id)
-    status_path.write_text(json.dumps(status, indent=1, sort_keys=True))
+    atomic_write_text(status_path, json.dumps(status, indent=1, sort_keys=True))  # the sweep's record of done runs
     return new
 
 
