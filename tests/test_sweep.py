@@ -23,7 +23,7 @@ from epo.sweep import load_grid
 from epo.sweep.aggregate import base_label, comparisons
 from epo.sweep.grid import parse_grid
 from epo.sweep.runner import prepare, read_status, run_env, run_sweep, train_command
-from epo.sweep.stats import paired, sign_flip_p, summarize
+from epo.sweep.stats import fmt_p, paired, sign_flip_p, summarize
 from epo.testing import tiny_run
 
 runner = CliRunner()
@@ -95,6 +95,17 @@ def test_paired_uses_shared_seeds_and_welch_otherwise():
     assert c.p_perm == pytest.approx(2 / 16)
     unpaired = paired({10: 0.5, 11: 0.7}, {0: 0.1, 1: 0.2})
     assert unpaired.test == "welch" and unpaired.p_perm is None
+
+
+def test_p_is_not_reported_where_the_t_test_is_undefined():
+    # every paired difference equal (here +25 points, and 0): t = x/0 or 0/0, no p; the sign-flip p still exists
+    same = paired({0: 50.0, 1: 75.0, 2: 25.0}, {0: 25.0, 1: 50.0, 2: 0.0})
+    assert same.p_t is None and same.diff == 25.0 and same.ci_low == same.ci_high == 25.0
+    assert same.p_perm == pytest.approx(2 / 8) and fmt_p(same.p_t) == "n/a"
+    assert paired({0: 1.0, 1: 1.0}, {0: 1.0, 1: 1.0}).p_t is None
+    constant = paired({10: 0.5, 11: 0.5}, {0: 0.1, 1: 0.1})  # Welch with both groups constant
+    assert constant.test == "welch" and constant.p_t is None
+    assert fmt_p(0.0306) == "0.031" and fmt_p(0.0012, ".2g") == "0.0012"
 
 
 # ----------------------------------------------------------------------------- grid

@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 
 from epo.rollout.evaluate import wilson_interval
-from epo.sweep.stats import paired
+from epo.sweep.stats import fmt_p, paired
 
 
 def success(run: Path, step: int) -> tuple[int, int] | None:
@@ -47,7 +47,7 @@ def line(name: str, cmp) -> str:
     p_perm = "" if cmp.p_perm is None else f", sign-flip p = {cmp.p_perm:.3f}"
     return (
         f"{name}: {cmp.diff:+.1f} points [{cmp.ci_low:+.1f}, {cmp.ci_high:+.1f}] over {cmp.n} pairs, "
-        f"t p = {cmp.p_t:.3f}{p_perm}"
+        f"t p = {fmt_p(cmp.p_t)}{p_perm}"
     )
 
 

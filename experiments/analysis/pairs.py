@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from scipy import stats
 
-from epo.sweep.stats import paired
+from epo.sweep.stats import fmt_p, paired
 
 
 def wins(run: Path, step: int) -> tuple[int, int]:
@@ -122,7 +122,7 @@ def main() -> None:
     t_p_greater = float(stats.ttest_1samp(diffs, 0.0, alternative="greater").pvalue)  # Experiment 8's H20
     print(
         f"{args.arm} - {args.base}, step {args.step}, {k} pairs: {cmp.diff:+.1f} points "
-        f"[{cmp.ci_low:+.1f}, {cmp.ci_high:+.1f}], t-test p = {cmp.p_t:.2g} (one-sided, > 0: {t_p_greater:.2g}), "
+        f"[{cmp.ci_low:+.1f}, {cmp.ci_high:+.1f}], t-test p = {fmt_p(cmp.p_t, '.2g')} (one-sided, > 0: {t_p_greater:.2g}), "
         f"sign-flip p = {cmp.p_perm:.2g}"
     )
     rho, p = spearman_p(fracs, diffs)

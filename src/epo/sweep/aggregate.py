@@ -23,7 +23,7 @@ from epo.report.summary import run_summary
 from epo.sweep import plots, pooled
 from epo.sweep.grid import GRID_FILE
 from epo.sweep.runner import read_status
-from epo.sweep.stats import paired, summarize
+from epo.sweep.stats import fmt_p, paired, summarize
 from epo.telemetry.provenance import machine_label
 
 SEED_METRICS_DOC = {
@@ -218,7 +218,7 @@ def render(agg: dict[str, Any], figures: list[str], pooled_lines: list[str] = ()
                 perm = "-" if c["p_perm"] is None else f"{c['p_perm']:.3f}"
                 lines.append(
                     f"| {m} | {k} | {c['n']} | {c['test']} | {c['diff']:+.4g} [{c['ci_low']:+.4g}, "
-                    f"{c['ci_high']:+.4g}] | {c['p_t']:.3f} | {perm} |"
+                    f"{c['ci_high']:+.4g}] | {fmt_p(c['p_t'])} | {perm} |"
                 )
     lines += ["", *pooled_lines, "## Figures", ""] + [f"![{f}]({f})" for f in figures]
     lines += ["", "Per-seed numbers: per_seed.csv; per task and eval step: per_task.csv; the rest: results.json.", ""]

@@ -50,8 +50,9 @@ class Comparison:
     ci_low: float
     ci_high: float
     """95% t-interval of the (mean) difference."""
-    p_t: float
-    """Two-sided p of the paired t-test (or Welch's t-test)."""
+    p_t: float | None
+    """Two-sided p of the paired t-test (or Welch's t-test); None where t is undefined: every paired difference is
+    the same (zero spread: 0/0 or x/0), or, for Welch, both groups are constant."""
     p_perm: float | None
     """Two-sided sign-flip permutation p on the paired differences: exact up to 20 pairs, else Monte Carlo
     (200,000 seeded draws); None for unpaired."""
@@ -91,8 +92,8 @@ def paired(method: dict[int, float], baseline: dict[int, float]) -> Comparison |
     if len(shared) >= 2:
         d = np.array([method[s] - baseline[s] for s in shared])
         s = _t_interval(d)
-        p_t = 1.0 if d.std(ddof=1) == 0 and d.mean() == 0 else float(sps.ttest_1samp(d, 0.0).pvalue)
-        p_t = 0.0 if math.isnan(p_t) else p_t  # all differences equal and non-zero: t is infinite
+        # all differences equal: t is 0/0 or x/0, no p to report (the interval, of width 0, says what there is)
+        p_t = None if d.std(ddof=1) == 0 else float(sps.ttest_1samp(d, 0.0).pvalue)
         return Comparison("paired", len(shared), float(d.mean()), s[0], s[1], p_t, sign_flip_p(d))
     a = np.array([v for v in method.values() if _ok(v)])
     b = np.array([v for v in baseline.values() if _ok(v)])
@@ -100,7 +101,14 @@ def paired(method: dict[int, float], baseline: dict[int, float]) -> Comparison |
         return None
     res = sps.ttest_ind(a, b, equal_var=False)
     ci = res.confidence_interval(0.95)
-    return Comparison("welch", int(min(a.size, b.size)), float(a.mean() - b.mean()), ci.low, ci.high, res.pvalue, None)
+    constant = a.std() == 0 and b.std() == 0  # Welch's t is x/0 or 0/0 (scipy answers 0.0 or nan)
+    p_t = None if constant or math.isnan(res.pvalue) else float(res.pvalue)
+    return Comparison("welch", int(min(a.size, b.size)), float(a.mean() - b.mean()), ci.low, ci.high, p_t, None)
+
+
+def fmt_p(p: float | None, spec: str = ".3f") -> str:
+    """A p-value for tables and console lines; "n/a" where the test is undefined (see Comparison.p_t)."""
+    return "n/a" if p is None else format(p, spec)
 
 
 def _t_interval(d: np.ndarray) -> tuple[float, float]:
