@@ -179,3 +179,18 @@ def test_experiment_10_ppo_collapse_is_named_and_its_grpo_run_is_not():
 
     assert {"invalid_collapse", "value_not_learning"} <= kinds("ppo/seed100")
     assert not {"invalid_collapse", "value_not_learning"} & kinds("grpo/seed100")
+
+
+def test_a_shared_value_head_far_slower_than_the_policy_is_noted_at_the_start():
+    from epo.config import Config
+    from epo.trainer.setup import shared_critic_note
+
+    cfg = Config()
+    cfg.algo.name, cfg.model.value_model, cfg.optim.lr, cfg.optim.value_lr = "ppo", "shared", 3e-4, 1e-5
+    assert "30x slower" in shared_critic_note(cfg)  # Experiment 10's PPO runs
+    cfg.optim.value_lr = 3e-4
+    assert shared_critic_note(cfg) is None
+    cfg.optim.value_lr, cfg.model.value_model = 1e-5, "separate"
+    assert shared_critic_note(cfg) is None  # a separate critic has its own backbone
+    cfg.model.value_model, cfg.algo.name = "shared", "grpo"
+    assert shared_critic_note(cfg) is None  # no critic at all

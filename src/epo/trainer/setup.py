@@ -150,6 +150,25 @@ def make_critic(policy, cfg: Config):
     return ValueModel.from_policy(policy)
 
 
+SHARED_CRITIC_LR_RATIO = 10  # policy lr / head lr above which a shared value head is noted at the start
+
+
+def shared_critic_note(cfg: Config) -> str | None:
+    """A line for the run's start when PPO's shared value head learns far slower than the policy: in Experiment 10
+    of docs/RESULTS.md (policy lr 3e-4, head lr 1e-5) no such head ever explained any return variance, and PPO's
+    advantages were then returns minus an untrained baseline."""
+    if cfg.algo.name != "ppo" or cfg.model.value_model != "shared":
+        return None
+    lr, value_lr = cfg.optim.lr, cfg.optim.value_lr
+    if lr <= SHARED_CRITIC_LR_RATIO * value_lr:
+        return None
+    return (
+        f"model.value_model=shared: the value head learns at optim.value_lr={value_lr:g}, {lr / value_lr:.0f}x slower "
+        f"than the policy (optim.lr={lr:g}); such heads did not learn in docs/RESULTS.md's Experiment 10 (explained "
+        "variance ~ 0). Consider optim.value_lr closer to optim.lr, or model.value_model=separate"
+    )
+
+
 def max_turns(cfg: Config) -> int:
     return cfg.env.max_turns or get_spec(cfg.env.name).max_turns
 

@@ -134,8 +134,9 @@ class Trainer:
         chosen = setup.log_precision(self.console, cfg, self.device)
         if main:
             append_provenance(self.run_dir, machine_record(self.device, chosen, self.step, self.dist.world_size))
-        if note := reference_smoothing_note(cfg.epo.mode, setup.max_turns(cfg)):
-            self.console.print(f"[yellow]note:[/] {note}", highlight=False)
+        for note in (reference_smoothing_note(cfg.epo.mode, setup.max_turns(cfg)), setup.shared_critic_note(cfg)):
+            if note:
+                self.console.print(f"[yellow]note:[/] {escape(note)}", highlight=False)
         with (
             setup.make_pool(cfg) as pool,
             (
