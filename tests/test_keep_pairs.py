@@ -6,6 +6,7 @@ import json
 import shutil
 from pathlib import Path
 
+import pytest
 import yaml
 
 from epo.sweep.runner import read_status
@@ -81,3 +82,9 @@ def test_restore_merges_kept_runs_from_several_places_and_replaces_unfinished_co
     assert set(read_status(sweep)) == {"grpo/seed0", "grpo/seed1", "ppo/seed0"}
     assert (sweep / "grpo" / "seed0" / "eval" / "step_000060_iid.json").read_text() == "earlier"
     assert not (sweep / "ppo" / "seed0" / "checkpoints").exists() and (sweep / "ppo" / "seed0.log").is_file()
+    # one arm only (an experiment whose baseline is an earlier one's arm); a method it does not keep is refused
+    arm = tmp_path / "arm"
+    assert keep_pairs.restore(this, arm, methods=["ppo"]) == ["ppo/seed0"]
+    assert set(read_status(arm)) == {"ppo/seed0"} and not (arm / "grpo").exists()
+    with pytest.raises(SystemExit, match="keeps no runs of sac"):
+        keep_pairs.restore(this, arm, methods=["ppo", "sac"])

@@ -2,6 +2,7 @@
 
     python experiments/analysis/keep_pairs.py SWEEP_DIR DEST        # after (or during) a session's sweep
     python experiments/analysis/keep_pairs.py SWEEP_DIR DEST --restore  # next session, on a fresh machine: restore
+    python experiments/analysis/keep_pairs.py SWEEP_DIR DEST --restore --methods ppo  # one arm of DEST only
     epo sweep GRID.yaml --out SWEEP_DIR --jobs 2                     # then resume: the kept runs count as done
 
 Copies into DEST every run of each seed whose runs are *all* done (status.json), without weights (checkpoints/,
@@ -13,6 +14,7 @@ started from. Runs already in DEST are kept as they are. DEST is a sweep dir its
 --restore copies the other way, DEST's runs into SWEEP_DIR, and merges status.json instead of replacing it, so that
 runs kept from several places (an earlier experiment's arms, then this one's seeds) can be restored one after the
 other. A run already done in SWEEP_DIR is left alone; an unfinished one there is replaced by the kept, finished one.
+--methods A,B restores only those methods' runs (an experiment that reuses one arm of an earlier one as its baseline).
 The grid file is not copied: `epo sweep` writes its own on its first start.
 """
 
@@ -74,9 +76,15 @@ def keep(sweep_dir: Path, dest: Path) -> list[str]:
     return new
 
 
-def restore(dest: Path, sweep_dir: Path) -> list[str]:
-    """Copy dest's kept runs into sweep_dir and merge their status entries; returns the run ids restored."""
+def restore(dest: Path, sweep_dir: Path, methods: list[str] | None = None) -> list[str]:
+    """Copy dest's kept runs (of `methods`, or all) into sweep_dir and merge their status entries; returns the run
+    ids restored."""
     kept = json.loads((dest / "status.json").read_text())
+    if methods is not None:
+        unknown = sorted(set(methods) - {run_id.split("/")[0] for run_id in kept})
+        if unknown:
+            raise SystemExit(f"{dest} keeps no runs of {', '.join(unknown)}")
+        kept = {run_id: e for run_id, e in kept.items() if run_id.split("/")[0] in methods}
     status_path = sweep_dir / "status.json"
     status = json.loads(status_path.read_text()) if status_path.is_file() else {}
     new = []
@@ -97,10 +105,14 @@ def main() -> None:
     ap.add_argument("sweep_dir", type=Path)
     ap.add_argument("dest", type=Path)
     ap.add_argument("--restore", action="store_true", help="copy DEST's kept runs into SWEEP_DIR (merging status)")
+    ap.add_argument("--methods", help="with --restore: only these methods' runs (comma-separated)")
     args = ap.parse_args()
     if args.restore:
         args.sweep_dir.mkdir(parents=True, exist_ok=True)
-        print(f"restored {len(restore(args.dest, args.sweep_dir))} runs from {args.dest} into {args.sweep_dir}")
+        methods = args.methods.split(",") if args.methods else None
+        print(
+            f"restored {len(restore(args.dest, args.sweep_dir, methods))} runs from {args.dest} into {args.sweep_dir}"
+        )
         return
     new = keep(args.sweep_dir, args.dest)
     print(
