@@ -11,10 +11,14 @@ late_phase = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(late_phase)
 
 
-def _run(root: Path, method: str, seed: int, wins_per_step: dict[int, int], episodes: int = 4) -> None:
+def _run(
+    root: Path, method: str, seed: int, wins_per_step: dict[int, int], episodes: int = 4, invalid: float = 0.1
+) -> None:
+    """One run's eval files: wins per eval step out of `episodes`, with `invalid` as every eval's invalid-action rate."""
     (root / method / f"seed{seed}" / "eval").mkdir(parents=True)
     for step, wins in wins_per_step.items():
-        saved = {"episode_wins": [1] * wins + [0] * (episodes - wins)}
+        saved = {"episode_wins": [1] * wins + [0] * (episodes - wins), "success": wins / episodes}
+        saved["invalid_rate"] = invalid
         (root / method / f"seed{seed}" / "eval" / f"step_{step:06d}_iid.json").write_text(json.dumps(saved))
 
 
