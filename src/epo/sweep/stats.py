@@ -99,11 +99,12 @@ def paired(method: dict[int, float], baseline: dict[int, float]) -> Comparison |
     b = np.array([v for v in baseline.values() if _ok(v)])
     if a.size < 2 or b.size < 2:
         return None
+    n, diff = int(min(a.size, b.size)), float(a.mean() - b.mean())
+    if a.std() == 0 and b.std() == 0:  # Welch's t is x/0 or 0/0: no p, an interval of width 0
+        return Comparison("welch", n, diff, diff, diff, None, None)
     res = sps.ttest_ind(a, b, equal_var=False)
     ci = res.confidence_interval(0.95)
-    constant = a.std() == 0 and b.std() == 0  # Welch's t is x/0 or 0/0 (scipy answers 0.0 or nan)
-    p_t = None if constant or math.isnan(res.pvalue) else float(res.pvalue)
-    return Comparison("welch", int(min(a.size, b.size)), float(a.mean() - b.mean()), ci.low, ci.high, p_t, None)
+    return Comparison("welch", n, diff, ci.low, ci.high, float(res.pvalue), None)
 
 
 def fmt_p(p: float | None, spec: str = ".3f") -> str:
