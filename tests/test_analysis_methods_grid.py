@@ -1,6 +1,7 @@
 """experiments/analysis/methods_grid.py, the script behind Experiment 10 (docs/RESULTS.md), on a synthetic sweep."""
 
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
@@ -28,6 +29,12 @@ def _sweep(root: Path) -> Path:
     _run(sweep, "ppo", 1, {0: 2, 2: 0, 4: 3}, invalid=0.5)  # a 0% eval with valid actions is not a collapse
     _run(sweep, "grpo", 2, {0: 1, 2: 2, 4: 2})
     _run(sweep, "bonus", 2, {0: 1, 2: 2, 4: 2})  # seed 2's ppo never ran: the seed is not whole
+    for seed, ev in ((0, [0.9, -0.1, 0.0, 0.2]), (1, [0.9, 0.3, 0.5, 0.4])):  # steps 1-4; the median from step 2
+        rows = [{"step": i + 1, "critic/explained_var": v} for i, v in enumerate(ev)]
+        (sweep / "ppo" / f"seed{seed}" / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    for method in ("grpo", "bonus"):
+        for seed in (0, 1):
+            (sweep / method / f"seed{seed}" / "metrics.jsonl").write_text(json.dumps({"step": 1}) + "\n")
     return sweep
 
 
@@ -35,6 +42,7 @@ def test_methods_grid_uses_whole_seeds_and_compares_every_method_with_the_baseli
     sweep = _sweep(tmp_path)
     out_csv = tmp_path / "evals.csv"
     argv = ["methods_grid.py", str(sweep), "--steps", "0", "2", "4", "--succ-steps", "2", "4", "--pair", "bonus:ppo"]
+    argv += ["--median", "critic/explained_var:2"]
     monkeypatch.setattr(sys, "argv", [*argv, "--csv", str(out_csv)])
     methods_grid.main()
     out = capsys.readouterr().out
@@ -47,6 +55,8 @@ def test_methods_grid_uses_whole_seeds_and_compares_every_method_with_the_baseli
     assert "bonus - grpo, Succ.: +37.5 points [+37.5, +37.5] over 2 pairs, t p = n/a" in out
     assert "bonus - ppo, Succ.*: +50.0 points" in out  # best evals: bonus 100, 100; ppo 25, 75
     assert "seed 1: bonus 50 100 100, grpo 50 50 75, ppo 50 0 75" in out  # the grid file's method order
+    # medians over steps 2-4: seed 0 0.0, seed 1 0.4 -> 0.2 over seeds; GRPO logs no critic
+    assert "ppo: 0.2 (runs: 0, 0.4)" in out and "grpo: not logged" in out
     rows = out_csv.read_text().splitlines()
     assert rows[0] == "seed,method,wins_step0,wins_step2,wins_step4,episodes,collapsed"
     assert "0,ppo,1,0,0,4,1" in rows and "1,ppo,2,0,3,4,0" in rows and len(rows) == 7

@@ -3,10 +3,12 @@ method's run reached every eval). Prints a Markdown table of each method's poole
 95% intervals) and its RL gain (last eval - step 0, t interval over seeds); each method against the baseline, paired
 over seeds, at the last step, in Succ.* (each run's best eval), Succ. (the mean of its evals at --succ-steps) and RL
 gain; the --pair A:B contrasts the same way; the collapsed runs per method (an eval after step 0 at 0% success with
-over 90% invalid actions); and each seed's curves.
+over 90% invalid actions); and each seed's curves. --median NAME:STEP adds, per method, the median over seeds of
+each run's median of the logged metric NAME over RL steps >= STEP (Experiment 11's manipulation check:
+critic/explained_var:19).
 
     python experiments/analysis/methods_grid.py SWEEP_DIR [--base grpo] [--steps 0 15 30 45 60]
-        [--succ-steps 30 45 60] [--pair A:B ...] [--csv OUT.csv]
+        [--succ-steps 30 45 60] [--pair A:B ...] [--median critic/explained_var:19] [--csv OUT.csv]
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import yaml
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -47,6 +50,23 @@ def collapsed(run: Path, steps: list[int]) -> bool:
         if saved["success"] == 0 and saved.get("invalid_rate", 0.0) > COLLAPSE_INVALID:
             return True
     return False
+
+
+def run_median(run: Path, name: str, from_step: int) -> float | None:
+    """The median of metric `name` over the run's RL steps >= from_step (None: never logged there)."""
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    values = [r[name] for r in rows if r.get("step", -1) >= from_step and isinstance(r.get(name), (int, float))]
+    return float(np.median(values)) if values else None
+
+
+def medians(sweep: Path, evals: Evals, methods: list[str], name: str, from_step: int) -> list[str]:
+    out = [f"Median of {name} over steps >= {from_step}: per method, the median over seeds of each run's median"]
+    for m in methods:
+        per_run = {s: run_median(sweep / m / f"seed{s}", name, from_step) for s in sorted(evals)}
+        logged = [v for v in per_run.values() if v is not None]
+        runs = ", ".join("-" if v is None else f"{v:.3g}" for v in per_run.values())
+        out.append(f"{m}: {np.median(logged):.3g} (runs: {runs})" if logged else f"{m}: not logged")
+    return out
 
 
 def outcomes(evals: Evals, method: str, steps: list[int], succ_steps: list[int]) -> dict[str, dict[int, float]]:
@@ -98,6 +118,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, nargs="+", default=[0, 15, 30, 45, 60])
     ap.add_argument("--succ-steps", type=int, nargs="+", default=[30, 45, 60], help="the evals Succ. averages")
     ap.add_argument("--pair", action="append", default=[], metavar="A:B", help="a contrast A - B beyond the baseline")
+    ap.add_argument("--median", metavar="NAME:STEP", help="median of a logged metric over steps >= STEP, per method")
     ap.add_argument("--csv", type=Path, help="per seed and method: wins at each eval step, collapsed or not")
     args = ap.parse_args()
     grid = yaml.safe_load((args.sweep / "sweep.yaml").read_text())
@@ -117,6 +138,9 @@ def main() -> None:
         print("\n".join(contrast(evals, m, base, steps, args.succ_steps)))
     for a, b in pairs:
         print("\n".join(contrast(evals, a, b, steps, args.succ_steps)))
+    if args.median:
+        name, _, from_step = args.median.rpartition(":")
+        print("\n" + "\n".join(medians(args.sweep, evals, methods, name, int(from_step))))
     print("\nPer seed, iid success (%) at each eval step:")
     for s in sorted(evals):
         print(f"seed {s}: " + ", ".join(f"{m} {' '.join(f'{pct(e):.0f}' for e in evals[s][m])}" for m in methods))
