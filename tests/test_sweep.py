@@ -249,6 +249,7 @@ def test_miniature_sweep_runs_resumes_and_aggregates(tmp_path):
     assert sum(int(r["wins"]) for r in grpo_iid) == sum(sum(d["episode_wins"]) for d in saved)
     assert sum(int(r["episodes"]) for r in grpo_iid) == sum(len(d["episode_wins"]) for d in saved) > 0
     assert "## Episodes pooled over seeds" in summary and "Wins per task, `grpo` on iid" in summary
+    assert "## Health: monitor warnings, collapses and env faults" in summary and "| grpo | 2 |" in summary
     torn = next(out.glob("grpo/seed0/eval/step_*_iid.json"))
     torn.write_text(torn.read_text()[:40])  # a torn eval file is named and left out, the report still written
     rep = runner.invoke(app, ["report", str(out), "--out", str(tmp_path / "torn")])
@@ -269,7 +270,7 @@ def test_miniature_sweep_runs_resumes_and_aggregates(tmp_path):
     rep = runner.invoke(app, ["report", str(out), "--out", str(tmp_path / "rep2")])
     assert (
         rep.exit_code == 0
-        and "started, not finished): grpo_epo/seed1" in (tmp_path / "rep2" / "summary.md").read_text()
+        and "started, not finished): grpo_epo/seed1 (failed, exit 0)" in (tmp_path / "rep2" / "summary.md").read_text()
     )
     assert json.loads((tmp_path / "rep2" / "results.json").read_text())["summary"]["grpo_epo"]["iid/succ_max"]["n"] == 1
     # where the runs were computed: one machine here; a run resumed on another machine makes the report say so
@@ -468,3 +469,34 @@ def _record_many(sweep_dir, method):
 def test_every_shipped_grid_loads_with_valid_run_configs(grid_file):
     grid = load_grid(grid_file, check_configs=True)  # every (method, seed) config is loaded and validated
     assert grid.baseline in grid.methods and len(grid.runs()) == len(grid.methods) * len(grid.seeds)
+
+
+def test_the_health_section_names_collapsed_runs_warnings_and_env_faults(tmp_path):
+    from epo.report.data import load_run
+    from epo.sweep import health
+
+    def run(name, evals, warnings=(), crashes=0):
+        path = tmp_path / name
+        path.mkdir(parents=True)
+        rows = [{"step": 1, "rollout/env_crashes": crashes, "rollout/env_timeouts": 0}]
+        rows += [
+            {"step": step, "eval/iid/success": s, "eval/iid/invalid_rate": inv} for step, (s, inv) in enumerate(evals)
+        ]
+        (path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        (path / "warnings.jsonl").write_text("".join(json.dumps({"kind": k, "step": 1}) + "\n" for k in warnings))
+        return load_run(path, name)
+
+    runs = {
+        "ppo": {
+            0: run("ppo/0", [(0.5, 0.3), (0.6, 0.2), (0.0, 0.95)], ["late_climb", "late_climb", "invalid_collapse"]),
+            1: run("ppo/1", [(0.0, 0.95), (0.0, 0.5)], crashes=3),  # 0% at the start, or with valid actions: not one
+        },
+        "grpo": {0: run("grpo/0", [(0.5, 0.3), (0.7, 0.1)])},
+    }
+    got = health.method_health(runs, ["iid"])
+    assert got["ppo"]["collapsed"] == [0] and got["grpo"]["collapsed"] == []
+    assert got["ppo"]["warnings"] == {"invalid_collapse": 1, "late_climb": 1}  # runs with the kind, not warnings
+    assert got["ppo"]["env_faults"]["crashed"] == 3 and got["grpo"]["env_faults"]["crashed"] == 0
+    table = "\n".join(health.render(got))
+    assert "| ppo | 2 | 1 | 1 | 1 (seed 0) | 3 | - | - | - | - |" in table
+    assert "| grpo | 1 | - | - | - | - | - | - | - | - |" in table

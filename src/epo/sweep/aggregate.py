@@ -5,6 +5,8 @@ the RL gain (last eval - first eval, the start-of-RL eval at step 0); the varian
 RL steps; the mean band-violation fractions (epo/frac_below, epo/frac_above; EPO runs only); the fraction of steps
 whose groups all had one outcome (no outcome signal for GRPO). Per method: mean ± std
 and a 95% t-interval over seeds. Each method against the baseline: paired over shared seeds (`stats.paired`).
+Per method, the runs' health (health.py): monitor warnings, collapsed runs, env faults. Runs that are not done are
+listed with their state (failed or interrupted, with the exit code), not averaged.
 Writes SWEEP_DIR/report/: summary.md, results.json, per_seed.csv, per_task.csv (pooled.py) and PNG figures.
 """
 
@@ -20,7 +22,7 @@ import yaml
 from epo.config import list_presets
 from epo.report.data import RunData, load_run
 from epo.report.summary import run_summary
-from epo.sweep import plots, pooled
+from epo.sweep import health, plots, pooled
 from epo.sweep.grid import GRID_FILE
 from epo.sweep.runner import read_status
 from epo.sweep.stats import fmt_p, paired, summarize
@@ -54,11 +56,20 @@ def load_sweep(sweep_dir: Path) -> tuple[dict, dict[str, dict[int, RunData]]]:
             path, run_id = sweep_dir / method / f"seed{seed}", f"{method}/seed{seed}"
             if not (path / "metrics.jsonl").is_file():
                 continue
-            if status.get(run_id, {}).get("state") == "done":
+            entry = status.get(run_id, {})
+            if entry.get("state") == "done":
                 runs.setdefault(method, {})[seed] = load_run(path, run_id)
             else:
-                grid["unfinished"].append(run_id)
+                grid["unfinished"].append(f"{run_id} ({_unfinished_state(entry)})")
     return grid, runs
+
+
+def _unfinished_state(entry: dict) -> str:
+    """How a run that is not done stands: failed or interrupted (with the exit code), or running/never recorded."""
+    state = entry.get("state")
+    if state in ("failed", "interrupted"):
+        return f"{state}, exit {entry.get('exit_code')}"
+    return "running, or stopped before its exit was recorded"
 
 
 def seed_numbers(run: RunData, splits: list[str]) -> dict[str, float | None]:
@@ -108,6 +119,7 @@ def aggregate(sweep_dir: Path) -> dict[str, Any]:
             tests[label] = {k: _as_dict(paired(_by_seed(per_seed[m], k), _by_seed(per_seed[ref], k))) for k in metrics}
     machines = machine_counts(runs)
     return {
+        "health": health.method_health(runs, splits),
         "grid": grid,
         "splits": splits,
         "per_seed": per_seed,
@@ -220,7 +232,8 @@ def render(agg: dict[str, Any], figures: list[str], pooled_lines: list[str] = ()
                     f"| {m} | {k} | {c['n']} | {c['test']} | {c['diff']:+.4g} [{c['ci_low']:+.4g}, "
                     f"{c['ci_high']:+.4g}] | {fmt_p(c['p_t'])} | {perm} |"
                 )
-    lines += ["", *pooled_lines, "## Figures", ""] + [f"![{f}]({f})" for f in figures]
+    lines += ["", *health.render(agg.get("health", {})), *pooled_lines]
+    lines += ["## Figures", ""] + [f"![{f}]({f})" for f in figures]
     lines += ["", "Per-seed numbers: per_seed.csv; per task and eval step: per_task.csv; the rest: results.json.", ""]
     return "\n".join(lines)
 

@@ -1,0 +1,73 @@
+"""What `epo report SWEEP_DIR` says about the runs' health, per method: monitor warnings (runs per kind), collapsed
+runs, env faults and damaged metrics lines. A sweep's means hide a run that collapsed or whose env kept crashing;
+this section names them next to the numbers they are part of. Each run's own `epo report RUN_DIR` has the details.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+from epo.report.data import RunData
+from epo.report.health import FAULT_METRICS, fault_totals
+
+COLLAPSE_INVALID = 0.9
+"""An eval after the first with no win and more than this share of invalid actions: the policy no longer acts
+(Experiment 10's PPO runs, docs/RESULTS.md)."""
+
+
+def collapsed(run: RunData, splits: list[str]) -> bool:
+    """Whether an eval after the run's first (start-of-RL) one won nothing with over 90% invalid actions."""
+    for split in splits:
+        steps, success = run.series(f"eval/{split}/success")
+        invalid = dict(zip(*run.series(f"eval/{split}/invalid_rate"), strict=True))
+        if any(s == 0 and invalid.get(step, 0.0) > COLLAPSE_INVALID for step, s in list(zip(steps, success))[1:]):
+            return True
+    return False
+
+
+def method_health(runs: dict[str, dict[int, RunData]], splits: list[str]) -> dict[str, dict[str, Any]]:
+    """{method: {runs, warnings: {kind: runs with it}, collapsed: [seeds], env_faults: {name: episodes},
+    retried_steps, damaged: [seeds with torn or duplicate metrics lines]}} over the finished runs."""
+    out = {}
+    for method, by_seed in runs.items():
+        kinds = Counter(kind for run in by_seed.values() for kind in {str(w.get("kind")) for w in run.warnings})
+        totals = [fault_totals(run.records) for run in by_seed.values()]
+        out[method] = {
+            "runs": len(by_seed),
+            "warnings": dict(sorted(kinds.items())),
+            "collapsed": [seed for seed, run in sorted(by_seed.items()) if collapsed(run, splits)],
+            "env_faults": {name: int(sum(t[key] for t in totals)) for key, name in FAULT_METRICS},
+            "retried_steps": int(sum(t["rollout/batch_retries"] for t in totals)),
+            "damaged": [seed for seed, run in sorted(by_seed.items()) if run.issues],
+        }
+    return out
+
+
+def render(health: dict[str, dict[str, Any]]) -> list[str]:
+    """Markdown: one row per method; '-' where nothing happened."""
+    kinds = sorted({k for h in health.values() for k in h["warnings"]})
+    faults = [name for _, name in FAULT_METRICS]
+    lines = [
+        "## Health: monitor warnings, collapses and env faults",
+        "",
+        "Monitor warnings: runs with at least one warning of that kind (each run's warnings.jsonl; `epo report "
+        f"RUN_DIR` lists them). Collapsed: runs with an eval after the first that won nothing with over "
+        f"{COLLAPSE_INVALID:.0%} invalid actions. Env faults: episodes ended by a worker crash, hang or env exception, "
+        "summed over the method's runs. Damaged: runs whose metrics.jsonl has torn or duplicate lines.",
+        "",
+        "| method | runs | " + " | ".join(f"`{k}`" for k in kinds) + (" | " if kinds else "")
+        + "collapsed | " + " | ".join(faults) + " | retried steps | damaged |",
+        "|---" * (len(kinds) + len(faults) + 5) + "|",
+    ]  # fmt: skip
+    for method, h in health.items():
+        cells = [str(h["warnings"].get(k, "-")) for k in kinds]
+        cells.append(_seeds(h["collapsed"]))
+        cells += [str(h["env_faults"][name] or "-") for name in faults]
+        cells += [str(h["retried_steps"] or "-"), _seeds(h["damaged"])]
+        lines.append(f"| {method} | {h['runs']} | " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
+def _seeds(seeds: list[int]) -> str:
+    return f"{len(seeds)} ({', '.join(f'seed {s}' for s in seeds)})" if seeds else "-"
