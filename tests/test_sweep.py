@@ -280,6 +280,12 @@ def test_miniature_sweep_runs_resumes_and_aggregates(tmp_path):
     prov.write_text(prov.read_text() + json.dumps(moved) + "\n")
     rep = runner.invoke(app, ["report", str(out), "--out", str(tmp_path / "mixed")])
     assert rep.exit_code == 0 and "not all computed alike" in (tmp_path / "mixed" / "summary.md").read_text()
+    # a run that collapsed (won an eval, then won nothing with >90% invalid actions) is said on the console too
+    metrics = out / "grpo" / "seed0" / "metrics.jsonl"
+    evals = [{"step": 98, "eval/iid/success": 0.5}, {"step": 99, "eval/iid/success": 0.0, "eval/iid/invalid_rate": 1.0}]
+    metrics.write_text(metrics.read_text() + "".join(json.dumps(r) + "\n" for r in evals))
+    rep = runner.invoke(app, ["report", str(out), "--out", str(tmp_path / "collapsed")])
+    assert rep.exit_code == 0 and "grpo: 1 collapsed run(s) (seed 0)" in rep.output
 
 
 def test_uniform_steps_counts_steps_without_a_mixed_group(tmp_path):
@@ -489,9 +495,9 @@ def test_the_health_section_names_collapsed_runs_warnings_and_env_faults(tmp_pat
     runs = {
         "ppo": {
             0: run("ppo/0", [(0.5, 0.3), (0.6, 0.2), (0.0, 0.95)], ["late_climb", "late_climb", "invalid_collapse"]),
-            1: run("ppo/1", [(0.0, 0.95), (0.0, 0.5)], crashes=3),  # 0% at the start, or with valid actions: not one
+            1: run("ppo/1", [(0.2, 0.3), (0.0, 0.5)], crashes=3),  # 0% with valid actions: not a collapse
         },
-        "grpo": {0: run("grpo/0", [(0.5, 0.3), (0.7, 0.1)])},
+        "grpo": {0: run("grpo/0", [(0.5, 0.3), (0.7, 0.1)]), 1: run("grpo/1", [(0.0, 0.3), (0.0, 0.95)])},  # never won
     }
     got = health.method_health(runs, ["iid"])
     assert got["ppo"]["collapsed"] == [0] and got["grpo"]["collapsed"] == []
@@ -499,4 +505,5 @@ def test_the_health_section_names_collapsed_runs_warnings_and_env_faults(tmp_pat
     assert got["ppo"]["env_faults"]["crashed"] == 3 and got["grpo"]["env_faults"]["crashed"] == 0
     table = "\n".join(health.render(got))
     assert "| ppo | 2 | 1 | 1 | 1 (seed 0) | 3 | - | - | - | - |" in table
-    assert "| grpo | 1 | - | - | - | - | - | - | - | - |" in table
+    assert "| grpo | 2 | - | - | - | - | - | - | - | - |" in table
+    assert health.alerts(got) == ["ppo: 1 collapsed run(s) (seed 0); env faults: 3 crashed episode(s)"]

@@ -152,7 +152,8 @@ def report(
 ) -> Path:
     """Plots (PNG) and summary.md comparing runs; returns the summary's path. One sweep dir (`epo sweep` output,
     holding sweep.yaml) is aggregated over seeds instead (epo.sweep.write_sweep_report). on_issue(line) is called
-    once per problem in a metrics.jsonl (torn line, duplicate step); the summary lists them too."""
+    once per problem in a metrics.jsonl (torn line, duplicate step), or for a sweep once per method with collapsed
+    runs, env faults or damaged metrics; the summary lists them too."""
     from epo.errors import RunDirError
     from epo.report.summary import write_report
 
@@ -160,7 +161,7 @@ def report(
     if len(dirs) == 1 and (dirs[0] / "sweep.yaml").is_file():
         from epo.sweep import write_sweep_report
 
-        return write_sweep_report(dirs[0], out)
+        return write_sweep_report(dirs[0], out, on_alert=on_issue)
     for d in dirs:
         if not (d / "metrics.jsonl").is_file():
             raise RunDirError(f"{d}: no metrics.jsonl (not a run dir)")

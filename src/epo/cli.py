@@ -239,7 +239,7 @@ def sweep(
         except SweepStopped as e:  # Ctrl-C / SIGTERM: the interrupted runs kept their checkpoints
             console.print(str(e), markup=False)
             raise typer.Exit(e.exit_code) from None
-        console.print(f"report: {write_sweep_report(target)}", markup=False)
+        console.print(f"report: {write_sweep_report(target, on_alert=_warn)}", markup=False)
         failed = sorted(k for k, v in status.items() if v["state"] != "done")
         if failed:
             _fail(f"{len(failed)} run(s) failed: {', '.join(failed)} (logs in {target}); rerun to retry them")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -148,12 +149,18 @@ def comparisons(grid: dict) -> list[tuple[str, str]]:
     return pairs + [p for p in extra if p not in pairs]
 
 
-def write_sweep_report(sweep_dir: str | Path, out_dir: str | Path | None = None) -> Path:
+def write_sweep_report(
+    sweep_dir: str | Path, out_dir: str | Path | None = None, on_alert: Callable[[str], None] | None = None
+) -> Path:
+    """Writes the report; on_alert(line) is called once per method with collapsed runs, env faults or damaged
+    metrics (health.alerts), so the console says what the report's health table shows."""
     sweep_dir = Path(sweep_dir)
     out_dir = Path(out_dir) if out_dir else sweep_dir / "report"
     out_dir.mkdir(parents=True, exist_ok=True)
     agg = aggregate(sweep_dir)
     runs = agg.pop("runs")
+    for line in health.alerts(agg["health"]) if on_alert else []:
+        on_alert(line)
     (out_dir / "results.json").write_text(json.dumps(agg, indent=1, default=str))
     _write_csv(out_dir / "per_seed.csv", agg["per_seed"])
     figures = plots.write_sweep_figures(runs, agg["splits"], out_dir)

@@ -12,17 +12,20 @@ from epo.report.data import RunData
 from epo.report.health import FAULT_METRICS, fault_totals
 
 COLLAPSE_INVALID = 0.9
-"""An eval after the first with no win and more than this share of invalid actions: the policy no longer acts
-(Experiment 10's PPO runs, docs/RESULTS.md)."""
+"""A policy that had won an eval episode and then wins none with more than this share of invalid actions no longer
+acts (Experiment 10's PPO runs, docs/RESULTS.md). A policy that never won (a random one) has not collapsed."""
 
 
 def collapsed(run: RunData, splits: list[str]) -> bool:
-    """Whether an eval after the run's first (start-of-RL) one won nothing with over 90% invalid actions."""
+    """Whether an eval won nothing with over 90% invalid actions after an earlier eval of the split won something."""
     for split in splits:
         steps, success = run.series(f"eval/{split}/success")
         invalid = dict(zip(*run.series(f"eval/{split}/invalid_rate"), strict=True))
-        if any(s == 0 and invalid.get(step, 0.0) > COLLAPSE_INVALID for step, s in list(zip(steps, success))[1:]):
-            return True
+        won_before = False
+        for step, s in zip(steps, success, strict=True):
+            if won_before and s == 0 and invalid.get(step, 0.0) > COLLAPSE_INVALID:
+                return True
+            won_before = won_before or s > 0
     return False
 
 
@@ -52,8 +55,8 @@ def render(health: dict[str, dict[str, Any]]) -> list[str]:
         "## Health: monitor warnings, collapses and env faults",
         "",
         "Monitor warnings: runs with at least one warning of that kind (each run's warnings.jsonl; `epo report "
-        f"RUN_DIR` lists them). Collapsed: runs with an eval after the first that won nothing with over "
-        f"{COLLAPSE_INVALID:.0%} invalid actions. Env faults: episodes ended by a worker crash, hang or env exception, "
+        f"RUN_DIR` lists them). Collapsed: runs with an eval that won nothing with over "
+        f"{COLLAPSE_INVALID:.0%} invalid actions after an earlier eval won something. Env faults: episodes ended by a worker crash, hang or env exception, "
         "summed over the method's runs. Damaged: runs whose metrics.jsonl has torn or duplicate lines.",
         "",
         "| method | runs | " + " | ".join(f"`{k}`" for k in kinds) + (" | " if kinds else "")
@@ -69,5 +72,23 @@ def render(health: dict[str, dict[str, Any]]) -> list[str]:
     return lines + [""]
 
 
+def alerts(health: dict[str, dict[str, Any]]) -> list[str]:
+    """One console line per method with collapsed runs, env faults or damaged metrics (monitor warnings were printed
+    by the runs themselves; the report's table counts them)."""
+    lines = []
+    for method, h in health.items():
+        said = [f"{len(h['collapsed'])} collapsed run(s) ({_seed_list(h['collapsed'])})"] if h["collapsed"] else []
+        faults = ", ".join(f"{n} {name}" for name, n in h["env_faults"].items() if n)
+        said += [f"env faults: {faults} episode(s)"] if faults else []
+        said += [f"damaged metrics in {_seed_list(h['damaged'])}"] if h["damaged"] else []
+        if said:
+            lines.append(f"{method}: " + "; ".join(said))
+    return lines
+
+
+def _seed_list(seeds: list[int]) -> str:
+    return ", ".join(f"seed {s}" for s in seeds)
+
+
 def _seeds(seeds: list[int]) -> str:
-    return f"{len(seeds)} ({', '.join(f'seed {s}' for s in seeds)})" if seeds else "-"
+    return f"{len(seeds)} ({_seed_list(seeds)})" if seeds else "-"
