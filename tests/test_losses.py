@@ -84,6 +84,19 @@ def test_value_loss_by_hand():
     assert m["critic/explained_var"] == pytest.approx(1 - 1.6875 / 4.75)
 
 
+def test_explained_variance_is_undefined_for_returns_constant_up_to_rounding():
+    from epo.algos.losses import explained_variance
+
+    mask = torch.ones(2, 333)
+    values = torch.rand(2, 333)
+    # 666 equal returns: fp32 means leave a tiny variance; it must not turn into a huge negative explained variance
+    constant = torch.full((2, 333), 10.0) + torch.randn(2, 333) * 1e-7
+    assert math.isnan(explained_variance(values, constant, mask))
+    assert math.isnan(explained_variance(values, torch.zeros(2, 333), mask))
+    varied = torch.rand(2, 333)
+    assert explained_variance(varied, varied, mask) == pytest.approx(1.0)
+
+
 def test_kl_penalty_estimators_by_hand():
     logp = torch.log(torch.tensor([[0.5, 0.25]]))
     ref = torch.log(torch.tensor([[0.25, 0.5]]))

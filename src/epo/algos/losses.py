@@ -110,13 +110,19 @@ def policy_loss(
     return loss, metrics
 
 
+CONSTANT_RETURNS_RTOL = 1e-4
+"""Returns whose std is below this fraction of their RMS are constant up to rounding (a batch all won or all lost)."""
+
+
 def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> float:
-    """1 - Var[returns - values] / Var[returns] over masked tokens (nan when returns are constant)."""
+    """1 - Var[returns - values] / Var[returns] over masked tokens; nan when returns are constant, where it is
+    undefined. Constant up to rounding counts: fp32 means of equal returns leave a variance of ~1e-12, which made
+    this -1e8 to -1e15 on batches that all won (docs/RESULTS.md, Experiment 11)."""
     mask = mask.to(values.dtype)
     var_returns = masked_mean((returns - masked_mean(returns, mask)) ** 2, mask)
     resid = returns - values
     var_resid = masked_mean((resid - masked_mean(resid, mask)) ** 2, mask)
-    if var_returns.item() == 0:
+    if var_returns.item() <= CONSTANT_RETURNS_RTOL**2 * masked_mean(returns**2, mask).item():
         return float("nan")
     return (1 - var_resid / var_returns).item()
 
