@@ -61,8 +61,9 @@ class ModelConfig:
     """LoRA settings for the policy."""
     value_model: str = "separate"
     """PPO critic: 'separate' (a copy of the policy backbone + scalar head, as the reference) or 'shared' (a head on
-    the policy's hidden states, trained at optim.value_lr; a run whose optim.lr is over 10x that gets a note at its
-    start: such heads did not learn in docs/RESULTS.md's Experiment 10)."""
+    the policy's hidden states, trained at optim.value_lr, whose value loss also trains the policy's trunk; noted at
+    a PPO run's start: in docs/RESULTS.md's Experiments 10-11 no such head fitted the returns, and one at the
+    policy's lr broke PPO within 15 steps)."""
     trainable_layers: int = 0
     """Train only the top N transformer blocks (+ the final norm); embeddings, LM head and lower blocks stay frozen,
     and backward stops at the lowest trainable block (freeze tuning; with LoRA, only the top blocks' adapters
