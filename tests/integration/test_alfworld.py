@@ -24,6 +24,7 @@ from epo.envs.alfworld_games import (
     task_type,
 )
 from epo.envs.testing import check_env
+from epo.errors import EpoError
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "alfworld"
 FAKE_HELP = '\naction help {\n    template :: "help";\n}\n'
@@ -115,6 +116,7 @@ def test_missing_data_gives_a_one_line_error(tmp_path, monkeypatch):
     with pytest.raises(FileNotFoundError, match="ALFWorld data not found .*: run `alfworld-download`") as err:
         SPEC.splits()
     assert "\n" not in str(err.value) and "ALFWORLD_DATA" in str(err.value)
+    assert isinstance(err.value, EpoError)  # so `epo train` says it in one line, not a traceback
     assert list_task_ids(tmp_path) == {"train": [], "iid": [], "ood": []}
 
 

@@ -76,7 +76,7 @@ def find_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
     for path in tried:
         if (path / JSON_DIR).is_dir():
             return path.resolve()
-    raise FileNotFoundError(f"ALFWorld data not found (no {JSON_DIR}/ in {', '.join(map(str, tried))}): {GET_DATA}")
+    raise DataNotFoundError(f"ALFWorld data not found (no {JSON_DIR}/ in {', '.join(map(str, tried))}): {GET_DATA}")
 
 
 def list_task_ids(data_dir: Path) -> dict[str, list[str]]:
