@@ -9,33 +9,23 @@ what it says now about the same metrics. Prints each run's warnings now and then
 from __future__ import annotations
 
 import argparse
-import json
 from collections import Counter
 from pathlib import Path
 
-import yaml
-
+from epo.report.data import RunData, load_run
 from epo.telemetry.monitor import CascadeMonitor
 
 
-def replay(run: Path) -> list[tuple[str, int]]:
+def replay(run: RunData) -> list[tuple[str, int]]:
     """(kind, step) of each warning the monitor raises now on the run's logged RL steps."""
-    total_steps = yaml.safe_load((run / "config.yaml").read_text())["train"]["total_steps"]
-    monitor = CascadeMonitor(total_steps)
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    rl_steps = [r for r in rows if "actor/entropy" in r]  # eval-only rows carry no training metrics
+    monitor = CascadeMonitor(int(run.config["train.total_steps"]))
+    rl_steps = [r for r in run.records if "actor/entropy" in r]  # eval-only rows carry no training metrics
     return [(w.kind, w.step) for r in rl_steps for w in monitor.update(r["step"], r)]
 
 
-def logged(run: Path) -> list[str]:
+def logged(run: RunData) -> list[str]:
     """The warning kinds the run logged when it trained."""
-    path = run / "warnings.jsonl"
-    lines = path.read_text().splitlines() if path.exists() else []
-    return sorted({json.loads(line)["kind"] for line in lines if line.strip()})
-
-
-def runs(sweep: Path) -> list[Path]:
-    return sorted(p.parent for p in sweep.glob("*/seed*/metrics.jsonl"))
+    return sorted({str(w.get("kind")) for w in run.warnings})
 
 
 def main(argv: list[str] | None = None) -> dict[str, Counter]:
@@ -43,14 +33,18 @@ def main(argv: list[str] | None = None) -> dict[str, Counter]:
     parser.add_argument("sweep", type=Path)
     args = parser.parse_args(argv)
     now, then = Counter(), Counter()
-    for run in runs(args.sweep):
+    runs = [
+        load_run(p.parent, f"{p.parent.parent.name}/{p.parent.name}")
+        for p in sorted(args.sweep.glob("*/seed*/metrics.jsonl"))
+    ]
+    for run in runs:
         warnings = replay(run)
         was = logged(run)
         now.update({kind for kind, _ in warnings})
         then.update(was)
         shown = ", ".join(f"{kind}@{step}" for kind, step in warnings) or "-"
-        print(f"{run.parent.name}/{run.name}: now {shown} | logged {', '.join(was) or '-'}")
-    n = len(runs(args.sweep))
+        print(f"{run.label}: now {shown} | logged {', '.join(was) or '-'}")
+    n = len(runs)
     for kind in sorted(set(now) | set(then)):
         print(f"{kind}: {now[kind]} of {n} runs now, {then[kind]} as logged")
     return {"now": now, "logged": then}

@@ -159,8 +159,9 @@ def write_sweep_report(
     out_dir.mkdir(parents=True, exist_ok=True)
     agg = aggregate(sweep_dir)
     runs = agg.pop("runs")
-    for line in health.alerts(agg["health"]) if on_alert else []:
-        on_alert(line)
+    if on_alert:
+        for line in health.alerts(agg["health"]):
+            on_alert(line)
     (out_dir / "results.json").write_text(json.dumps(agg, indent=1, default=str))
     _write_csv(out_dir / "per_seed.csv", agg["per_seed"])
     figures = plots.write_sweep_figures(runs, agg["splits"], out_dir)

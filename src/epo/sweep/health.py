@@ -55,9 +55,9 @@ def render(health: dict[str, dict[str, Any]]) -> list[str]:
         "## Health: monitor warnings, collapses and env faults",
         "",
         "Monitor warnings: runs with at least one warning of that kind (each run's warnings.jsonl; `epo report "
-        f"RUN_DIR` lists them). Collapsed: runs with an eval that won nothing with over "
-        f"{COLLAPSE_INVALID:.0%} invalid actions after an earlier eval won something. Env faults: episodes ended by a worker crash, hang or env exception, "
-        "summed over the method's runs. Damaged: runs whose metrics.jsonl has torn or duplicate lines.",
+        f"RUN_DIR` lists them). Collapsed: runs with an eval that won nothing with over {COLLAPSE_INVALID:.0%} "
+        "invalid actions after an earlier eval won something. Env faults: episodes ended by a worker crash, hang or "
+        "env exception, summed over the method's runs. Damaged: runs whose metrics.jsonl has torn or duplicate lines.",
         "",
         "| method | runs | " + " | ".join(f"`{k}`" for k in kinds) + (" | " if kinds else "")
         + "collapsed | " + " | ".join(faults) + " | retried steps | damaged |",
