@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import math
 import os
@@ -418,6 +419,32 @@ def test_a_sweep_dir_refuses_another_grid(tmp_path):
     prepare(load_grid(_grid_file(tmp_path)), out)  # the same grid again: fine (a resume)
     with pytest.raises(ConfigError, match="holds a different grid"):
         prepare(load_grid(_grid_file(tmp_path, seeds=[5])), out)
+
+
+def test_a_sweep_dir_takes_more_seeds_and_methods_but_not_a_change_to_a_run_it_holds(tmp_path):
+    out, said = tmp_path / "s", []
+    prepare(load_grid(_grid_file(tmp_path)), out)
+    more = {"grpo": ["epo.mode=off"], "grpo_epo": ["epo.mode=on"], "bonus": ["algo.entropy_coef=0.01"]}
+    more_grid = functools.partial(_grid_file, tmp_path, baseline="grpo")  # the default baseline is the first method
+    prepare(load_grid(more_grid(seeds=[0, 1, 2], methods=more)), out, said.append)
+    saved = yaml.safe_load((out / "sweep.yaml").read_text())
+    assert saved["seeds"] == [0, 1, 2] and set(saved["methods"]) == {"grpo", "grpo_epo", "bonus"}
+    assert said == [
+        f"{out / 'sweep.yaml'}: grid extended with seeds [2] and methods ['bonus']; the runs it already held are kept"
+    ]
+    prepare(load_grid(more_grid(seeds=[0, 1, 2], methods=more)), out)  # now the saved grid: a resume
+    changed = [
+        {"seeds": [0, 1, 2, 3], "methods": {**more, "grpo": ["epo.mode=off", "optim.lr=1e-4"]}},  # a done run changed
+        {"seeds": [0, 2, 3], "methods": more},  # seed 1 dropped
+        {"seeds": [0, 1, 2], "methods": {"grpo": ["epo.mode=off"], "bonus": ["algo.entropy_coef=0.01"]}},  # one dropped
+        {"seeds": [0, 1, 2, 3], "methods": more, "per_seed": {1: ["env.kwargs.num_iid=4"]}},  # seed 1's runs changed
+        {"seeds": [0, 1, 2, 3], "methods": more, "overrides": [*TINY, "optim.lr=1e-4"]},  # every run changed
+        {"seeds": [2, 1, 0], "methods": more},  # only the order: refused as another grid
+    ]
+    for extra in changed:
+        with pytest.raises(ConfigError, match="holds a different grid"):
+            prepare(load_grid(more_grid(**extra)), out)
+    prepare(load_grid(more_grid(seeds=[0, 1, 2, 3], methods=more, per_seed={3: ["env.kwargs.num_iid=4"]})), out)
 
 
 def test_a_sweep_dir_resumes_from_another_checkout_of_the_same_base_preset(tmp_path):

@@ -196,7 +196,9 @@ def sweep(
     overrides: list[str] = typer.Argument(
         None, help="Dot-list overrides for every run (e.g. model.device=cuda), added to the grid's; saved with it."
     ),
-    out: Path = typer.Option(None, "--out", help="Sweep dir (default sweeps/<grid name>)."),
+    out: Path = typer.Option(
+        None, "--out", help="Sweep dir (default sweeps/<grid name>); a grid that adds seeds or methods extends it."
+    ),
     ray: bool = typer.Option(False, "--ray", help="Run the runs as Ray tasks (RAY_ADDRESS or a local instance)."),
     cpus_per_run: float = typer.Option(1.0, "--cpus-per-run", help="CPUs Ray reserves for each run."),
     gpus_per_run: float = typer.Option(

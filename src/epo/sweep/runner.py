@@ -89,9 +89,10 @@ def prepare(grid: Grid, sweep_dir: Path, echo: Callable[[str], None] = lambda li
     saved = sweep_dir / GRID_FILE
     if saved.is_file():
         old = yaml.safe_load(saved.read_text())
-        if old != grid.to_dict() and not _moved_base(old, grid, saved, echo):
+        if old != grid.to_dict() and not _moved_base(old, grid, saved, echo) and not _extended(old, grid, saved, echo):
             raise ConfigError(
-                f"{sweep_dir}: holds a different grid ({saved}); use another --out, or the same grid and command-line overrides"
+                f"{sweep_dir}: holds a different grid ({saved}); use another --out, or the same grid and command-line "
+                "overrides (adding seeds or methods is allowed; changing what a finished run ran is not)"
             )
     else:
         saved.write_text(yaml.safe_dump(grid.to_dict(), sort_keys=False))
@@ -109,6 +110,29 @@ def _moved_base(old: dict, grid: Grid, saved: Path, echo: Callable[[str], None])
         return False
     saved.write_text(yaml.safe_dump(new, sort_keys=False))
     echo(f"{saved}: base preset moved from {old_base} to {new_base}; sweep.yaml updated")
+    return True
+
+
+def _extended(old: dict, grid: Grid, saved: Path, echo: Callable[[str], None]) -> bool:
+    """True when this grid only adds seeds or methods to the saved one (more seeds for a tighter interval, another
+    arm against the same baseline): every run the saved grid defined keeps its exact overrides, so the runs already
+    done stay valid. Then sweep.yaml is updated and what was added is printed."""
+    new = grid.to_dict()
+    rest = ("seeds", "methods", "per_seed")
+    old_methods, old_per_seed = old.get("methods", {}), old.get("per_seed", {})
+    same_rest = {k: v for k, v in old.items() if k not in rest} == {k: v for k, v in new.items() if k not in rest}
+    kept_seeds = set(old.get("seeds", [])) <= set(grid.seeds)
+    kept_methods = all(grid.methods.get(m) == list(o) for m, o in old_methods.items())
+    kept_per_seed = all(list(grid.per_seed.get(s, [])) == list(old_per_seed.get(s, [])) for s in old.get("seeds", []))
+    if not (same_rest and kept_seeds and kept_methods and kept_per_seed):
+        return False
+    added_seeds = [s for s in grid.seeds if s not in old.get("seeds", [])]
+    added_methods = [m for m in grid.methods if m not in old_methods]
+    if not added_seeds and not added_methods:  # the same runs in another order: not worth a second kind of grid
+        return False
+    atomic_write_text(saved, yaml.safe_dump(new, sort_keys=False))
+    what = [f"seeds {added_seeds}"] * bool(added_seeds) + [f"methods {added_methods}"] * bool(added_methods)
+    echo(f"{saved}: grid extended with {' and '.join(what)}; the runs it already held are kept")
     return True
 
 
