@@ -5,6 +5,8 @@ import json
 import sys
 from pathlib import Path
 
+from epo.rollout.evaluate import EvalResult
+
 SCRIPT = Path(__file__).parents[1] / "experiments" / "analysis" / "game_pairs.py"
 spec = importlib.util.spec_from_file_location("game_pairs", SCRIPT)
 game_pairs = importlib.util.module_from_spec(spec)
@@ -16,10 +18,17 @@ def _run(sweep: Path, method: str, seed: int, evals: dict[int, list[int]], entro
     (run / "eval").mkdir(parents=True)
     games = ["g1", "g2", "g1", "g3"]  # g1 drawn twice: its two episodes pair in order
     for step, wins in evals.items():
-        record = {"episode_tasks": games, "episode_wins": wins}
-        (run / "eval" / f"step_{step:06d}_iid.json").write_text(json.dumps(record))
+        result = EvalResult("iid", len(wins), sum(wins) / len(wins), 0.0, 1.0, 1.0, 0.0, 0.0)
+        result.episode_tasks, result.episode_wins = games, wins
+        result.save(run / "eval" / f"step_{step:06d}_iid.json")
     steps = [
-        {"actor/grad_norm": 1.0, "epo/entropy_mean": h, "rollout/groups_all_won": float(i == 0)}
+        {
+            "step": i + 1,
+            "actor/grad_norm": 1.0,
+            "epo/entropy_mean": h,
+            "rollout/groups_all_won": float(i == 0),
+            "rollout/groups_all_lost": 0.0,
+        }
         for i, h in enumerate(entropy)
     ]
     (run / "metrics.jsonl").write_text("\n".join(json.dumps(s) for s in steps) + "\n")

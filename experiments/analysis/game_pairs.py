@@ -15,42 +15,35 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 from pathlib import Path
 
-import numpy as np
-
-from epo.rollout.evaluate import wilson_interval
+from epo.report.data import load_run
+from epo.rollout.evaluate import EvalResult, wilson_interval
+from epo.sweep.aggregate import seed_numbers
 from epo.sweep.stats import fmt_p, paired
 
 
 def eval_wins(run: Path, step: int, split: str) -> dict[str, list[int]] | None:
     """{game id: [win per episode of that game]} of one saved eval, or None if the run has not reached it."""
-    path = run / "eval" / f"step_{step:06d}_{split}.json"
-    if not path.exists():
+    saved = EvalResult.load(run / "eval" / f"step_{step:06d}_{split}.json")
+    if saved is None:
         return None
-    saved = json.loads(path.read_text())
     out: dict[str, list[int]] = {}
-    for task, won in zip(saved["episode_tasks"], saved["episode_wins"], strict=True):
+    for task, won in zip(saved.episode_tasks, saved.episode_wins, strict=True):
         out.setdefault(task, []).append(int(won))
     return out
 
 
-def step_metrics(run: Path) -> list[dict]:
-    """The RL steps' metric records (an eval-only record has no actor/grad_norm)."""
-    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x.strip()]
-    return [r for r in rows if "actor/grad_norm" in r]
-
-
-def run_summary(run: Path) -> dict[str, float]:
-    steps = step_metrics(run)
-    ent = np.array([r["epo/entropy_mean"] for r in steps if "epo/entropy_mean" in r])
-    no_grad = [r.get("rollout/groups_all_lost", 0) + r.get("rollout/groups_all_won", 0) >= 1 - 1e-9 for r in steps]
+def run_summary(run: Path) -> dict[str, float | None]:
+    """Steps, entropy mean and variance over steps, gradient-free share: the sweep report's own per-seed numbers."""
+    data = load_run(run)
+    numbers = seed_numbers(data, splits=[])
+    steps = len(data.series("actor/grad_norm")[0])
     return {
-        "steps": len(steps),
-        "entropy_mean": float(ent.mean()) if ent.size else float("nan"),
-        "entropy_var": float(ent.var(ddof=1)) if ent.size > 1 else float("nan"),
-        "gradient_free": sum(no_grad) / len(no_grad) if no_grad else float("nan"),
+        "steps": steps,
+        "entropy_mean": numbers["entropy_mean"],
+        "entropy_var": numbers["entropy_var"],
+        "gradient_free": numbers["uniform_steps"],
     }
 
 
@@ -64,12 +57,26 @@ def pair_values(a: dict[str, list[int]], b: dict[str, list[int]], seed: int) -> 
     return va, vb
 
 
+def pooled(evals: list[tuple[int, dict, dict]]):
+    """(seed, eval a, eval b) triples pooled into one paired comparison a - b over their (seed, game) pairs."""
+    va, vb = {}, {}
+    for seed, a, b in evals:
+        pa, pb = pair_values(a, b, seed)
+        va.update(pa)
+        vb.update(pb)
+    return paired(va, vb)
+
+
 def fmt_success(wins: dict[str, list[int]] | None) -> str:
     if wins is None:
         return "-"
     w = [x for v in wins.values() for x in v]
     lo, hi = wilson_interval(sum(w), len(w))
     return f"{sum(w)}/{len(w)} = {100 * sum(w) / len(w):.1f}% [{100 * lo:.1f}, {100 * hi:.1f}]"
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
 
 
 def fmt_cmp(c) -> str:
@@ -105,28 +112,18 @@ def main() -> None:
         rows.append({"method": method, "seed": seed, **summ})
         print(
             f"{method} seed {seed}: step {args.start} {fmt_success(start)}; step {args.end} {fmt_success(end)}; "
-            f"{summ['steps']} steps, entropy mean {summ['entropy_mean']:.4f}, var over steps "
-            f"{summ['entropy_var']:.2e}, gradient-free steps {100 * summ['gradient_free']:.0f}%"
+            f"{summ['steps']} steps, entropy mean {_fmt(summ['entropy_mean'], '.4f')}, var over steps "
+            f"{_fmt(summ['entropy_var'], '.2e')}, gradient-free steps {_fmt(summ['gradient_free'], '.0%')}"
         )
         for step, wins in ((args.start, start), (args.end, end)):
             rows[-1][f"wins_step{step}"] = sum(sum(v) for v in wins.values()) if wins else None
             rows[-1][f"episodes_step{step}"] = sum(len(v) for v in wins.values()) if wins else None
     for method in (args.base, args.arm):
-        gain_end, gain_start = {}, {}
-        for (m, seed), (start, end) in evals.items():
-            if m == method and start and end:
-                e, s = pair_values(end, start, seed)
-                gain_end.update(e)
-                gain_start.update(s)
-        print(f"RL gain, {method} (step {args.end} - step {args.start}): {fmt_cmp(paired(gain_end, gain_start))}")
-    arm_end, base_end = {}, {}
-    for (m, seed), (_, end) in evals.items():
-        other = evals.get((args.base, seed), (None, None))[1]
-        if m == args.arm and end and other:
-            a, b = pair_values(end, other, seed)
-            arm_end.update(a)
-            base_end.update(b)
-    print(f"{args.arm} - {args.base} at step {args.end}: {fmt_cmp(paired(arm_end, base_end))}")
+        gains = [(seed, end, start) for (m, seed), (start, end) in evals.items() if m == method and start and end]
+        print(f"RL gain, {method} (step {args.end} - step {args.start}): {fmt_cmp(pooled(gains))}")
+    base_ends = {seed: end for (m, seed), (_, end) in evals.items() if m == args.base}
+    diffs = [(seed, end, base_ends.get(seed)) for (m, seed), (_, end) in evals.items() if m == args.arm]
+    print(f"{args.arm} - {args.base} at step {args.end}: {fmt_cmp(pooled([d for d in diffs if d[1] and d[2]]))}")
     if args.csv:
         with args.csv.open("w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=list(rows[0]))
