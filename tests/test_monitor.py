@@ -88,10 +88,25 @@ def test_rearm_after_quiet_steps():
     trace = [1.0] * 3 + [1.2, 1.4, 1.6, 1.8] + [1.8] * 6 + [2.0, 2.2, 2.4, 2.6]
     fired = {}
     for rearm in (2, 6, 7):
-        monitor = CascadeMonitor(TOTAL, late_fraction=0.0, window=4, rearm_steps=rearm)
+        monitor = CascadeMonitor(TOTAL, late_fraction=0.0, window=4, rearm_steps=rearm, late_needs_reference=False)
         fired[rearm] = [(w.kind, w.step) for w in run(monitor, trace, [0.5] * len(trace))]
     assert fired[2] == fired[6] == [("late_climb", 5), ("late_climb", 15)]
     assert fired[7] == [("late_climb", 5)]
+
+
+def test_short_run_has_no_late_entropy_checks_and_says_so():
+    # 12 steps, window 6: the late phase (steps 7-12) has no pre-late steps after the first window to compare with.
+    # A zig-zag of +-25% fired late_oscillation in such runs (all 6 runs of Experiment 12); the guard keeps it quiet.
+    zigzag = list(0.1 + 0.025 * (-1.0) ** np.arange(12))
+    guarded, unguarded = CascadeMonitor(12), CascadeMonitor(12, late_needs_reference=False)
+    assert run(guarded, zigzag, [0.5] * 12) == []
+    assert [w.kind for w in run(unguarded, zigzag, [0.5] * 12)] == ["late_oscillation"]
+    assert guarded.min_steps_for_late_checks() == 22  # floor(0.5 T) - 6 >= 5
+    assert "12-step run" in guarded.late_checks_note and ">= 22 steps" in guarded.late_checks_note
+    assert unguarded.late_checks_note is None
+    assert CascadeMonitor(22).late_checks_note is None  # long enough: checks on (test_late_oscillation_fires_once)
+    assert CascadeMonitor(2).late_checks_note is None  # shorter than one window: nothing to say (the CPU demo)
+    assert "late_fraction 0" in CascadeMonitor(100, late_fraction=0.0).late_checks_note
 
 
 def test_state_dict_resume_gives_same_warnings():

@@ -51,7 +51,7 @@ class MonitorConfig:
     run's own pre-late steps (those after its first window): a small batch's entropy estimate zig-zags from step to
     step anyway, and thrashing is more of it than the run showed before. With the first two conditions alone the
     warning fired at the first late step of all 88 runs kept in docs/results. A run with fewer than window - 1
-    pre-late changes has no reference, and the first two conditions decide."""
+    pre-late changes has no reference: see late_needs_reference."""
     climb_ratio: float = 0.2
     """Late climb: the least-squares line through the window's entropy rises by > climb_ratio × its start value ...
     (checked only while no oscillation is detected)"""
@@ -61,6 +61,11 @@ class MonitorConfig:
     entropy rose by 20% at some late step in 86 of the 88 runs kept in docs/results; with it, 7, among them both
     runs whose entropy climbed from 0.2 to 0.7-1.0 nats before collapsing (Experiment 10). No pre-late reference:
     the trend alone decides."""
+    late_needs_reference: bool = True
+    """The late entropy checks (oscillation, climb) run only once the run has its pre-late reference (window - 1
+    step-to-step changes after its first window, before the late phase): without one, a few episodes' entropy zig-zags
+    enough to fire them in almost any short run (late_oscillation in all 6 runs of Experiment 12, 12 steps each).
+    Runs too short to get one are told so once (`late_checks_note`). False: the first two conditions decide."""
     shaping_share_above: float = 0.5
     """Shaping signal (GRPO): the mean of actor/adv_shaping_share over the trailing window exceeds this."""
     invalid_rate_above: float = 0.9
@@ -192,8 +197,34 @@ class CascadeMonitor:
             "low-entropy strategy (try epo.mode=on, a larger epo.entropy_coef or a lower lr)"
         )
 
+    @property
+    def late_checks_note(self) -> str | None:
+        """One line for the start of a run too short for the late entropy checks (see late_needs_reference)."""
+        need = self.min_steps_for_late_checks()
+        if not self.cfg.late_needs_reference or 0 < need <= self.total_steps or self.total_steps < self.window:
+            return None  # checks on, or a run shorter than one window, which never had them
+        off = "monitor: late_oscillation and late_climb are off"
+        if need == 0:
+            return f"{off}: they compare the late steps with the entropy noise of the steps before them, and late_fraction 0 leaves none"
+        return (
+            f"{off} for this {self.total_steps}-step run: they compare the late steps with the run's own entropy "
+            f"noise in the steps between its first window ({self.window}) and its late phase, too few here to measure "
+            f"it (runs of >= {need} steps have enough)"
+        )
+
+    def min_steps_for_late_checks(self) -> int:
+        """Fewest total steps whose pre-late phase holds a reference (0: none does, e.g. late_fraction 0), assuming
+        entropy is logged every step: floor(late_fraction·T) - window >= window - 1."""
+        for total in range(1, 100_000):
+            window = self.cfg.window or max(6, total // 10)
+            if math.floor(self.cfg.late_fraction * total) - window >= window - 1:
+                return total
+        return 0
+
     def _late_window(self, step: int) -> np.ndarray | None:
         if step <= self.cfg.late_fraction * self.total_steps or len(self.entropy) < self.window:
+            return None
+        if self.cfg.late_needs_reference and self._pre_late_std() is None:
             return None
         return np.asarray(self.entropy[-self.window :])  # (window,)
 
@@ -317,7 +348,7 @@ class CascadeMonitor:
         self.shaping = [float(x) for x in state.get("shaping", [])]  # absent in checkpoints before this warning
         self.invalid = [(float(i), float(s)) for i, s in state.get("invalid", [])]  # the same for these two
         self.explained_var = [float(x) for x in state.get("explained_var", [])]
-        # checkpoints before oscillation_growth: no pre-late reference (the first two conditions decide, as then)
+        # checkpoints before oscillation_growth: no pre-late reference (late_needs_reference then decides)
         self.entropy_steps = int(state.get("entropy_steps", 0))
         n, *sums = state.get("pre_late", [0, 0.0, 0.0, 0.0])
         self.pre_late = [int(n), *(float(x) for x in sums)]

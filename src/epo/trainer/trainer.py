@@ -134,7 +134,12 @@ class Trainer:
         chosen = setup.log_precision(self.console, cfg, self.device)
         if main:
             append_provenance(self.run_dir, machine_record(self.device, chosen, self.step, self.dist.world_size))
-        for note in (reference_smoothing_note(cfg.epo.mode, setup.max_turns(cfg)), setup.shared_critic_note(cfg)):
+        notes = (
+            reference_smoothing_note(cfg.epo.mode, setup.max_turns(cfg)),
+            setup.shared_critic_note(cfg),
+            self.monitor.late_checks_note,
+        )
+        for note in notes:
             if note:
                 self.console.print(f"[yellow]note:[/] {escape(note)}", highlight=False)
         with (
