@@ -115,7 +115,7 @@ def test_a_second_process_is_refused_with_the_owners_pid_and_a_dead_owners_lock_
         assert (run / LOCK_FILE).read_text().strip() == str(os.getpid())
         with own_run_dir(run, resume=True):  # nested in the same process: fine
             pass
-    assert said and f"stale lock of PID {holder.pid}" in said[0]
+    assert said and f"stale lock of PID {holder.pid}" in said[0] and "without a clean exit" in said[0]
     assert (run / LOCK_FILE).read_text() == ""  # released: empty file
 
 

@@ -172,7 +172,10 @@ def _stamp(path: Path, fd: int, on_stale: Callable[[str], None]) -> _Lock:
     """Write our PID into the held lock file (after saying whose stale lock it replaces)."""
     previous = _read_pid(fd)
     if previous and previous != os.getpid():
-        on_stale(f"{path}: taking over the stale lock of PID {previous} (that process is gone)")
+        on_stale(
+            f"{path}: taking over the stale lock of PID {previous}: that process ended without a clean exit (killed, "
+            "e.g. by the kernel's out-of-memory killer, or its machine stopped); work after its last checkpoint is redone"
+        )
     os.ftruncate(fd, 0)
     os.lseek(fd, 0, os.SEEK_SET)
     os.write(fd, f"{os.getpid()}\n".encode())
