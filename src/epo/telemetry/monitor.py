@@ -60,7 +60,7 @@ class MonitorConfig:
     would give such a line (noise sd = std of pre-late ΔH / √2). Without it a 6-step line through a small batch's
     entropy rose by 20% at some late step in 86 of the 88 runs kept in docs/results; with it, 7, among them both
     runs whose entropy climbed from 0.2 to 0.7-1.0 nats before collapsing (Experiment 10). No pre-late reference:
-    the trend alone decides."""
+    see late_needs_reference."""
     late_needs_reference: bool = True
     """The late entropy checks (oscillation, climb) run only once the run has its pre-late reference (window - 1
     step-to-step changes after its first window, before the late phase): without one, a few episodes' entropy zig-zags
