@@ -125,3 +125,25 @@ def test_methods_sharing_a_seed_evaluate_the_same_episodes_at_step_0(tmp_path):
         result = json.loads((tmp_path / method / "eval" / "step_000000_iid.json").read_text())
         evals[method] = {k: v for k, v in result.items() if k != "seconds"}
     assert evals["grpo"] == evals["ppo_shared_critic"]
+
+
+def test_a_step_0_eval_that_wins_nothing_is_said_at_the_start_of_rl(tmp_path):
+    """The tiny random policy wins no episode: the run says at once that RL has no outcome signal (the ALFWorld
+    CPU preset's warm start won 0/32 and its RL steps were shaping-only for hours before the monitor could tell)."""
+    console = Console(record=True, width=400)
+    cfg = load_config(None, BASE + METHODS["grpo"] + ["train.total_steps=1", "train.eval_episodes=2"])
+    result = Trainer(cfg, tmp_path / "run", console=console).train()
+    assert result.evals[0]["iid"].success == 0.0
+    assert "note: the step-0 eval won 0 of 2 episodes (iid): until a training episode wins" in console.export_text()
+
+
+def test_no_win_note_is_silent_once_any_split_wins():
+    from epo.rollout.evaluate import EvalResult
+    from epo.trainer.split_eval import no_win_note
+
+    def res(split, success):
+        return EvalResult(split, 16, success, 0.0, 1.0, 50.0, 0.0, 1.0)
+
+    assert "won 0 of 32 episodes (iid, ood)" in no_win_note({"iid": res("iid", 0.0), "ood": res("ood", 0.0)})
+    assert no_win_note({"iid": res("iid", 0.0), "ood": res("ood", 1 / 16)}) is None
+    assert no_win_note({}) is None  # no step-0 eval (train.eval_at_start=false) or a non-main rank

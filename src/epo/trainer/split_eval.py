@@ -43,6 +43,21 @@ def evaluate_split(cfg: Config, collector, split: str, task_ids: list[str], epis
         return evaluate(collector, split, ids, cfg.train.eval_temperature, cfg.rollout.max_new_tokens, seed=seed)
 
 
+def no_win_note(evals: dict[str, EvalResult]) -> str | None:
+    """A line for the start of RL when the step-0 eval won no episode on any split. RL learns from won against lost
+    episodes: until a training episode wins, the advantage holds only the per-turn shaping (GRPO: every group all
+    lost), so an hours-long run can end where its warm start began (docs/RESULTS.md, the ALFWorld CPU preset)."""
+    if not evals or any(res.success > 0 for res in evals.values()):
+        return None
+    n = sum(res.episodes for res in evals.values())
+    return (
+        f"the step-0 eval won 0 of {n} episodes ({', '.join(evals)}): until a training episode wins, RL has no outcome "
+        "signal and its advantage holds only the per-turn shaping (invalid penalty, format bonus; watch "
+        "rollout/groups_all_lost and rollout/success_rate); a warm start that wins some games (e.g. more sft.episodes) "
+        "gives it one"
+    )
+
+
 def evaluate_splits(
     cfg: Config,
     collector,

@@ -46,7 +46,7 @@ from epo.trainer.checkpoint import (
     save_checkpoint,
 )
 from epo.trainer.rundir import apply_optim_overrides, atomic_dir, log_resume, resume_changes, saved_config
-from epo.trainer.split_eval import EvalStopped, evaluate_split, stop_checking
+from epo.trainer.split_eval import EvalStopped, evaluate_split, no_win_note, stop_checking
 from epo.trainer.update import StepData, prepare_step, update_critic, update_policy
 
 
@@ -163,6 +163,8 @@ class Trainer:
                     result.interrupted, result.stop_signal = True, stop.signal_name
                 else:
                     result.evals[0] = evals
+                    if note := no_win_note(evals):
+                        self.console.print(f"[yellow]note:[/] {escape(note)}", highlight=False)
             while not stopped and self.step < cfg.train.total_steps:
                 metrics = self._rl_step(collector, progress)
                 self.step += 1
