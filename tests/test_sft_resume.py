@@ -17,6 +17,7 @@ from epo.cli import app
 from epo.config import ConfigError, load_config
 from epo.models import load_model_and_tokenizer
 from epo.telemetry.metrics import read_metrics
+from epo.telemetry.provenance import read_provenance
 from epo.testing import tiny_run
 from epo.trainer import sft
 from epo.trainer.checkpoint import list_checkpoints
@@ -75,6 +76,8 @@ def test_sigterm_then_resume_equals_an_uninterrupted_warm_start(monkeypatch, tmp
     assert _lines(tmp_path / "part" / "sft_metrics.jsonl") == _lines(tmp_path / "full" / "sft_metrics.jsonl")
     a, b = _weights(full.export_dir), _weights(resumed.export_dir)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    stretches = read_provenance(tmp_path / "part")  # each stretch says the cloning step it started at
+    assert [(p["phase"], p["from_step"]) for p in stretches] == [("sft", 0), ("sft", 3)]
 
 
 def test_lora_warm_start_stops_and_resumes_with_its_adapter(tmp_path):

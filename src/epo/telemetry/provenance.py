@@ -53,7 +53,8 @@ def device_name(device: torch.device) -> str:
 def machine_record(
     device: torch.device, precision: Precision, from_step: int | None, world_size: int = 1, phase: str = "rl"
 ) -> dict[str, Any]:
-    """from_step: the RL step this stretch starts at (None for `epo sft`, phase "sft")."""
+    """from_step: the step this stretch starts at: the RL step (phase "rl"), the cloning step (phase "sft"; a resumed
+    warm start's checkpoint), None for an `epo eval` (phase "eval")."""
     return {
         "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "phase": phase,

@@ -315,7 +315,7 @@ def _move_into_place(tmp: Path, final: Path) -> None:
 def _prune(ckpt_root: Path, keep_last: int, newest: Path) -> None:
     """Keep `newest` and the keep_last-1 newest checkpoints before it. Checkpoints with a higher step (left by an
     abandoned run that was resumed from an earlier step) are never deleted here: they are finished checkpoints."""
-    older = [p for p in list_checkpoints(ckpt_root.parent) if _step_of(p) < _step_of(newest)]
+    older = [p for p in list_checkpoints(ckpt_root.parent) if checkpoint_step(p) < checkpoint_step(newest)]
     for p in older[: max(0, len(older) - (keep_last - 1))]:
         shutil.rmtree(p, ignore_errors=True)
 
@@ -337,7 +337,8 @@ def _sha256(path: Path) -> str:
 # ----------------------------------------------------------------------------- find / verify / load
 
 
-def _step_of(path: Path) -> int:
+def checkpoint_step(path: Path) -> int:
+    """The step in a checkpoint dir's name (step_000012 -> 12; -1 for another name)."""
     m = _STEP_DIR.match(path.name)
     return int(m.group(1)) if m else -1
 
@@ -347,7 +348,7 @@ def list_checkpoints(run_dir: str | Path) -> list[Path]:
     root = Path(run_dir) / CHECKPOINTS_DIR
     if not root.is_dir():
         return []
-    return sorted((p for p in root.iterdir() if p.is_dir() and _STEP_DIR.match(p.name)), key=_step_of)
+    return sorted((p for p in root.iterdir() if p.is_dir() and _STEP_DIR.match(p.name)), key=checkpoint_step)
 
 
 def verify_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -392,7 +393,7 @@ def _candidates_newest_first(run_dir: Path) -> list[Path]:
     target = run_dir / CHECKPOINTS_DIR / name
     if not name or not _STEP_DIR.match(name):
         return all_ckpts
-    return [target] + [p for p in all_ckpts if _step_of(p) < _step_of(target)]
+    return [target] + [p for p in all_ckpts if checkpoint_step(p) < checkpoint_step(target)]
 
 
 def load_checkpoint(path_or_run_dir: str | Path, map_location: str | torch.device = "cpu") -> Checkpoint:

@@ -40,6 +40,7 @@ from epo.trainer.checkpoint import (
     CheckpointError,
     GracefulExit,
     capture_rng_state,
+    checkpoint_step,
     latest_checkpoint,
     load_checkpoint,
     restore_rng_state,
@@ -88,7 +89,9 @@ def run_sft(
     device = setup.pick_device(cfg.model.device)
     model, tokenizer = setup.load_policy(cfg, device)
     chosen = setup.log_precision(console, cfg, device)
-    append_provenance(out, machine_record(device, chosen, from_step=None, phase="sft"))
+    resume_from = latest_checkpoint(out) if resume else None  # None: cloning starts at step 0
+    from_step = 0 if resume_from is None else checkpoint_step(resume_from)
+    append_provenance(out, machine_record(device, chosen, from_step=from_step, phase="sft"))
     result = SFTResult(out, out / "export")
     with GracefulExit(console.print) as stop, setup.make_pool(cfg) as pool:
         collector = setup.make_collector(cfg, pool, model, tokenizer, console)
@@ -111,7 +114,7 @@ def run_sft(
         if not samples:
             raise TrainingError(f"sft: the {cfg.env.name} oracle won no episode; nothing to clone")
         loop = _SFTLoop(cfg, model, tokenizer.pad_token_id, samples, out, stop, stop_after)
-        losses = loop.run(console, resume)
+        losses = loop.run(console, resume_from)
         if losses is None:
             result.interrupted, result.stop_signal = True, stop.signal_name
             console.print(f"behaviour cloning stopped after step {len(loop.losses)}/{loop.total}")
@@ -184,10 +187,10 @@ class _SFTLoop:
         self.losses: list[float] = []
         self.epoch, self.order, self.start = 0, [], 0  # position: epoch, its shuffled sample order, next batch start
 
-    def run(self, console: Console, resume: bool) -> list[float] | None:
-        """The per-step losses, or None when stopped (a checkpoint was written)."""
-        if resume and latest_checkpoint(self.out) is not None:
-            self._restore(console)
+    def run(self, console: Console, resume_from: Path | None) -> list[float] | None:
+        """The per-step losses, or None when stopped (a checkpoint was written). resume_from: a checkpoint of OUT."""
+        if resume_from is not None:
+            self._restore(console, resume_from)
         truncate_after(self.out / METRICS_FILE, len(self.losses))  # drop steps after the checkpoint
         self.model.train()
         with (
@@ -270,8 +273,8 @@ class _SFTLoop:
             keep_last=self.cfg.train.keep_last,
         )
 
-    def _restore(self, console: Console) -> None:
-        ckpt = load_checkpoint(self.out)
+    def _restore(self, console: Console, path: Path) -> None:
+        ckpt = load_checkpoint(path)
         extra = ckpt.extra_state
         if int(extra["samples"]) != len(self.samples):
             raise TrainingError(
