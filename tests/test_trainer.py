@@ -10,10 +10,12 @@ import torch
 from rich.console import Console
 
 from epo.config import load_config
+from epo.rollout.evaluate import EvalResult
 from epo.telemetry.metrics import read_metrics
 from epo.telemetry.provenance import read_provenance
 from epo.testing import tiny_run
 from epo.trainer.checkpoint import list_checkpoints
+from epo.trainer.split_eval import no_win_note
 from epo.trainer.trainer import Trainer
 
 BASE = tiny_run(
@@ -138,9 +140,6 @@ def test_a_step_0_eval_that_wins_nothing_is_said_at_the_start_of_rl(tmp_path):
 
 
 def test_no_win_note_is_silent_once_any_split_wins():
-    from epo.rollout.evaluate import EvalResult
-    from epo.trainer.split_eval import no_win_note
-
     def res(split, success):
         return EvalResult(split, 16, success, 0.0, 1.0, 50.0, 0.0, 1.0)
 
