@@ -39,3 +39,12 @@ def test_a_terminal_gets_no_heartbeat_lines():
     console, buf = _console(True)
     progress = StepProgress(console, total_steps=2, heartbeat_s=0.05)
     assert progress._heartbeat is None  # rich redraws the bars in place there
+
+
+def test_the_final_bars_show_no_count_for_an_indeterminate_phase():
+    console, buf = _console(False)
+    with StepProgress(console, total_steps=2, label="SFT steps", heartbeat_s=0) as progress:
+        progress.phase("behaviour cloning", 0)
+        progress.step_done("step 1")
+        progress.step_done("step 2")
+    assert "2/2" in buf.getvalue() and "0/?" not in buf.getvalue(), buf.getvalue()

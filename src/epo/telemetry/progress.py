@@ -11,8 +11,16 @@ import time
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.text import Text
 
 HEARTBEAT_S = 60.0
+
+
+class _CountColumn(MofNCompleteColumn):
+    """'done/total'; blank for an indeterminate phase (update, behaviour cloning), where rich would print '0/?'."""
+
+    def render(self, task) -> Text:
+        return Text("") if task.total is None else super().render(task)
 
 
 class StepProgress:
@@ -27,7 +35,7 @@ class StepProgress:
         self.progress = Progress(
             TextColumn("{task.description:<18}"),
             BarColumn(),
-            MofNCompleteColumn(),
+            _CountColumn(),
             TextColumn("{task.fields[info]}"),
             TimeElapsedColumn(),
             TextColumn("ETA"),
