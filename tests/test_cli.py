@@ -95,6 +95,7 @@ def test_train_eval_report_round_trip(tmp_path):
     assert result.exit_code == 0, result.output
     saved = json.loads(out.read_text())
     assert saved["splits"]["iid"]["episodes"] == 2
+    assert "iid: success" in result.output and "iid: iid" not in result.output  # the split named once per table
     assert saved["provenance"]["phase"] == "eval" and saved["provenance"]["precision"] == "fp32"
     assert saved["provenance"]["env"] == "quest" and saved["provenance"]["torch"]
     result = runner.invoke(app, ["report", str(run), "--out", str(tmp_path / "rep")])

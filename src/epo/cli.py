@@ -166,8 +166,8 @@ def eval_cmd(
 
 
 def _print_eval(results) -> None:
-    for split, res in results.items():
-        table = Table(title=f"{split}: {res.line()}")
+    for res in results.values():
+        table = Table(title=res.line())  # the line names the split
         for col in ("task type", "episodes", "success", "mean turns"):
             table.add_column(col)
         for kind, row in res.per_type.items():
