@@ -233,6 +233,7 @@ def test_graceful_exit_first_signal_sets_flag_second_aborts():
         os.kill(os.getpid(), signal.SIGINT)
         pytest.fail("second SIGINT should abort")  # pragma: no cover
     assert signal.getsignal(signal.SIGINT) is before
+    assert "aborting now without saving" in messages[1]  # an abort says so
 
 
 def test_graceful_exit_sigterm_and_handler_restore():

@@ -483,6 +483,7 @@ class GracefulExit:
         name = signal.Signals(signum).name
         if self.requested:  # second signal: stop now
             self.__exit__()
+            self._message(f"{name} received again: aborting now without saving; checkpoints already written are kept")
             if signum == signal.SIGINT:
                 raise KeyboardInterrupt
             raise SystemExit(128 + signum)
