@@ -5,9 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from types import SimpleNamespace
 
+import torch
+
 from epo.report.data import ALIASES, RunData
 from epo.rollout.types import Trajectory
-from epo.trainer.trainer import _rollout_metrics
+from epo.trainer.trainer import _peak_memory, _rollout_metrics
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "METRICS.md"
 
@@ -48,3 +50,13 @@ def test_group_outcomes_count_groups_that_all_lost_or_all_won():
     assert metrics["rollout/groups_all_lost"] == metrics["rollout/groups_all_won"] == 1 / 3
     for key in ("rollout/groups_all_lost", "rollout/groups_all_won", "actor/adv_shaping_share"):
         assert "GRPO" in _doc_row(key)
+
+
+def test_peak_memory_is_logged_on_cuda_only_and_reset_each_step(monkeypatch):
+    assert _peak_memory(torch.device("cpu")) == {}  # no count on CPU: no key rather than a misleading 0
+    peaks, resets = [3 * 2**30], []
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device: peaks[-1])
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda device: resets.append(device))
+    assert _peak_memory(torch.device("cuda", 0)) == {"perf/max_memory_allocated_gb": 3.0}
+    assert resets == [torch.device("cuda", 0)]  # the next step's peak is its own
+    assert "CUDA only" in _doc_row("perf/max_memory_allocated_gb")

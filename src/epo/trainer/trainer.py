@@ -245,6 +245,7 @@ class Trainer:
                 "time/weight_push_s": played.stats.get("weight_push_s", 0.0),
             }
         )
+        metrics.update(_peak_memory(self.device))
         return metrics
 
     def update_step(
@@ -542,6 +543,16 @@ def checkpoint_due(step: int, save_every: int, total_steps: int) -> bool:
     """Periodic checkpoints every `save_every` steps (0: none) and always at the last step; a stop signal (Ctrl-C,
     SIGTERM) checkpoints on its own."""
     return (save_every > 0 and step % save_every == 0) or step == total_steps
+
+
+def _peak_memory(device: torch.device) -> dict[str, float]:
+    """CUDA: the step's peak allocated memory in GiB (rollout and update together; verl's perf/max_memory_allocated),
+    then the peak is reset for the next step. Nothing on CPU, where torch keeps no such count."""
+    if device.type != "cuda":
+        return {}
+    peak = torch.cuda.max_memory_allocated(device) / 2**30
+    torch.cuda.reset_peak_memory_stats(device)
+    return {"perf/max_memory_allocated_gb": peak}
 
 
 def _mean_entropy(data: StepData) -> float:
