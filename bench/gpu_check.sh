@@ -87,30 +87,11 @@ fi
 # ---------------------------------------------------------------- 2. random-weight models
 want models && section models 120 $PY bench/gpu_models.py "$M" --device "$DEVICE" "${TOK[@]}" "${TINY_ARG[@]}"
 
-# ---------------------------------------------------------------- 3. resume: 4 steps straight == 2 steps + resume to 4
+# ---------------------------------------------------------------- 3. resume: 4 steps straight == 3 steps, stop, resume to 4
 if want resume; then
-R=(--config quest_demo_cpu "$DEV" model.path=$M/smollm2_135m "${QUEST_SMALL[@]}" train.total_steps=4 train.save_every=2)
-section straight 90 $EPO train "${R[@]}" --run-dir "$RUNS/straight"
-section first_half 60 $EPO train "${R[@]}" --run-dir "$RUNS/resumed" train.total_steps=2
-section resume 60 $EPO train --resume "$RUNS/resumed" train.total_steps=4
-$PY - "$RUNS" <<'EOF' 2>&1 | tee -a "$SUMMARY" >>"$LOG"
-import json, math, sys
-from pathlib import Path
-def rows(run):
-    p = Path(sys.argv[1]) / run / "metrics.jsonl"
-    return {r["step"]: r for r in map(json.loads, p.read_text().splitlines())} if p.exists() else {}
-a, b = rows("straight"), rows("resumed")
-diffs = []
-for step in sorted(set(a) & set(b)):
-    for k, v in a[step].items():
-        if k.startswith(("time/", "perf/")) or not isinstance(v, float) or not isinstance(b[step].get(k), float):
-            continue
-        if not (math.isnan(v) and math.isnan(b[step][k])):
-            diffs.append((abs(v - b[step][k]), step, k))
-same = sum(d == 0 for d, _, _ in diffs)
-worst = max(diffs, default=(0, None, None))
-print(f"resume check: steps {sorted(set(a) & set(b))}, {same}/{len(diffs)} metrics identical; largest diff {worst}")
-EOF
+  section resume 150 $PY bench/gpu_resume.py "$RUNS/resume" config=quest_demo_cpu "$DEV" model.path=$M/smollm2_135m \
+    "${QUEST_SMALL[@]}"
+  grep "^resume on" "$LOG" >>"$SUMMARY"
 fi
 
 # ---------------------------------------------------------------- 4. FSDP2 on one GPU (nccl), sharded checkpoint, resume
@@ -125,7 +106,7 @@ fi
 # alfworld_grpo_epo on quest (128 envs = 16 tasks x 8, the preset's own), LoRA, bf16 weights, checkpointing; turns cut
 want qwen3b && section qwen3b_lora 200 $EPO train --config alfworld_grpo_epo --run-dir "$RUNS/qwen3b_lora" "$DEV" \
   model.path=$M/qwen25_3b model.dtype=bfloat16 model.lora.enabled=true model.gradient_checkpointing=true \
-  rollout.generation_batch_size=128 env.name=quest env.kwargs={difficulty:medium} env.num_workers=8 env.max_turns=3 \
+  rollout.generation_batch_size=128 env.name=quest env.kwargs.difficulty=medium env.num_workers=8 env.max_turns=3 \
   rollout.max_new_tokens=128 agent.max_prompt_tokens=1024 train.total_steps=2 train.eval_every=0 \
   train.eval_at_start=false train.eval_episodes=4 sft.warm_start=false
 
