@@ -439,11 +439,14 @@ def test_a_sweep_dir_takes_more_seeds_and_methods_but_not_a_change_to_a_run_it_h
         {"seeds": [0, 1, 2], "methods": {"grpo": ["epo.mode=off"], "bonus": ["algo.entropy_coef=0.01"]}},  # one dropped
         {"seeds": [0, 1, 2, 3], "methods": more, "per_seed": {1: ["env.kwargs.num_iid=4"]}},  # seed 1's runs changed
         {"seeds": [0, 1, 2, 3], "methods": more, "overrides": [*TINY, "optim.lr=1e-4"]},  # every run changed
-        {"seeds": [2, 1, 0], "methods": more},  # only the order: refused as another grid
     ]
     for extra in changed:
         with pytest.raises(ConfigError, match="holds a different grid"):
             prepare(load_grid(more_grid(**extra)), out)
+    said.clear()
+    prepare(load_grid(more_grid(seeds=[2, 1, 0], methods=more)), out, said.append)  # only the order: the same runs
+    assert yaml.safe_load((out / "sweep.yaml").read_text())["seeds"] == [2, 1, 0]
+    assert said == [f"{out / 'sweep.yaml'}: the same runs in another order; the runs not yet done follow the new order"]
     prepare(load_grid(more_grid(seeds=[0, 1, 2, 3], methods=more, per_seed={3: ["env.kwargs.num_iid=4"]})), out)
 
 

@@ -115,7 +115,7 @@ def _moved_base(old: dict, grid: Grid, saved: Path, echo: Callable[[str], None])
 
 def _extended(old: dict, grid: Grid, saved: Path, echo: Callable[[str], None]) -> bool:
     """True when this grid only adds seeds or methods to the saved one (more seeds for a tighter interval, another
-    arm against the same baseline): every run the saved grid defined keeps its exact overrides, so the runs already
+    arm against the same baseline) or lists the same ones in another order: every run the saved grid defined keeps its exact overrides, so the runs already
     done stay valid. Then sweep.yaml is updated and what was added is printed."""
     new = grid.to_dict()
     rest = ("seeds", "methods", "per_seed")
@@ -128,9 +128,10 @@ def _extended(old: dict, grid: Grid, saved: Path, echo: Callable[[str], None]) -
         return False
     added_seeds = [s for s in grid.seeds if s not in old.get("seeds", [])]
     added_methods = [m for m in grid.methods if m not in old_methods]
-    if not added_seeds and not added_methods:  # the same runs in another order: not worth a second kind of grid
-        return False
     atomic_write_text(saved, yaml.safe_dump(new, sort_keys=False))
+    if not added_seeds and not added_methods:  # the same runs listed in another order: they run in the new one
+        echo(f"{saved}: the same runs in another order; the runs not yet done follow the new order")
+        return True
     what = [f"seeds {added_seeds}"] * bool(added_seeds) + [f"methods {added_methods}"] * bool(added_methods)
     echo(f"{saved}: grid extended with {' and '.join(what)}; the runs it already held are kept")
     return True
