@@ -11,7 +11,6 @@ import math
 import sys
 from pathlib import Path
 
-import torch
 from rich.console import Console
 
 from epo.config import load_config
@@ -50,7 +49,6 @@ def main() -> None:
         f"difference {max(diffs, default=(0.0, None, None))}; parameters identical in {sum(d == 0 for d in params)}/"
         f"{len(params)} tensors, largest difference {max(params, default=0.0):.3g}"
     )
-    torch.cuda.empty_cache() if torch.cuda.is_available() else None
 
 
 if __name__ == "__main__":

@@ -115,8 +115,8 @@ def _moved_base(old: dict, grid: Grid, saved: Path, echo: Callable[[str], None])
 
 def _extended(old: dict, grid: Grid, saved: Path, echo: Callable[[str], None]) -> bool:
     """True when this grid only adds seeds or methods to the saved one (more seeds for a tighter interval, another
-    arm against the same baseline) or lists the same ones in another order: every run the saved grid defined keeps its exact overrides, so the runs already
-    done stay valid. Then sweep.yaml is updated and what was added is printed."""
+    arm against the same baseline) or lists the same ones in another order: every run the saved grid defined keeps
+    its exact overrides, so the runs already done stay valid. Then sweep.yaml is updated and the change printed."""
     new = grid.to_dict()
     rest = ("seeds", "methods", "per_seed")
     old_methods, old_per_seed = old.get("methods", {}), old.get("per_seed", {})
