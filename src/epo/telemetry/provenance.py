@@ -70,6 +70,7 @@ def machine_record(
         "precision": "bf16" if precision.mixed else "fp32",
         "precision_reason": precision.reason,
         "threads": torch.get_num_threads(),
+        "deterministic": torch.are_deterministic_algorithms_enabled(),
         "world_size": world_size,
     }
 

@@ -158,7 +158,7 @@ def evaluate_policy(
     if unknown:
         raise ConfigError(f"--split: {', '.join(unknown)} not in {cfg.env.name} (splits: {', '.join(all_splits)})")
     setup.set_threads()
-    setup.seed_everything(cfg.train.seed)
+    setup.seed_everything(cfg.train.seed, cfg.train.deterministic)
     device = setup.pick_device(cfg.model.device)
     model, tokenizer = setup.load_policy(cfg, device, train=False)
     chosen = setup.log_precision(console, cfg, device)

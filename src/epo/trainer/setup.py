@@ -32,12 +32,29 @@ from epo.trainer import distributed
 from epo.trainer.checkpoint_model import is_checkpoint_source, load_checkpoint_model
 
 
-def seed_everything(seed: int) -> None:
+def seed_everything(seed: int, deterministic: bool = False) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
     if torch.cuda.is_available():
         torch.cuda.manual_seed_all(seed)
+    use_deterministic_kernels(deterministic)
+
+
+_DETERMINISM_SET_BY_EPO = False
+
+
+def use_deterministic_kernels(on: bool) -> None:
+    """train.deterministic. Turned off again only where a run of ours turned it on, so that one process running
+    several runs (`epo sweep`, tests) carries nothing over while a caller's own setting stands."""
+    global _DETERMINISM_SET_BY_EPO
+    if not on and not _DETERMINISM_SET_BY_EPO:
+        return
+    if on:  # cuBLAS reads it when it makes its first handle: before any matmul on the GPU (none has run yet here)
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(on)  # an op without a deterministic kernel raises rather than varies
+    torch.backends.cudnn.deterministic = on
+    _DETERMINISM_SET_BY_EPO = on
 
 
 def pick_device(name: str) -> torch.device:

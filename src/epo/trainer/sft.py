@@ -85,7 +85,7 @@ def run_sft(
     save_config(cfg, out / "config.yaml")
     splits = setup.check_env(cfg)
     setup.set_threads()
-    setup.seed_everything(cfg.train.seed)
+    setup.seed_everything(cfg.train.seed, cfg.train.deterministic)
     device = setup.pick_device(cfg.model.device)
     model, tokenizer = setup.load_policy(cfg, device)
     chosen = setup.log_precision(console, cfg, device)

@@ -78,7 +78,7 @@ class Trainer:
         self.resume = resume
         self.splits = setup.check_env(cfg)  # fail fast on a bad env name/split, before loading any model
         setup.set_threads()
-        setup.seed_everything(cfg.train.seed)
+        setup.seed_everything(cfg.train.seed, cfg.train.deterministic)
         self.device = setup.pick_device(distributed.local_device(cfg.model.device))
         self.policy, self.tokenizer = setup.load_policy(cfg, self.device)
         distributed.broadcast_parameters(self.policy)
