@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+
 import pytest
 import torch
 from rich.console import Console
@@ -25,8 +27,8 @@ def _restore_torch_flags():
     setup._DETERMINISM_SET_BY_EPO = False
 
 
-def _run(tmp_path, name, *overrides):
-    trainer = Trainer(load_config(None, tiny_run("train.total_steps=2", *overrides)), tmp_path / name, console=QUIET)
+def _run(tmp_path, name, *overrides, console=QUIET):
+    trainer = Trainer(load_config(None, tiny_run("train.total_steps=2", *overrides)), tmp_path / name, console=console)
     enabled_during_run = torch.are_deterministic_algorithms_enabled()
     trainer.train()
     return trainer, enabled_during_run
@@ -37,8 +39,9 @@ def _comparable(rows):
 
 
 def test_a_deterministic_run_matches_a_default_one_on_cpu_and_leaves_nothing_behind(tmp_path):
-    _, on = _run(tmp_path, "det", "train.deterministic=true")
-    assert on
+    console = Console(record=True, width=200, file=io.StringIO())
+    _, on = _run(tmp_path, "det", "train.deterministic=true", console=console)
+    assert on and "deterministic kernels (train.deterministic)" in console.export_text()
     assert read_provenance(tmp_path / "det")[0]["deterministic"] is True
     _, still_on = _run(tmp_path, "plain")  # the next run in this process starts without the flag
     assert not still_on

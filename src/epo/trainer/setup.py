@@ -6,6 +6,7 @@ import copy
 import math
 import os
 import random
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -50,8 +51,14 @@ def use_deterministic_kernels(on: bool) -> None:
     global _DETERMINISM_SET_BY_EPO
     if not on and not _DETERMINISM_SET_BY_EPO:
         return
-    if on:  # cuBLAS reads it when it makes its first handle: before any matmul on the GPU (none has run yet here)
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    if on and "CUBLAS_WORKSPACE_CONFIG" not in os.environ:
+        if torch.cuda.is_initialized():  # cuBLAS reads it once, when the process makes its first handle
+            warnings.warn(
+                "train.deterministic: CUDA was initialised before CUBLAS_WORKSPACE_CONFIG was set; export "
+                "CUBLAS_WORKSPACE_CONFIG=:4096:8 before starting for deterministic cuBLAS",
+                stacklevel=2,
+            )
+        os.environ["CUBLAS_WORKSPACE_CONFIG"] = ":4096:8"
     torch.use_deterministic_algorithms(on)  # an op without a deterministic kernel raises rather than varies
     torch.backends.cudnn.deterministic = on
     _DETERMINISM_SET_BY_EPO = on
@@ -111,7 +118,7 @@ def rank0_console(console: Console | None = None) -> Console:
 def log_precision(console, cfg: Config, device: torch.device) -> Precision:
     """Print the precision line once per console: a warm-start SFT and the RL run after it share one command."""
     chosen = precision(cfg, device)
-    line = chosen.line()
+    line = chosen.line() + ("; deterministic kernels (train.deterministic)" if cfg.train.deterministic else "")
     if getattr(console, "_epo_precision_line", None) != line:
         console.print(line, markup=False, highlight=False)
         console._epo_precision_line = line
