@@ -559,16 +559,59 @@ def validate(cfg: Config) -> Config:
             f"rollout.filter_groups: dynamic sampling filters GRPO groups; algo.name={cfg.algo.name} takes its "
             "advantages from the critic, not the group (set algo.name=grpo or rollout.filter_groups=false)"
         )
-    if not cfg.rollout.filter_groups and cfg.rollout.filter_max_rounds != RolloutConfig.filter_max_rounds:
-        raise ConfigError("rollout.filter_max_rounds: only used with rollout.filter_groups=true; set that, or drop it")
     if cfg.env.executor == "ray" and cfg.env.pool_mode == "inline":
         raise ConfigError("env.pool_mode: inline runs envs in this process; it cannot combine with env.executor=ray")
     if not cfg.env.eval_splits:
         raise ConfigError("env.eval_splits: at least one split is needed")
+    _check_unused(cfg)
     _check_reward(cfg)
     _check_rollout_backend(cfg)
     _validate_diag(cfg)
     return cfg
+
+
+# (keys, when they do nothing, what makes them act): a key set away from its default there is refused at load, since a
+# user who sets it expects an effect (keys left at their defaults pass, so presets need not mention them)
+UNUSED_UNLESS = (
+    (
+        ("algo.gamma", "algo.lam", "algo.gae_level", "algo.whiten_advantages", "algo.value_clip", "optim.value_lr"),
+        lambda c: c.algo.name != "ppo",
+        "only PPO has a critic and GAE (algo.name=ppo)",
+    ),
+    (("model.value_model",), lambda c: c.algo.name != "ppo", "only PPO has a critic (algo.name=ppo)"),
+    (("algo.grpo_stats", "algo.grpo_norm_std"), lambda c: c.algo.name != "grpo", "only GRPO uses it (algo.name=grpo)"),
+    (
+        ("algo.value_coef",),
+        lambda c: c.algo.name != "ppo" or c.model.value_model != "shared",
+        "only weights a shared value head's loss (algo.name=ppo model.value_model=shared; a separate critic trains "
+        "at optim.value_lr)",
+    ),
+    (("rollout.is_cap",), lambda c: c.rollout.is_correction == "off", "only caps rollout.is_correction=tis"),
+    (
+        ("model.lora.r", "model.lora.alpha", "model.lora.dropout", "model.lora.target_modules"),
+        lambda c: not c.model.lora.enabled,
+        "only used with model.lora.enabled=true",
+    ),
+    (
+        ("rollout.vllm_gpu_memory_utilization", "rollout.vllm_kv_cache_gb", "rollout.vllm_block_size"),
+        lambda c: c.rollout.backend == "hf",
+        "only the vLLM engine uses it (rollout.backend=vllm or auto)",
+    ),
+    (
+        ("rollout.filter_max_rounds",),
+        lambda c: not c.rollout.filter_groups,
+        "only used with rollout.filter_groups=true",
+    ),
+)
+
+
+def _check_unused(cfg: Config) -> None:
+    defaults = Config()
+    for keys, unused, acts_with in UNUSED_UNLESS:
+        if unused(cfg):
+            for key in keys:
+                if _get(cfg, key) != _get(defaults, key):
+                    raise ConfigError(f"{key}: {acts_with}; set that, or drop it")
 
 
 def _check_reward(cfg: Config) -> None:

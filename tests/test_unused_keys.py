@@ -1,0 +1,52 @@
+"""A key set where it does nothing is refused at load with one line naming it and what makes it act."""
+
+from __future__ import annotations
+
+import pytest
+
+from epo.config import UNUSED_UNLESS, ConfigError, load_config
+
+# (override that does nothing alone, the setting under which the same override acts)
+CASES = {
+    "algo.gamma=0.9": ["algo.name=ppo"],
+    "algo.lam=0.95": ["algo.name=ppo"],
+    "algo.gae_level=turn": ["algo.name=ppo"],
+    "algo.whiten_advantages=false": ["algo.name=ppo"],
+    "algo.value_clip=0.2": ["algo.name=ppo"],
+    "optim.value_lr=3e-4": ["algo.name=ppo"],
+    "model.value_model=shared": ["algo.name=ppo"],
+    "algo.grpo_stats=trajectory": [],  # acts under the default grpo; refused under ppo below
+    "algo.value_coef=1.0": ["algo.name=ppo", "model.value_model=shared"],
+    "rollout.is_cap=3": ["rollout.is_correction=tis", "rollout.backend=auto"],
+    "model.lora.r=8": ["model.lora.enabled=true"],
+    "model.lora.alpha=8": ["model.lora.enabled=true"],
+    "model.lora.dropout=0.1": ["model.lora.enabled=true"],
+    "model.lora.target_modules=[q_proj]": ["model.lora.enabled=true"],
+    "algo.grpo_norm_std=false": [],
+    "rollout.vllm_block_size=16": ["rollout.backend=auto"],
+    "rollout.vllm_kv_cache_gb=2": ["rollout.backend=auto"],
+    "rollout.vllm_gpu_memory_utilization=0.5": ["rollout.backend=auto"],
+    "rollout.filter_max_rounds=3": ["rollout.filter_groups=true"],
+}
+ALONE = {  # where the default setting already makes the key act, the refusing setting is named here
+    "algo.grpo_stats=trajectory": ["algo.name=ppo", "rollout.group_size=1"],
+    "algo.grpo_norm_std=false": ["algo.name=ppo", "rollout.group_size=1"],
+}
+
+
+@pytest.mark.parametrize("override", sorted(CASES))
+def test_a_key_that_would_do_nothing_is_refused_and_loads_where_it_acts(override):
+    key = override.split("=")[0]
+    with pytest.raises(ConfigError, match=rf"^{key}: .*; set that, or drop it$"):
+        load_config(None, ["rollout.backend=hf", *ALONE.get(override, []), override])
+    load_config(None, [*CASES[override], override])
+
+
+def test_every_guarded_key_has_a_case():
+    guarded = {key for keys, _, _ in UNUSED_UNLESS for key in keys}
+    covered = {override.split("=")[0] for override in CASES}
+    assert guarded == covered
+
+
+def test_a_key_left_at_its_default_passes_whatever_the_setting():
+    load_config(None, ["rollout.backend=hf", "algo.gamma=1.0", "model.lora.r=16", "rollout.is_cap=2.0"])
