@@ -66,6 +66,7 @@ RESUME_ALLOWED: tuple[str, ...] = (
     "train.tensorboard",
     "train.wandb",
     "train.report",
+    "train.deterministic",
     "env.num_workers",
     "env.pool_mode",
     "env.step_timeout_s",
@@ -75,7 +76,8 @@ RESUME_ALLOWED: tuple[str, ...] = (
     "model.logprob_chunk_tokens",
 )
 """Config keys a resumed run may change. Learning-rate keys are applied to the restored optimizer and scheduler
-(the schedule is recomputed at the checkpoint's step); all others are read afresh every step."""
+(the schedule is recomputed at the checkpoint's step); train.deterministic when the resumed process starts; all
+others are read afresh every step."""
 
 
 # ----------------------------------------------------------------------------- ownership
