@@ -128,3 +128,14 @@ def test_train_stopped_in_the_warm_start_resumes_with_train_resume(monkeypatch, 
     assert "resumed behaviour cloning from" in out.output
     assert (run / "sft" / "export" / "config.json").is_file() and (run / "final" / "config.json").is_file()
     assert [r["step"] for r in read_metrics(run) if "rollout/samples" in r] == [1]
+
+
+def test_a_resume_after_the_warm_start_keeps_its_zero_shot_and_start_of_rl_evals(tmp_path):
+    run = tmp_path / "run"
+    overrides = [*TINY, *RL, "sft.eval_episodes=2", "train.eval_at_start=true", "rollout.max_new_tokens=3"]
+    train_pipeline(load_config(None, overrides), run, console=QUIET)
+    saved = load_config(str(run / "config.yaml"), ["train.total_steps=2"])  # as `epo train --resume` loads it
+    train_pipeline(saved, run, resume=True, console=QUIET)
+    rows = json.loads((run / "before_after.json").read_text())["iid"]  # written by the resumed process
+    assert {"zero_shot", "start_of_rl", "end_of_rl"} <= rows.keys()
+    assert rows["zero_shot"]["episodes"] == 2 and rows["test_rl_gain"] == "McNemar"

@@ -54,7 +54,7 @@ def test_before_after_tables_name_the_test(tmp_path):
     zero_shot = _eval("iid", ["x", "y", "z", "w"], [0, 0, 0, 0])
     result = SimpleNamespace(evals={0: {"iid": start}, 2: {"iid": end}}, run_dir=tmp_path)
     console = Console(record=True, width=200)
-    _print_before_after(console, SimpleNamespace(before={"iid": zero_shot}), result)
+    _print_before_after(console, {"iid": zero_shot}, result)
     printed = console.export_text()
     assert "p=0.125, McNemar" in printed and "Fisher" in printed
     rows = json.loads((tmp_path / BEFORE_AFTER_FILE).read_text())["iid"]

@@ -146,3 +146,13 @@ def test_no_win_note_is_silent_once_any_split_wins():
     assert "won 0 of 32 episodes (iid, ood)" in no_win_note({"iid": res("iid", 0.0), "ood": res("ood", 0.0)})
     assert no_win_note({"iid": res("iid", 0.0), "ood": res("ood", 1 / 16)}) is None
     assert no_win_note({}) is None  # no step-0 eval (train.eval_at_start=false) or a non-main rank
+
+
+def test_a_resumed_run_keeps_its_earlier_evals_for_the_before_after_table(tmp_path):
+    overrides = BASE + METHODS["grpo"] + ["train.total_steps=4", "train.eval_every=2"]
+    part = Trainer(load_config(None, overrides), tmp_path / "run", console=QUIET)
+    assert sorted(part.train(stop_after=3).evals) == [0, 2]
+    resumed = Trainer(load_config(None, overrides), tmp_path / "run", resume=True, console=QUIET).train()
+    assert sorted(resumed.evals) == [0, 2, 4]  # step 0 and 2 read back from eval/, step 4 evaluated now
+    saved = EvalResult.load(tmp_path / "run" / "eval" / "step_000000_iid.json")
+    assert resumed.evals[0]["iid"] == saved and saved.episodes == 2

@@ -72,13 +72,18 @@ def _train_owned(cfg: Config, run_dir: Path, resume: bool, console: Console) -> 
             distributed.shutdown()
             return TrainResult(run_dir, 0, interrupted=True, stop_signal=stop_signal)
         cfg = replace(cfg, init_from=str(sft_dir))  # keeps ${...} values unresolved in the saved config
+    warm_started = bool(cfg.init_from) and Path(cfg.init_from).resolve() == sft_dir.resolve()
     console.rule("reinforcement learning")
     main = distributed.rank() == 0
     result = Trainer(cfg, run_dir, resume=resume, console=console).train()
     distributed.shutdown()  # train() ended with a barrier: no collective is left
     if not main:
         return result
-    _print_before_after(console, sft_result, result)
+    from epo.trainer.sft import saved_zero_shot
+
+    # a resumed run whose warm start finished earlier reads that warm start's zero-shot eval back from its file
+    zero_shot = sft_result.before if sft_result is not None else saved_zero_shot(sft_dir) if warm_started else {}
+    _print_before_after(console, zero_shot, result)
     if cfg.train.report:
         from epo.report.summary import write_report
 
@@ -87,7 +92,7 @@ def _train_owned(cfg: Config, run_dir: Path, resume: bool, console: Console) -> 
     return result
 
 
-def _print_before_after(console: Console, sft_result, result: TrainResult) -> None:
+def _print_before_after(console: Console, zero_shot: dict[str, EvalResult], result: TrainResult) -> None:
     """Zero-shot -> start of RL -> end of RL, each with its Wilson CI, and one-sided exact p-values of the gains:
     McNemar's test when both evals ran the same tasks (paired), Fisher's otherwise; each p says which.
 
@@ -95,7 +100,6 @@ def _print_before_after(console: Console, sft_result, result: TrainResult) -> No
     if not result.evals:
         return
     first, last = min(result.evals), max(result.evals)
-    zero_shot = sft_result.before if sft_result is not None else {}
     starts = result.evals[first] if first != last else {}  # train.eval_at_start=false: no start-of-RL eval
     table = Table(title="success rate, 95% Wilson CI; p = one-sided exact test of the gain (McNemar: same tasks)")
     table.add_column("split")

@@ -141,6 +141,14 @@ def run_sft(
     return result
 
 
+def saved_zero_shot(out: Path) -> dict[str, EvalResult]:
+    """The zero-shot eval a warm start in OUT saved ({} where there is none or it cannot be read)."""
+    try:
+        return {split: EvalResult(**res) for split, res in json.loads((out / BEFORE_FILE).read_text()).items()}
+    except (OSError, ValueError, TypeError):
+        return {}
+
+
 def _before_eval(
     cfg: Config, collector, splits, console: Console, out: Path, resume: bool, stop: GracefulExit
 ) -> dict[str, EvalResult]:

@@ -125,6 +125,7 @@ class Trainer:
         if main:
             save_config(cfg, self.run_dir / "config.yaml")
         result = TrainResult(self.run_dir, self.step)
+        result.evals.update(self._saved_evals(self.step))  # a resume keeps its start in the before/after table
         self.console.print(
             f"[bold]epo[/] run dir: {escape(str(self.run_dir))}  ({cfg.algo.name}, EPO {cfg.epo.mode}, "
             f"{cfg.env.name}, model {escape(setup.model_source(cfg))}, device {self.device}"
@@ -396,6 +397,20 @@ class Trainer:
             return {}, True
         finally:
             collector.on_turn = on_turn
+
+    def _saved_evals(self, upto: int) -> dict[int, dict[str, EvalResult]]:
+        """{step: {split: result}} of the evals that earlier stretches of this run saved in eval/ at steps <= upto
+        (none on a fresh start, upto = 0: its step-0 eval is run, or kept, by `_first_eval`)."""
+        found: dict[int, dict[str, EvalResult]] = {}
+        if upto == 0:
+            return found
+        for path in sorted((self.run_dir / "eval").glob("step_*_*.json")):
+            step = path.stem.split("_")[1]
+            if not step.isdigit() or int(step) > upto:  # a later eval of a run resumed from an older checkpoint
+                continue
+            if (res := EvalResult.load(path)) is not None and res.split in self.cfg.env.eval_splits:
+                found.setdefault(int(step), {})[res.split] = res
+        return found
 
     def _eval_path(self, step: int, split: str) -> Path:
         return self.run_dir / "eval" / f"step_{step:06d}_{split}.json"
