@@ -45,7 +45,8 @@ def test_ray_pool_rollout_equals_local_pool_rollout():
                  "agent.max_prompt_tokens=384", "rollout.max_new_tokens=5", "env.num_workers=2"]  # fmt: skip
     rollouts = {}
     for executor in ("local", "ray"):
-        cfg = load_config(None, [*overrides, f"env.executor={executor}", "env.ray_num_cpus=0.5"])
+        ray_only = ["env.ray_num_cpus=0.5"] if executor == "ray" else []
+        cfg = load_config(None, [*overrides, f"env.executor={executor}", *ray_only])
         torch.manual_seed(0)
         model, tokenizer = setup.load_policy(cfg, torch.device("cpu"))
         with setup.make_pool(cfg) as pool:

@@ -487,3 +487,18 @@ def test_the_memory_hint_names_a_users_own_kv_cache_setting(monkeypatch):
 
     monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "12")  # set before the engine: setdefault leaves it
     assert "reserves 12 GiB of KV cache (your VLLM_CPU_KVCACHE_SPACE)" in kv_memory_hint(4)
+
+
+def test_vllm_says_that_a_presets_generation_batch_size_is_not_used(monkeypatch, capsys):
+    """quest presets set rollout.generation_batch_size for hf generate; under vLLM it has no effect, said at start."""
+    from epo.rollout import vllm_backend
+    from epo.trainer import setup
+
+    monkeypatch.setattr(backend_select, "vllm_distribution", lambda: "vllm")  # load_config asks whether it is installed
+    monkeypatch.setattr(backend_select, "detect_backend", lambda requested: ("vllm", "rollout backend: vllm (test)"))
+    monkeypatch.setattr(vllm_backend, "vllm_backend_from_config", lambda *args: "engine")
+    for size, said in ((64, False), (32, True)):
+        cfg = load_config(None, ["rollout.backend=vllm", f"rollout.generation_batch_size={size}"])
+        assert setup.make_backend(cfg, None, None) == "engine"
+        out = capsys.readouterr().out
+        assert ("rollout.generation_batch_size=32 is not used" in out) == said, out

@@ -8,6 +8,7 @@ Every run saves the resolved config next to its outputs (`save_config`).
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
@@ -160,7 +161,8 @@ class RolloutConfig:
     max_new_tokens: int = 512
     """Max response tokens per turn."""
     generation_batch_size: int = 64
-    """Max sequences per generate() call (all active envs are batched up to this)."""
+    """hf backend: max sequences per generate() call (all active envs are batched up to this). The vLLM engine
+    schedules its own batches: under it a value set here is not used, which start-up says in one line."""
     is_correction: str = "off"
     """Sampler/trainer mismatch correction: off | tis (truncated importance sampling: each token's PG loss times
     min(pi_trainer_old / pi_sampler, is_cap), as verl and TRL do). Needs sampler log-probs (the vllm backend)."""
@@ -563,10 +565,10 @@ def validate(cfg: Config) -> Config:
         raise ConfigError("env.pool_mode: inline runs envs in this process; it cannot combine with env.executor=ray")
     if not cfg.env.eval_splits:
         raise ConfigError("env.eval_splits: at least one split is needed")
+    _validate_diag(cfg)  # before _check_unused: a misspelt monitor kind is named as such
     _check_unused(cfg)
     _check_reward(cfg)
     _check_rollout_backend(cfg)
-    _validate_diag(cfg)
     return cfg
 
 
@@ -602,6 +604,29 @@ UNUSED_UNLESS = (
         lambda c: not c.rollout.filter_groups,
         "only used with rollout.filter_groups=true",
     ),
+    (("epo.history_window",), lambda c: c.epo.history != "window", "only used with epo.history=window"),
+    (("epo.history_ema",), lambda c: c.epo.history != "ema", "only used with epo.history=ema"),
+    (("algo.kl_type",), lambda c: c.algo.kl_coef == 0, "only used with algo.kl_coef > 0 (no KL term at 0)"),
+    (
+        ("env.ray_address", "env.ray_num_cpus", "env.ray_memory_mb"),
+        lambda c: c.env.executor != "ray",
+        "only used with env.executor=ray",
+    ),
+    (
+        ("diag.action_entropy_max_actions",),
+        lambda c: c.diag.action_entropy_turns == 0,
+        "only used with diag.action_entropy_turns > 0",
+    ),
+    (
+        ("diag.monitor_on",),
+        lambda c: c.diag.monitor_action == "none",
+        "only picks the warnings that trigger diag.monitor_action (none here)",
+    ),
+    (
+        ("diag.monitor_entropy_factor",),
+        lambda c: c.diag.monitor_action != "raise_entropy",
+        "only used with diag.monitor_action=raise_entropy",
+    ),
 )
 
 
@@ -612,6 +637,18 @@ def _check_unused(cfg: Config) -> None:
             for key in keys:
                 if _get(cfg, key) != _get(defaults, key):
                     raise ConfigError(f"{key}: {acts_with}; set that, or drop it")
+
+
+def reset_unused(cfg: Config) -> Config:
+    """Keys that nothing reads under `cfg` back to their defaults: for configs derived in code from a user's (e.g.
+    `epo ablate` turns the KL term and the monitor off), where a refusal would blame the user for our change."""
+    defaults = Config()
+    for keys, unused, _ in UNUSED_UNLESS:
+        if unused(cfg):
+            for key in keys:
+                owner, name = key.rsplit(".", 1)
+                setattr(_get(cfg, owner), name, copy.deepcopy(_get(defaults, key)))
+    return cfg
 
 
 def _check_reward(cfg: Config) -> None:

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from epo.config import Config, ConfigError, load_config, validate
+from epo.config import Config, ConfigError, load_config, reset_unused, validate
 from epo.diagnostics.rollouts_io import load_rollouts
 from epo.errors import RunDirError
 from epo.trainer.checkpoint import CHECKPOINTS_DIR, CheckpointError, list_checkpoints
@@ -53,7 +53,7 @@ def variant_config(base: Config, name: str, entropy_coef: float, kl_coef: float)
     cfg.diag.entropy_change_samples = base.diag.entropy_change_samples or ALL_SAMPLES
     cfg.diag.monitor_action = "none"
     cfg.train.save_rollouts = False
-    return validate(cfg)
+    return validate(reset_unused(cfg))  # e.g. the run's kl_type once the variant's kl_coef is 0
 
 
 def checkpoint_before(run_dir: Path, step: int) -> Path | None:

@@ -15,7 +15,7 @@ import torch
 from rich.console import Console
 
 from epo.agent import PromptBuilder
-from epo.config import Config, ConfigError
+from epo.config import Config, ConfigError, RolloutConfig
 from epo.envs import get_spec
 from epo.envs.pool import EnvPool
 from epo.errors import EnvSetupError
@@ -232,6 +232,14 @@ def make_backend(cfg: Config, model, tokenizer, console: Console | None = None):
     if name == "vllm":
         from epo.rollout.vllm_backend import vllm_backend_from_config
 
+        if cfg.rollout.generation_batch_size != RolloutConfig().generation_batch_size:  # a preset's, for hf
+            rank0_console(console).print(
+                f"note: rollout.generation_batch_size={cfg.rollout.generation_batch_size} is not used: the vLLM "
+                "engine schedules its own batches (it limits hf generate calls)",
+                markup=False,
+                highlight=False,
+                soft_wrap=True,
+            )
         return vllm_backend_from_config(cfg, model, tokenizer, model_source(cfg))
     compute = precision(cfg, next(model.parameters()).device)
     return HFBackend(model, tokenizer, batch_size=cfg.rollout.generation_batch_size, precision=compute)
