@@ -14,6 +14,7 @@ from epo.telemetry.provenance import (
     machine_label,
     machine_record,
     read_provenance,
+    source_digest,
 )
 
 
@@ -24,6 +25,23 @@ def test_the_record_names_versions_device_and_the_resolved_precision():
     assert record["precision_reason"] == "train.precision=fp32" and record["device"] == "cpu"
     assert record["device_name"] and record["threads"] == torch.get_num_threads()
     assert machine_label(record).endswith(f"· fp32 · torch {torch.__version__}")
+    assert record["source"] == source_digest() and len(record["source"]) == 12
+
+
+def test_the_source_digest_names_the_code_without_git(tmp_path):
+    """A copied tree (no .git) still says which code ran: the digest changes with any .py file's content or name."""
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "a.py").write_text("x = 1\n")
+    (tmp_path / "notes.txt").write_text("not code")
+    first = source_digest.__wrapped__(tmp_path)
+    assert source_digest.__wrapped__(tmp_path) == first
+    (tmp_path / "notes.txt").write_text("changed, still not code")
+    assert source_digest.__wrapped__(tmp_path) == first
+    (tmp_path / "pkg" / "a.py").write_text("x = 2\n")
+    second = source_digest.__wrapped__(tmp_path)
+    assert second != first
+    (tmp_path / "pkg" / "a.py").rename(tmp_path / "pkg" / "b.py")
+    assert source_digest.__wrapped__(tmp_path) not in (first, second)
 
 
 def test_git_commit_is_the_checkouts_head_marked_dirty_by_uncommitted_changes(tmp_path):
@@ -51,11 +69,14 @@ def test_the_run_report_lists_each_stretch_and_flags_a_machine_change(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
     (run / "metrics.jsonl").write_text(json.dumps({"step": 1, "rollout/success_rate": 0.5}) + "\n")
-    a = {"phase": "rl", "from_step": 0, "device": "cpu", "device_name": "CPU A", "precision": "fp32", "torch": "2"}
-    for record in (a, {**a, "from_step": 3, "device_name": "CPU B", "cpu_bf16_unit": "avx512_bf16"}):
+    a = {"phase": "rl", "from_step": 0, "device": "cpu", "device_name": "CPU A", "precision": "fp32", "torch": "2",
+         "git": "abc123", "source": "d1"}  # fmt: skip
+    b = {**a, "from_step": 3, "device_name": "CPU B", "cpu_bf16_unit": "avx512_bf16", "git": None, "source": "d2"}
+    for record in (a, b):
         append_provenance(run, record)
     text = "\n".join(machines_section([load_run(run)]))
     assert "rl from step 0" in text and "CPU A · fp32" in text and "CPU B (avx512_bf16) · fp32" in text
+    assert "(abc123)" in text and "(source d2)" in text  # a copied tree without git is still named
     assert "Computed on 2 different machines" in text
     (run / "provenance.jsonl").unlink()
     assert "No provenance.jsonl" in "\n".join(machines_section([load_run(run)]))

@@ -210,7 +210,7 @@ def machines_section(runs: list[RunData]) -> list[str]:
             str(p.get("phase", "rl")) + ("" if p.get("from_step") is None else f" from step {p['from_step']}"),
             _cell(machine_label(p), 80),
             _cell(p.get("precision_reason", "—"), 60),
-            f"{p.get('epo', '—')} ({p.get('git') or 'no git'})",
+            f"{p.get('epo', '—')} ({_code(p)})",
             f"{p.get('threads', '—')} × {p.get('world_size', '—')}",
         ]
         for r in runs
@@ -218,7 +218,7 @@ def machines_section(runs: list[RunData]) -> list[str]:
     ]
     unrecorded = [r.label for r in runs if not r.provenance]
     if rows:
-        header = ["run", "stretch", "machine · precision · torch", "precision chosen because", "epo (commit)"]
+        header = ["run", "stretch", "machine · precision · torch", "precision chosen because", "epo (code)"]
         lines += _table([*header, "threads × processes"], rows)
     if len(labels := {machine_label(p) for r in runs for p in r.provenance}) > 1:
         lines += [
@@ -229,6 +229,13 @@ def machines_section(runs: list[RunData]) -> list[str]:
     if unrecorded:
         lines += [""] * bool(rows) + [f"No provenance.jsonl (made before epo recorded it): {', '.join(unrecorded)}."]
     return lines
+
+
+def _code(record: dict) -> str:
+    """The git commit, else the source digest (a copied tree or a wheel), else 'no git' (records before digests)."""
+    if record.get("git"):
+        return str(record["git"])
+    return f"source {record['source']}" if record.get("source") else "no git"
 
 
 def _warnings_section(runs: list[RunData]) -> list[str]:

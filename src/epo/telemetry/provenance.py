@@ -2,14 +2,16 @@
 
 A resumed run may continue on another machine, and two machines can compute the same config differently:
 `train.precision=auto` is bf16 on a CPU with avx512_bf16 and fp32 on an AVX2 one, and different matmul kernels change
-the low bits, so the sampled episodes diverge. Each line records, from the step it starts at: the epo version and git
-commit, the Python/torch/transformers versions, the device and its name (the CPU model or GPU), the CPU's bf16 unit,
+the low bits, so the sampled episodes diverge. Each line records, from the step it starts at: the epo version, git
+commit and source digest (which names the code where there is no git: an installed wheel, a copied tree), the Python/torch/transformers versions, the device and its name (the CPU model or GPU), the CPU's bf16 unit,
 the resolved precision, torch threads and world size. `epo report` lists them, and a sweep report counts the machines
 its runs were computed on (mixed machines are then visible, not silent).
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import platform
 import subprocess
@@ -39,6 +41,16 @@ def git_commit(where: Path = Path(epo.__file__).parent) -> str | None:
         return None
 
 
+@functools.cache
+def source_digest(where: Path = Path(epo.__file__).parent) -> str:
+    """sha256 (first 12 hex digits) over the package's .py files, paths and contents: equal digests, equal code,
+    with or without git (the GPU machine runs a copied tree without .git; a wheel has none either)."""
+    h = hashlib.sha256()
+    for path in sorted(where.rglob("*.py")):
+        h.update(path.relative_to(where).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()[:12]
+
+
 def _git(where: Path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(["git", "-C", str(where), *args], capture_output=True, text=True, timeout=10)
 
@@ -61,6 +73,7 @@ def machine_record(
         "from_step": from_step,
         "epo": epo.__version__,
         "git": git_commit(),
+        "source": source_digest(),
         "python": platform.python_version(),
         "torch": torch.__version__,
         "transformers": transformers.__version__,
