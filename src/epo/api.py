@@ -124,17 +124,22 @@ def evaluate(
     temperature: float | None = None,
     console: Console | None = None,
     out: str | Path | None = None,
+    as_step: int | None = None,
 ) -> dict[str, EvalResult]:
     """Success (with a Wilson 95% interval), turns, invalid rate and a per-task-type table, per split; `out`: write
     them as JSON with the provenance of the evaluation (code, machine, precision, policy, env, seed).
 
     model: a model dir, an `epo sft` output, an RL run dir (its final/), a hub id or 'embedded' (default: the
-    config's init_from / model.path). splits default to env.eval_splits; episodes to train.eval_episodes."""
+    config's init_from / model.path). splits default to env.eval_splits; episodes to train.eval_episodes.
+    as_step: sample with the RL loop's eval stream of step k (default: the warm start's): with the run's config and
+    `model=RUN/checkpoints/step_k` it replays RUN/eval/step_k_*.json (same games, same sampling)."""
     from epo.trainer.pipeline import evaluate_policy
 
     extra = list(overrides or [])
     if episodes is not None and episodes < 1:
         raise ConfigError(f"--episodes/-n: must be >= 1, got {episodes}")
+    if as_step is not None and as_step < 0:
+        raise ConfigError(f"--as-step: must be >= 0, got {as_step}")
     if model:
         extra.append(f"init_from={model}")
     if episodes is not None:
@@ -142,7 +147,7 @@ def evaluate(
     if temperature is not None:
         extra.append(f"train.eval_temperature={temperature}")
     cfg = as_config(config, extra)
-    return evaluate_policy(cfg, list(splits or cfg.env.eval_splits), console=console, out=out)
+    return evaluate_policy(cfg, list(splits or cfg.env.eval_splits), console=console, out=out, as_step=as_step)
 
 
 def report(

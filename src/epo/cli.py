@@ -142,6 +142,12 @@ def eval_cmd(
     episodes: int = typer.Option(None, "--episodes", "-n", help="Episodes per split."),
     temperature: float = typer.Option(None, "--temperature", help="0 = greedy (default: train.eval_temperature)."),
     out: Path = typer.Option(None, "--out", help="Write results JSON here."),
+    as_step: int = typer.Option(
+        None,
+        "--as-step",
+        help="Sample as the RL loop's eval of step K does (with the run's config.yaml as --config and --model "
+        "RUN/checkpoints/step_K, replays RUN/eval/step_K; default: the warm start's sampling seed).",
+    ),
 ):
     """Evaluate a policy on env splits: success with 95% CI, turns, invalid rate, per-task-type table."""
 
@@ -157,6 +163,7 @@ def eval_cmd(
             temperature=temperature,
             console=console,
             out=out,
+            as_step=as_step,
         )
         _print_eval(results)
         if out:

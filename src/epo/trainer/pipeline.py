@@ -16,7 +16,7 @@ from epo.telemetry.provenance import machine_record
 from epo.trainer import distributed, setup
 from epo.trainer.checkpoint import list_checkpoints
 from epo.trainer.rundir import CONFIG_FILE, resume_changes, saved_config
-from epo.trainer.split_eval import evaluate_splits
+from epo.trainer.split_eval import eval_sampling_seed, evaluate_splits
 from epo.trainer.trainer import Trainer, TrainResult, default_run_dir
 
 
@@ -153,9 +153,14 @@ def _fmt(res: EvalResult | None) -> str:
 
 
 def evaluate_policy(
-    cfg: Config, splits: list[str], console: Console | None = None, out: str | Path | None = None
+    cfg: Config,
+    splits: list[str],
+    console: Console | None = None,
+    out: str | Path | None = None,
+    as_step: int | None = None,
 ) -> dict[str, EvalResult]:
-    """out: also write the results as JSON ({"provenance": what computed them and on which policy, "splits": ...})."""
+    """out: also write the results as JSON ({"provenance": what computed them and on which policy, "splits": ...}).
+    as_step: sample with the RL loop's eval stream of that step (default: the warm start's, train.seed + 1)."""
     console = console or Console()
     all_splits = setup.check_env(cfg)
     unknown = [s for s in splits if s not in all_splits]
@@ -168,7 +173,8 @@ def evaluate_policy(
     chosen = setup.log_precision(console, cfg, device)
     with setup.make_pool(cfg) as pool:
         collector = setup.make_collector(cfg, pool, model, tokenizer, console)
-        results = evaluate_splits(cfg, collector, all_splits, splits, cfg.train.eval_episodes, console, "eval")
+        episodes = cfg.train.eval_episodes
+        results = evaluate_splits(cfg, collector, all_splits, splits, episodes, console, "eval", rl_step=as_step)
     if out:
         record = machine_record(device, chosen, from_step=None, phase="eval")
         record.update(
@@ -177,6 +183,8 @@ def evaluate_policy(
             env_kwargs=dict(cfg.env.kwargs),
             seed=cfg.train.seed,
             temperature=cfg.train.eval_temperature,
+            as_step=as_step,
+            sampling_seed=eval_sampling_seed(cfg, as_step),
         )
         splits_json = {k: v.__dict__ for k, v in results.items()}
         Path(out).write_text(json.dumps({"provenance": record, "splits": splits_json}, indent=1))

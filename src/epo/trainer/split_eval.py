@@ -12,6 +12,7 @@ from rich.markup import escape
 from epo.config import Config
 from epo.rollout.evaluate import EvalResult, eval_task_ids, evaluate
 from epo.telemetry.progress import StepProgress
+from epo.trainer.distributed import rollout_seed
 
 
 class EvalStopped(Exception):
@@ -32,6 +33,13 @@ def stop_checking(on_turn, stop, what: str):
             raise EvalStopped(f"{what} stopped at turn {turn + 1}")
 
     return checked
+
+
+def eval_sampling_seed(cfg: Config, rl_step: int | None = None) -> int:
+    """The seed an eval samples with: train.seed + 1 for the warm start's evals and `epo eval`; the RL loop's eval
+    at step k its own stream of (train.seed + 1, k), so `epo eval --model RUN/checkpoints/step_k --as-step k` replays
+    that step's logged eval."""
+    return cfg.train.seed + 1 if rl_step is None else rollout_seed(cfg.train.seed + 1, rl_step)
 
 
 def evaluate_split(cfg: Config, collector, split: str, task_ids: list[str], episodes: int, seed: int) -> EvalResult:
@@ -69,9 +77,11 @@ def evaluate_splits(
     stop=None,
     done: dict[str, EvalResult] | None = None,
     on_split: Callable[[dict[str, EvalResult]], None] | None = None,
+    rl_step: int | None = None,
 ) -> dict[str, EvalResult]:
-    """`episodes` of each split in `names` (task ids from `split_ids`), sampled with the eval seed train.seed + 1 (its
-    own stream: see rollout/evaluate.py, so a split's result does not depend on which splits ran before it). Each
+    """`episodes` of each split in `names` (task ids from `split_ids`), sampled with `eval_sampling_seed(cfg,
+    rl_step)` (its own stream: see rollout/evaluate.py, so a split's result does not depend on which splits ran
+    before it). Each
     result is printed as '  LABEL: <split line>'. stop: a GracefulExit whose signal abandons the eval after the
     current turn (raises EvalStopped). done: splits already evaluated (kept, not run again); on_split: called with
     the finished splits after each one, so a caller can persist them before a later split is stopped."""
@@ -81,7 +91,8 @@ def evaluate_splits(
             for split in [n for n in names if n not in out]:
                 collector.on_turn = stop_checking(progress.turn, stop, f"{label} {split}")
                 progress.phase(f"eval {split}", collector.max_turns)
-                out[split] = evaluate_split(cfg, collector, split, split_ids[split], episodes, cfg.train.seed + 1)
+                seed = eval_sampling_seed(cfg, rl_step)
+                out[split] = evaluate_split(cfg, collector, split, split_ids[split], episodes, seed)
                 for fault in collector.pool.drain_faults():  # episodes a crashed or hung env worker ended (lost)
                     console.print(f"[yellow]env fault:[/] {label} {split}: {escape(fault.line())}", soft_wrap=True)
                 progress.step_done(f"  {label}: {out[split].line()}")

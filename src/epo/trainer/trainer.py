@@ -46,7 +46,7 @@ from epo.trainer.checkpoint import (
     save_checkpoint,
 )
 from epo.trainer.rundir import apply_optim_overrides, atomic_dir, log_resume, resume_changes, saved_config
-from epo.trainer.split_eval import EvalStopped, evaluate_split, no_win_note, stop_checking
+from epo.trainer.split_eval import EvalStopped, eval_sampling_seed, evaluate_split, no_win_note, stop_checking
 from epo.trainer.update import StepData, prepare_step, update_critic, update_policy
 
 
@@ -427,7 +427,7 @@ class Trainer:
                 self.console.print(f"  eval step {self.step} {kept[split].line()} (kept from the stopped run)")
                 continue
             progress.phase(f"eval {split}", collector.max_turns)
-            seed = distributed.rollout_seed(cfg.train.seed + 1, self.step)  # own stream: see evaluate.py
+            seed = eval_sampling_seed(cfg, self.step)  # own stream: see evaluate.py
             out[split] = res = evaluate_split(cfg, collector, split, self.splits[split], cfg.train.eval_episodes, seed)
             if self.faults is not None:
                 self.faults.record(self.step, f"eval {split}", collector.pool.drain_faults())
