@@ -50,6 +50,19 @@ def test_stop_during_the_zero_shot_eval_abandons_it_and_a_resume_runs_it(monkeyp
     assert (tmp_path / "sft" / sft.BEFORE_FILE).is_file() and (tmp_path / "sft" / "export").is_dir()
 
 
+def test_a_damaged_zero_shot_file_is_said_and_evaluated_again_on_resume(monkeypatch, tmp_path):
+    cfg = load_config(None, tiny_run("env.max_turns=15", "sft.episodes=2", "sft.epochs=1", "sft.eval_episodes=2"))
+    _sigterm_at_first_turn(monkeypatch)
+    assert sft.run_sft(cfg, tmp_path / "sft", console=QUIET).interrupted
+    monkeypatch.undo()
+    (tmp_path / "sft" / sft.BEFORE_FILE).write_text('{"iid": {"split": "iid"')  # damaged from outside
+    console = Console(record=True, width=200)
+    resumed = sft.run_sft(cfg, tmp_path / "sft", console=console, resume=True)
+    assert f"{sft.BEFORE_FILE}: unreadable; the zero-shot eval runs again" in console.export_text()
+    assert not resumed.interrupted and resumed.before["iid"].episodes == 2
+    assert sft.saved_zero_shot(tmp_path / "sft")["iid"].episodes == 2  # rewritten whole
+
+
 def test_stop_in_the_second_split_of_the_zero_shot_eval_keeps_the_first(monkeypatch, tmp_path):
     overrides = tiny_run("env.max_turns=15", "sft.episodes=2", "sft.epochs=1", "sft.eval_episodes=2")
     cfg = load_config(None, [*overrides, "env.eval_splits=[iid,ood]"])

@@ -145,7 +145,7 @@ def saved_zero_shot(out: Path) -> dict[str, EvalResult]:
     """The zero-shot eval a warm start in OUT saved ({} where there is none or it cannot be read)."""
     try:
         return {split: EvalResult(**res) for split, res in json.loads((out / BEFORE_FILE).read_text()).items()}
-    except (OSError, ValueError, TypeError):
+    except (OSError, ValueError, TypeError, AttributeError):  # AttributeError: valid JSON that is not an object
         return {}
 
 
@@ -156,11 +156,11 @@ def _before_eval(
     splits that finished. A stop signal abandons the split being evaluated at once (nothing is trained yet, so
     nothing is lost but that split, which a resume runs again)."""
     path = out / BEFORE_FILE
-    done = {}
-    if resume and path.is_file():
-        done = {split: EvalResult(**res) for split, res in json.loads(path.read_text()).items()}
-        if set(cfg.env.eval_splits) <= done.keys():
-            return done
+    done = saved_zero_shot(out) if resume else {}
+    if resume and path.is_file() and not done:  # written atomically, so only damaged from outside: redo, say so
+        console.print(f"{path}: unreadable; the zero-shot eval runs again")
+    if set(cfg.env.eval_splits) <= done.keys():
+        return done
 
     def save(finished: dict[str, EvalResult]) -> None:
         atomic_write_text(path, json.dumps({split: asdict(res) for split, res in finished.items()}))
