@@ -53,3 +53,20 @@ def test_gain_and_difference_pair_by_seed_and_game(tmp_path, monkeypatch, capsys
     rows = out_csv.read_text().splitlines()
     assert rows[0].startswith("method,seed,steps,entropy_mean,entropy_var,gradient_free,wins_step0")
     assert len(rows) == 4
+
+
+def test_each_comparison_is_also_given_over_seeds(tmp_path, monkeypatch, capsys):
+    """Pairs within a seed are clustered: the seed-level line has n = seeds, and says when there are too few."""
+    sweep = tmp_path / "sweep"
+    for seed, (base_end, arm_end) in enumerate([([1, 0, 1, 0], [1, 1, 1, 1]), ([0, 0, 1, 0], [1, 0, 1, 1])]):
+        _run(sweep, "grpo", seed, {0: [0, 0, 1, 0], 12: base_end}, [0.1])
+        _run(sweep, "grpo_epo", seed, {0: [0, 0, 1, 0], 12: arm_end}, [0.1])
+    monkeypatch.setattr(sys, "argv", ["game_pairs.py", str(sweep)])
+    game_pairs.main()
+    out = capsys.readouterr().out
+    # per seed: +50 points (seed 0) and +50 points (seed 1): mean +50, no spread, so no t p; sign-flip p = 0.5
+    assert "grpo_epo - grpo at step 12: +50.0 points" in out and "n = 8 pairs" in out
+    assert "  over seeds: +50.0 points [+50.0, +50.0], n = 2 seeds, t p = n/a, sign-flip p = 0.500" in out
+    (sweep / "grpo" / "seed1" / "eval" / "step_000012_iid.json").unlink()
+    game_pairs.main()
+    assert "  over seeds: - (fewer than 2 seeds)" in capsys.readouterr().out

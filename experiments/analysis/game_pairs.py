@@ -9,6 +9,11 @@ Prints, per run, success at both evals (Wilson 95%), the run's entropy mean, its
 gradient-free steps (every group all won or all lost); then per method the RL gain (end - start) and the arm - base
 difference at the end eval, as paired mean differences over (seed, game) pairs with t intervals and exact sign-flip
 p where the pairs are few (epo.sweep.stats.paired). Only seeds where both methods finished are compared.
+
+The (seed, game) pairs of one seed share its policy (and for the arm - base difference its training draws), so they
+are not independent: the pooled interval is narrower than the design supports. Each comparison is therefore also
+given over seeds, the unit of replication (each seed's mean difference over its pairs, a t interval over seeds,
+sign-flip p over 2^seeds), which needs at least 2 seeds; read that one as the test.
 """
 
 from __future__ import annotations
@@ -67,6 +72,16 @@ def pooled(evals: list[tuple[int, dict, dict]]):
     return paired(va, vb)
 
 
+def by_seed(evals: list[tuple[int, dict, dict]]):
+    """The same comparison with seeds as the units: each seed's mean over its pairs, paired over seeds."""
+    ma, mb = {}, {}
+    for seed, a, b in evals:
+        pa, pb = pair_values(a, b, seed)
+        if pa:
+            ma[seed], mb[seed] = sum(pa.values()) / len(pa), sum(pb.values()) / len(pb)
+    return paired(ma, mb) if len(ma) >= 2 else None
+
+
 def fmt_success(wins: dict[str, list[int]] | None) -> str:
     if wins is None:
         return "-"
@@ -79,13 +94,18 @@ def _fmt(value: float | None, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
-def fmt_cmp(c) -> str:
+def fmt_cmp(c, unit: str = "pairs") -> str:
     if c is None:
-        return "-"
+        return "-" if unit == "pairs" else f"- (fewer than 2 {unit})"
     return (
-        f"{100 * c.diff:+.1f} points [{100 * c.ci_low:+.1f}, {100 * c.ci_high:+.1f}], n = {c.n} pairs, "
+        f"{100 * c.diff:+.1f} points [{100 * c.ci_low:+.1f}, {100 * c.ci_high:+.1f}], n = {c.n} {unit}, "
         f"t p = {fmt_p(c.p_t)}, sign-flip p = {fmt_p(c.p_perm)}"
     )
+
+
+def print_comparison(label: str, evals: list[tuple[int, dict, dict]]) -> None:
+    print(f"{label}: {fmt_cmp(pooled(evals))}")
+    print(f"  over seeds: {fmt_cmp(by_seed(evals), 'seeds')}")
 
 
 def main() -> None:
@@ -120,10 +140,10 @@ def main() -> None:
             rows[-1][f"episodes_step{step}"] = sum(len(v) for v in wins.values()) if wins else None
     for method in (args.base, args.arm):
         gains = [(seed, end, start) for (m, seed), (start, end) in evals.items() if m == method and start and end]
-        print(f"RL gain, {method} (step {args.end} - step {args.start}): {fmt_cmp(pooled(gains))}")
+        print_comparison(f"RL gain, {method} (step {args.end} - step {args.start})", gains)
     base_ends = {seed: end for (m, seed), (_, end) in evals.items() if m == args.base}
     diffs = [(seed, end, base_ends.get(seed)) for (m, seed), (_, end) in evals.items() if m == args.arm]
-    print(f"{args.arm} - {args.base} at step {args.end}: {fmt_cmp(pooled([d for d in diffs if d[1] and d[2]]))}")
+    print_comparison(f"{args.arm} - {args.base} at step {args.end}", [d for d in diffs if d[1] and d[2]])
     if args.csv:
         with args.csv.open("w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=list(rows[0]))
