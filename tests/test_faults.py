@@ -178,3 +178,41 @@ def test_a_fault_message_with_brackets_prints_verbatim(tmp_path):
     )
     assert console.export_text() == f"env fault: step 3 rollout: worker 0 env_error on task t[iid]: {msg}\n"
     assert read_faults(tmp_path)[0]["message"] == msg
+
+
+def test_an_env_exception_is_a_fault_with_its_message(monkeypatch, tmp_path, capsys):
+    """An exception inside the env ends that episode (env_error) and is logged like a crash: console and
+    faults.jsonl carry its message, not only the rollout/env_errors count."""
+    from epo.envs.quest.env import QuestEnv
+
+    real_step, calls = QuestEnv.step, []
+
+    def step_raising_once(self, action):
+        calls.append(action)
+        if len(calls) == 1:
+            raise KeyError("door 7 has no key")
+        return real_step(self, action)
+
+    monkeypatch.setattr(QuestEnv, "step", step_raising_once)
+    overrides = tiny_run("train.total_steps=1")  # inline pool: the env steps in this process
+    Trainer(load_config(None, overrides), tmp_path / "run", console=Console(width=200)).train()
+    faults = read_faults(tmp_path / "run")
+    assert [(f["step"], f["phase"], f["reason"]) for f in faults] == [(1, "rollout", "env_error")]
+    assert "KeyError" in faults[0]["message"] and "door 7 has no key" in faults[0]["message"]
+    assert faults[0]["task"].startswith("train/")
+    assert [r["rollout/env_errors"] for r in read_metrics(tmp_path / "run") if "rollout/samples" in r] == [1.0]
+    assert "env fault: step 1 rollout: worker 0 env_error on task train/" in capsys.readouterr().out
+
+
+def test_a_sampling_error_is_not_called_an_env_fault(monkeypatch, tmp_path):
+    """Only env faults stop a step as "fix the env": an error of the model or backend (CUDA out of memory, NaN
+    probabilities) keeps its type and traceback."""
+    from epo.rollout.backend import HFBackend
+
+    def out_of_memory(*args, **kwargs):
+        raise RuntimeError("CUDA out of memory (simulated)")
+
+    monkeypatch.setattr(HFBackend, "generate", out_of_memory)
+    with pytest.raises(RuntimeError, match="CUDA out of memory") as info:
+        Trainer(load_config(None, tiny_run("train.total_steps=1")), tmp_path / "run", console=QUIET).train()
+    assert not isinstance(info.value, EnvBatchFailed)

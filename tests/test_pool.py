@@ -15,6 +15,7 @@ import pytest
 
 from epo.envs import EnvSpec, register
 from epo.envs.pool import EnvPool
+from epo.errors import EnvResetFailed
 
 
 class FaultyEnv:
@@ -166,12 +167,16 @@ def test_worker_exit_and_env_exception(faulty_pool):
     assert "RuntimeError: boom" in outs[0][4]["error"]
     check_truncated(outs[1], "worker_crash", "t1")
     assert outs[2][0] == "t2:a#1"  # same worker as slot 0: unaffected by its env's exception
+    # the env's exception is a fault with its message, like the crash (so it reaches the console and faults.jsonl)
+    faults = {(f.reason, f.task) for f in pool.drain_faults()}
+    assert faults == {("env_error", "t0"), ("worker_crash", "t1")}
     assert pool.expert_actions([0, 1, 2]) == {0: None, 1: None, 2: "win"}
     obs_infos = pool.reset(["t0", "bad"])
     assert obs_infos[0][0] == "start t0"
     assert obs_infos[1][1]["truncated_reason"] == "env_error" and "no such task" in obs_infos[1][1]["error"]
+    assert [(f.reason, f.task) for f in pool.drain_faults()] == [("env_error", "bad")]
     assert pool.active_slots == [0]
-    with pytest.raises(RuntimeError, match="every reset failed"):
+    with pytest.raises(EnvResetFailed, match="every reset failed"):  # an EpoError: one line, not an env fault
         pool.reset(["bad", "bad"])
 
 

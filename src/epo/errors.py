@@ -30,6 +30,10 @@ class EnvSetupError(EpoError, ValueError, RuntimeError):
     """An environment that cannot be set up: unknown split, bad env kwargs, missing data or package."""
 
 
+class EnvResetFailed(EnvSetupError):
+    """Every reset of a batch raised inside the env (env_error): it cannot start these tasks."""
+
+
 class TrainingError(EpoError, RuntimeError):
     """A run that cannot go on for a reason the user can act on (e.g. the oracle won no episode)."""
 

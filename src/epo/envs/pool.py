@@ -17,7 +17,8 @@ Slots that were not stepped in that call report it on their next step. An except
 slot's episode ("env_error"). The next reset() of any slot works again. mode="inline" runs the same code in-process
 (no timeouts, no crash isolation) for debugging.
 
-Every worker fault is also recorded as a `PoolFault` (worker, reason, task id, message) in `pool.faults`; callers
+Every worker fault and env exception is also recorded as a `PoolFault` (worker, reason, task id, message) in
+`pool.faults`; callers
 take them with `drain_faults()` to log them. reset() first restarts any worker that died while idle (between
 steps, "worker_dead"), and retries once the resets of a worker that crashed during them, so a worker that died
 between episodes loses no episode.
@@ -41,6 +42,7 @@ from typing import Any
 
 from epo.envs.base import StepOutput
 from epo.envs.registry import get_spec
+from epo.errors import EnvResetFailed
 
 _POLL_PARENT_S = 1.0
 _CLOSE_GRACE_S = 5.0
@@ -137,7 +139,8 @@ def _worker_main(conn: Any, make_env: Callable[..., Any], env_kwargs: dict[str, 
 @dataclass(frozen=True)
 class PoolFault:
     """One worker fault: the worker index, why ("worker_crash", "timeout", "worker_dead": found dead before a
-    reset), the task of one episode it ended ("" if it ended none) and the pool's message."""
+    reset, "env_error": an exception inside the env), the task of one episode it ended ("" if it ended none) and the
+    pool's message."""
 
     worker: int
     reason: str
@@ -264,11 +267,14 @@ class EnvPool:
         self._tasks = {slot: str(task_id) for slot, task_id in enumerate(task_ids)}
         self.revive_dead_workers()
         replies = self._call("reset", dict(enumerate(task_ids)), self.reset_timeout_s)
+        self._record_env_errors(replies)
         # A worker that died just before or during the resets (not caught by the revive: a kill racing it) is
         # already restarted; a reset starts an episode afresh, so retrying it once on the new worker loses nothing.
         crashed = {s: task_ids[s] for s, (status, _) in replies.items() if status == "worker_crash"}
         if crashed:
-            replies.update(self._call("reset", crashed, self.reset_timeout_s))
+            retried = self._call("reset", crashed, self.reset_timeout_s)
+            self._record_env_errors(retried)
+            replies.update(retried)
         results = []
         for slot, task_id in enumerate(task_ids):
             status, out = replies[slot]
@@ -281,7 +287,7 @@ class EnvPool:
                 self._last_info[slot] = info
                 results.append((obs, info))
         if task_ids and not self._active and all(r[1]["truncated_reason"] == "env_error" for r in results):
-            raise RuntimeError(f"env '{self.env_name}': every reset failed, e.g. {results[0][1]['error']}")
+            raise EnvResetFailed(f"env '{self.env_name}': every reset failed, e.g. {results[0][1]['error']}")
         return results
 
     def step(self, actions: dict[int, str]) -> dict[int, StepOutput]:
@@ -294,6 +300,7 @@ class EnvPool:
         for slot in [s for s in actions if s in self._lost]:
             outs[slot] = _ended(*self._lost.pop(slot), self._last_info.get(slot, {}))
         replies = self._call("step", {s: a for s, a in actions.items() if s not in outs}, self.step_timeout_s)
+        self._record_env_errors(replies)
         for slot, (status, out) in replies.items():
             outs[slot] = out if status == "ok" else _ended(status, out, self._last_info.get(slot, {}))
         for slot, out in outs.items():
@@ -308,7 +315,15 @@ class EnvPool:
         self._check_open()
         ask = {s: None for s in slots if s in self._active and s not in self._lost}
         replies = self._call("expert", ask, self.step_timeout_s)
+        self._record_env_errors(replies)
         return {s: replies[s][1] if s in replies and replies[s][0] == "ok" else None for s in slots}
+
+    def _record_env_errors(self, replies: dict[int, tuple[str, Any]]) -> None:
+        """An exception inside an env ends only its slot's episode, and is a fault like a crash: one PoolFault each,
+        so its message reaches the console and faults.jsonl, not only the rollout/env_errors count."""
+        for slot, (status, message) in sorted(replies.items()):
+            if status == "env_error":
+                self.faults.append(PoolFault(self.worker_of(slot), "env_error", self._tasks.get(slot, ""), message))
 
     def revive_dead_workers(self) -> list[int]:
         """Restart workers that died while idle (killed between commands); returns their indices."""

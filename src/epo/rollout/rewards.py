@@ -24,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from epo.errors import TrainingError
 from epo.rollout.types import Trajectory
 
 if TYPE_CHECKING:
@@ -78,7 +79,7 @@ def paper_reward(episode: Episode, agent: AgentConfig) -> Rewards:
 def score_reward(episode: Episode, agent: AgentConfig) -> Rewards:
     scores = [t.info["score"] for t in episode.turns if "score" in t.info]
     if not scores and any("error" not in t.info for t in episode.turns):  # a crashed worker's info has no score
-        raise RuntimeError("agent.reward=score: this env reports no info['score'] (ScienceWorld does); use paper")
+        raise TrainingError("agent.reward=score: this env reports no info['score'] (ScienceWorld does); use paper")
     final = 100.0 if episode.trajectory.won else float(scores[-1]) if scores else 0.0
     return Rewards.broadcast(agent.win_reward * max(0.0, min(final, 100.0)) / 100.0, episode, agent)
 

@@ -23,7 +23,7 @@ from epo.algos.advantages import shaping_share
 from epo.algos.epo import reference_smoothing_note
 from epo.config import Config, save_config, to_yaml
 from epo.diagnostics import MonitorActions, StepDiagnostics, save_rollouts
-from epo.errors import ResumeConfigError
+from epo.errors import EnvResetFailed, ResumeConfigError
 from epo.models import SharedValueHead, merge_and_save
 from epo.rollout.backend import call_seed
 from epo.rollout.evaluate import EvalResult
@@ -337,7 +337,7 @@ class Trainer:
             else:  # the same global task list on every rank
                 batch = played = collect_round(self.sampler.sample(cfg.rollout.tasks_per_step), 0)
                 filtered = None
-        except RuntimeError as e:
+        except (EnvBatchFailed, EnvResetFailed) as e:  # env faults only: OOM, CUDA, NaN sampling keep their traceback
             # stop with a valid checkpoint of the last finished step, exactly as that step left things
             self._record_faults(step, "rollout", pool)
             restore_rng_state(rng)
