@@ -156,3 +156,38 @@ def test_a_resumed_run_keeps_its_earlier_evals_for_the_before_after_table(tmp_pa
     assert sorted(resumed.evals) == [0, 2, 4]  # step 0 and 2 read back from eval/, step 4 evaluated now
     saved = EvalResult.load(tmp_path / "run" / "eval" / "step_000000_iid.json")
     assert resumed.evals[0]["iid"] == saved and saved.episodes == 2
+
+
+def test_a_non_finite_gradient_skips_the_optimizer_step_and_says_so(monkeypatch, tmp_path):
+    """A NaN loss (an overflow) at step 2: its optimizer steps are skipped, as verl does, so the weights stay finite
+    and as after step 1; the metric and a console line say so."""
+    from epo.trainer import update
+
+    real_loss, before_step_2 = update.micro_batch_loss, {}
+
+    def nan_loss_at_step_2(policy, mb, data, cfg, history, step, *args):
+        loss, metrics = real_loss(policy, mb, data, cfg, history, step, *args)
+        if step == 1:  # the update's step counts finished steps: 1 during RL step 2
+            before_step_2.setdefault("params", _params(policy))
+            loss = loss * float("nan")
+        return loss, metrics
+
+    monkeypatch.setattr(update, "micro_batch_loss", nan_loss_at_step_2)
+    console = Console(record=True, width=200)
+    trainer = Trainer(load_config(None, BASE), tmp_path / "run", console=console)
+    trainer.train()
+    assert torch.equal(_params(trainer.policy), before_step_2["params"])  # step 2 changed nothing, no NaN
+    rows = [r for r in read_metrics(tmp_path / "run") if "actor/pg_loss" in r]
+    assert [r["actor/nonfinite_grad_frac"] for r in rows] == [0.0, 1.0]
+    assert "step 2: actor gradient not finite in 100% of the optimizer steps" in console.export_text()
+
+
+def test_step_if_finite_leaves_the_weights_on_a_nan_gradient():
+    from epo.trainer.update import step_if_finite
+
+    w = torch.nn.Parameter(torch.ones(3))
+    opt = torch.optim.SGD([w], lr=0.5)
+    w.grad = torch.tensor([1.0, float("nan"), 1.0])
+    assert not step_if_finite([opt], [float("nan")]) and torch.equal(w.detach(), torch.ones(3)) and w.grad is None
+    w.grad = torch.ones(3)
+    assert step_if_finite([opt], [3**0.5]) and torch.equal(w.detach(), torch.full((3,), 0.5))

@@ -48,6 +48,7 @@ from epo.trainer.checkpoint import (
 )
 from epo.trainer.rundir import atomic_dir
 from epo.trainer.split_eval import EvalStopped, evaluate_splits
+from epo.trainer.update import step_if_finite
 
 BEFORE_FILE = "sft_before.json"
 METRICS_FILE = "sft_metrics.jsonl"
@@ -194,6 +195,7 @@ class _SFTLoop:
         self.rng = random.Random(cfg.train.seed)
         self.losses: list[float] = []
         self.epoch, self.order, self.start = 0, [], 0  # position: epoch, its shuffled sample order, next batch start
+        self.skipped = False  # the last step's gradient was not finite, so it was not applied
 
     def run(self, console: Console, resume_from: Path | None) -> list[float] | None:
         """The per-step losses, or None when stopped (a checkpoint was written). resume_from: a checkpoint of OUT."""
@@ -214,9 +216,11 @@ class _SFTLoop:
                     loss = self._step(self.order[self.start : self.start + self.cfg.sft.batch_size])
                     self.start += self.cfg.sft.batch_size
                     self.losses.append(loss)
-                    log.write(json.dumps({"epoch": self.epoch, "step": len(self.losses), "loss": loss}) + "\n")
+                    row = {"epoch": self.epoch, "step": len(self.losses), "loss": loss}
+                    log.write(json.dumps(row | ({"skipped_nonfinite_grad": True} if self.skipped else {})) + "\n")
                     log.flush()
-                    progress.step_done(f"sft epoch {self.epoch} step {len(self.losses)}/{self.total} loss {loss:.4f}")
+                    line = f"sft epoch {self.epoch} step {len(self.losses)}/{self.total} loss {loss:.4f}"
+                    progress.step_done(line + (" (gradient not finite: step skipped)" if self.skipped else ""))
                     if self.start >= len(self.order):
                         self.epoch, self.order, self.start = self.epoch + 1, [], 0
                     stopping = self.stop.requested or len(self.losses) == self.stop_after
@@ -248,8 +252,8 @@ class _SFTLoop:
             loss.backward()
             total_loss += float(loss.detach())
         params = [p for p in self.model.parameters() if p.requires_grad]
-        torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip or float("inf"))
-        self.optimizer.step()
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip or float("inf")))
+        self.skipped = not step_if_finite([self.optimizer], [grad_norm])
         self.scheduler.step()
         return total_loss
 

@@ -47,7 +47,7 @@ from epo.trainer.checkpoint import (
 )
 from epo.trainer.rundir import apply_optim_overrides, atomic_dir, log_resume, resume_changes, saved_config
 from epo.trainer.split_eval import EvalStopped, eval_sampling_seed, evaluate_split, no_win_note, stop_checking
-from epo.trainer.update import StepData, prepare_step, update_critic, update_policy
+from epo.trainer.update import NONFINITE_KEY, StepData, prepare_step, update_critic, update_policy
 
 
 @dataclass
@@ -182,6 +182,12 @@ class Trainer:
                     self.console.print(
                         f"[yellow]monitor:[/] {w['message']}" + (f" -> {w['action']}" if "action" in w else "")
                     )
+                for key in (NONFINITE_KEY, "critic/nonfinite_grad_frac"):
+                    if metrics.get(key, 0.0) > 0:  # the weights did not move on those mini-batches
+                        self.console.print(
+                            f"[yellow]warning:[/] step {self.step}: {key.split('/')[0]} gradient not finite in "
+                            f"{metrics[key]:.0%} of the optimizer steps; those steps were skipped ({key})"
+                        )
                 progress.step_done(summary_line(metrics, self.step))
                 stop_now = distributed.any_rank(stop.requested) or self.step == stop_after or acted.stop
                 if checkpoint_due(self.step, cfg.train.save_every, cfg.train.total_steps) or stop_now or acted.save:

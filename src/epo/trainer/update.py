@@ -12,6 +12,7 @@ Per-token arrays are kept per sample as 1-D tensors of the response length (see 
 
 from __future__ import annotations
 
+import math
 import random
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
@@ -295,15 +296,31 @@ def update_policy(
                 means.add(metrics, weight=float(mb.response_mask.sum()))
             dist.all_reduce_grads(params + head_params)
             grad_norm = clip_grad_norm_(params, cfg.optim.grad_clip or float("inf"))
+            norms = [float(grad_norm)]
             if value_head is not None:
-                vf_norm = clip_grad_norm_(head_params, cfg.optim.grad_clip or float("inf"))
-                means.add({"critic/grad_norm": float(vf_norm)}, weight=1.0)
-            for opt in optimizers:
-                opt.step()
-            means.add({"actor/grad_norm": float(grad_norm)}, weight=1.0)
+                norms.append(float(clip_grad_norm_(head_params, cfg.optim.grad_clip or float("inf"))))
+                means.add({"critic/grad_norm": norms[-1]}, weight=1.0)
+            skipped = not step_if_finite(optimizers, norms)
+            means.add({"actor/grad_norm": norms[0], NONFINITE_KEY: float(skipped)}, weight=1.0)
     if data.old_logprobs is None:
         data.entropy = dist.merge_per_sample(data.entropy)
     return means.result()
+
+
+NONFINITE_KEY = "actor/nonfinite_grad_frac"
+
+
+def step_if_finite(optimizers, grad_norms: list[float]) -> bool:
+    """Step the optimizers unless a gradient norm is NaN or inf (an overflow, a NaN loss): then skip this step, the
+    weights stay as they were and the gradients are dropped, as verl's actor does. Stepping would turn every weight
+    into NaN. The caller logs the skip (*/nonfinite_grad_frac) and the trainer prints a line."""
+    if all(math.isfinite(n) for n in grad_norms):
+        for opt in optimizers:
+            opt.step()
+        return True
+    for opt in optimizers:
+        opt.zero_grad(set_to_none=True)
+    return False
 
 
 def micro_batch_loss(
@@ -435,7 +452,7 @@ def update_critic(critic, optimizer, data: StepData, cfg: Config, pad_id: int, r
                 loss.backward()
                 means.add(metrics, weight=float(mb.response_mask.sum()))
             dist.all_reduce_grads(params)
-            grad_norm = clip_grad_norm_(params, cfg.optim.grad_clip or float("inf"))
-            optimizer.step()
-            means.add({"critic/grad_norm": float(grad_norm)}, weight=1.0)
+            grad_norm = float(clip_grad_norm_(params, cfg.optim.grad_clip or float("inf")))
+            skipped = not step_if_finite([optimizer], [grad_norm])
+            means.add({"critic/grad_norm": grad_norm, "critic/nonfinite_grad_frac": float(skipped)}, weight=1.0)
     return means.result()
