@@ -217,10 +217,25 @@ def _load_model(source: Path | str, dtype: Any, shown_path: str, local_files_onl
 
     folder, kwargs = _from(source)
     try:
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, local_files_only=local_files_only, **kwargs)
+        model, info = AutoModelForCausalLM.from_pretrained(
+            folder, dtype=dtype, local_files_only=local_files_only, output_loading_info=True, **kwargs
+        )
     except Exception as error:
         raise ModelLoadError(f"could not load a model from {shown_path}: {_one_line(error)}") from error
+    check_loading_info(info, shown_path)
     return model.eval()
+
+
+def check_loading_info(info: dict[str, Any], shown_path: str) -> None:
+    """Weights the model expects but the files lack would start random, with only a transformers log line (which
+    epo silences): a damaged or wrong model file then trains from noise. One line instead."""
+    missing = sorted(info.get("missing_keys") or []) + sorted(k[0] for k in info.get("mismatched_keys") or [])
+    if missing:
+        more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+        raise ModelLoadError(
+            f"could not load a model from {shown_path}: the files lack {len(missing)} of its weights "
+            f"({', '.join(missing[:3])}{more}); the file is damaged or for another architecture"
+        )
 
 
 def _set_pad_token(model: Any, tokenizer: Any) -> None:
