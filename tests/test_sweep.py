@@ -315,6 +315,10 @@ def test_a_failing_run_is_reported_and_retried(tmp_path):
     assert "no_such_knob" in (out / "bad" / "seed0.log").read_text()
     again = runner.invoke(app, ["sweep", str(grid_path), "--out", str(out)])
     assert again.exit_code == 2 and "1 done, 1 to run" in again.output
+    # the report lists the run that failed before its first step (it has no metrics.jsonl to aggregate)
+    rep = runner.invoke(app, ["report", str(out), "--out", str(tmp_path / "rep")])
+    assert rep.exit_code == 0, rep.output
+    assert "bad/seed0 (failed, exit 2, no step logged)" in (tmp_path / "rep" / "summary.md").read_text()
 
 
 def test_an_interrupted_run_stops_the_sweep_and_a_rerun_resumes(tmp_path, monkeypatch):

@@ -55,9 +55,11 @@ def load_sweep(sweep_dir: Path) -> tuple[dict, dict[str, dict[int, RunData]]]:
     for method in grid["methods"]:
         for seed in grid["seeds"]:
             path, run_id = sweep_dir / method / f"seed{seed}", f"{method}/seed{seed}"
-            if not (path / "metrics.jsonl").is_file():
-                continue
             entry = status.get(run_id, {})
+            if not (path / "metrics.jsonl").is_file():
+                if entry.get("state") in ("failed", "interrupted"):  # stopped before its first step: still listed
+                    grid["unfinished"].append(f"{run_id} ({_unfinished_state(entry)}, no step logged)")
+                continue
             if entry.get("state") == "done":
                 runs.setdefault(method, {})[seed] = load_run(path, run_id)
             else:
