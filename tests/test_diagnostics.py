@@ -287,10 +287,26 @@ def test_monitor_stop_action_checkpoints_and_ends_the_run(tmp_path):
     # a monitor that warns as soon as it has its 1-step baseline: early collapse at step 2
     trainer.monitor = CascadeMonitor(4, baseline_steps=1, collapse_ratio=1e9, early_fraction=1.0)
     result = trainer.train()
-    assert result.steps_done == 2 and result.interrupted
+    assert result.steps_done == 2 and result.interrupted and result.stopped_by_monitor
     assert [p.name for p in list_checkpoints(tmp_path / "run")] == ["step_000002"]
     (warning,) = read_warnings(tmp_path / "run")
     assert warning["kind"] == "early_collapse" and warning["action"] == "stop" and warning["step"] == 2
+
+
+def test_a_monitor_stop_exits_3_not_as_a_ctrl_c(tmp_path, capsys):
+    import typer
+
+    from epo.cli import _exit_interrupted
+    from epo.trainer.trainer import TrainResult
+
+    by_monitor = TrainResult(tmp_path / "run", 2, interrupted=True, stopped_by_monitor=True)
+    with pytest.raises(typer.Exit) as exited:
+        _exit_interrupted(by_monitor)
+    assert exited.value.exit_code == 3
+    assert "stopped by its monitor (diag.monitor_action=stop) at step 2" in capsys.readouterr().out
+    with pytest.raises(typer.Exit) as exited:  # a Ctrl-C stays 130
+        _exit_interrupted(TrainResult(tmp_path / "run", 2, interrupted=True, stop_signal="SIGINT"))
+    assert exited.value.exit_code == 130
 
 
 # ----------------------------------------------------------------------------- report

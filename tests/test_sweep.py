@@ -340,6 +340,28 @@ def test_an_interrupted_run_stops_the_sweep_and_a_rerun_resumes(tmp_path, monkey
     assert len(started) == 3 and {v["state"] for v in status.values()} == {"done"}
 
 
+def test_a_run_its_monitor_stops_is_recorded_and_the_sweep_goes_on(tmp_path, monkeypatch):
+    """Exit 3 (diag.monitor_action=stop) is the run's own decision, not a Ctrl-C: the sweep records it as stopped,
+    starts the next run, and a rerun leaves it alone (it would only stop again); the report lists it, unaveraged."""
+    import epo.sweep.runner as sweep_runner
+
+    methods = {"a": ["train.total_steps=1"], "b": ["train.total_steps=1"]}
+    grid_path, out = _grid_file(tmp_path, methods=methods, seeds=[0]), tmp_path / "s"
+    started = []
+    monkeypatch.setattr(sweep_runner, "run_one", lambda cmd, log, env=None: started.append(cmd) or 3)
+    lines = []
+    status = sweep_runner.run_sweep(load_grid(grid_path), out, echo=lines.append)
+    assert len(started) == 2 and {v["state"] for v in status.values()} == {"stopped"}
+    assert any("a/seed0: stopped by its monitor (exit 3" in line for line in lines)
+    assert "2 run(s) stopped by their monitor" in lines[-1]
+    again = []
+    sweep_runner.run_sweep(load_grid(grid_path), out, echo=again.append)
+    assert len(started) == 2 and "0 done, 2 stopped by their monitor, 0 to run" in again[0]
+    rep = runner.invoke(app, ["report", str(out), "--out", str(tmp_path / "rep")])
+    assert rep.exit_code == 2 and "no report" in rep.output, rep.output
+    assert "a/seed0 (stopped by its monitor, exit 3, no step logged)" in " ".join(rep.output.split())
+
+
 CHILD = """
 import pathlib, signal, sys, time
 out = pathlib.Path(sys.argv[1])

@@ -2,7 +2,8 @@
 
     none           log the warning (the default)
     checkpoint     also write a checkpoint at that step (a restart point just before the collapse)
-    stop           checkpoint, then end the run (the report and final/ are not written: resume to continue)
+    stop           checkpoint, then end the run: the report is written, final/ is not, and `epo train` exits 3
+                   (resume to continue past it)
     raise_entropy  multiply the active entropy coefficient (epo.entropy_coef with EPO on, else algo.entropy_coef)
                    by diag.monitor_entropy_factor, once per step with a triggering warning; cumulative
 

@@ -6,7 +6,7 @@ RL steps; the mean band-violation fractions (epo/frac_below, epo/frac_above; EPO
 whose groups all had one outcome (no outcome signal for GRPO). Per method: mean ± std
 and a 95% t-interval over seeds. Each method against the baseline: paired over shared seeds (`stats.paired`).
 Per method, the runs' health (health.py): monitor warnings, collapsed runs, env faults. Runs that are not done are
-listed with their state (failed or interrupted, with the exit code), not averaged.
+listed with their state (failed, interrupted, or stopped by its monitor, with the exit code), not averaged.
 Writes SWEEP_DIR/report/: summary.md, results.json, per_seed.csv, per_task.csv (pooled.py) and PNG figures.
 """
 
@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 
 from epo.config import list_presets
+from epo.errors import RunDirError
 from epo.report.data import RunData, load_run
 from epo.report.summary import run_summary
 from epo.sweep import health, plots, pooled
@@ -45,6 +46,10 @@ SEED_METRICS_DOC = {
 }
 
 
+UNFINISHED_STATES = {"failed": "failed", "interrupted": "interrupted", "stopped": "stopped by its monitor"}
+"""status.json states of runs that ended without finishing, as the report names them."""
+
+
 def load_sweep(sweep_dir: Path) -> tuple[dict, dict[str, dict[int, RunData]]]:
     """(grid dict, {method: {seed: RunData}}) of the finished runs (status.json: done). A run that stopped early or
     is still going has fewer evals and a different "last eval"; it is listed in grid["unfinished"], not averaged."""
@@ -57,7 +62,7 @@ def load_sweep(sweep_dir: Path) -> tuple[dict, dict[str, dict[int, RunData]]]:
             path, run_id = sweep_dir / method / f"seed{seed}", f"{method}/seed{seed}"
             entry = status.get(run_id, {})
             if not (path / "metrics.jsonl").is_file():
-                if entry.get("state") in ("failed", "interrupted"):  # stopped before its first step: still listed
+                if entry.get("state") in UNFINISHED_STATES:  # stopped before its first step: still listed
                     grid["unfinished"].append(f"{run_id} ({_unfinished_state(entry)}, no step logged)")
                 continue
             if entry.get("state") == "done":
@@ -68,10 +73,11 @@ def load_sweep(sweep_dir: Path) -> tuple[dict, dict[str, dict[int, RunData]]]:
 
 
 def _unfinished_state(entry: dict) -> str:
-    """How a run that is not done stands: failed or interrupted (with the exit code), or running/never recorded."""
+    """How a run that is not done stands: failed, interrupted or stopped by its monitor (with the exit code), or
+    running/never recorded."""
     state = entry.get("state")
-    if state in ("failed", "interrupted"):
-        return f"{state}, exit {entry.get('exit_code')}"
+    if state in UNFINISHED_STATES:
+        return f"{UNFINISHED_STATES[state]}, exit {entry.get('exit_code')}"
     return "running, or stopped before its exit was recorded"
 
 
@@ -106,8 +112,9 @@ def _uniform_steps(run: RunData) -> float | None:
 
 def aggregate(sweep_dir: Path) -> dict[str, Any]:
     grid, runs = load_sweep(sweep_dir)
-    if not runs:
-        raise ValueError(f"{sweep_dir}: no run has finished yet")
+    if not runs:  # one line (RunDirError), saying how the runs stand, instead of a traceback
+        unfinished = "; ".join(grid["unfinished"]) or "none started"
+        raise RunDirError(f"{sweep_dir}: no report: no run has finished yet ({unfinished})")
     splits = sorted({s for by_seed in runs.values() for r in by_seed.values() for s in r.eval_splits()})
     per_seed = {m: {s: seed_numbers(r, splits) for s, r in by_seed.items()} for m, by_seed in runs.items()}
     metrics = sorted({k for seeds in per_seed.values() for row in seeds.values() for k in row})

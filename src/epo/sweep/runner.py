@@ -32,9 +32,20 @@ import yaml
 from epo.config import ConfigError
 from epo.fsio import atomic_write_text
 from epo.sweep.grid import GRID_FILE, Grid, RunSpec
-from epo.trainer.rundir import EXIT_INTERRUPTED
+from epo.trainer.rundir import EXIT_INTERRUPTED, EXIT_MONITOR_STOP
 
 INTERRUPTED = tuple(EXIT_INTERRUPTED.values())  # a run stopped by Ctrl-C / SIGTERM after its checkpoint (130, 143)
+FINISHED = ("done", "stopped")
+"""States a rerun leaves alone: done, or stopped by its own monitor (exit 3; rerunning would only stop it again)."""
+
+
+def run_state(exit_code: int) -> str:
+    """done (0), stopped by its monitor (3), interrupted by a signal (130/143, resumed by a rerun), else failed."""
+    if exit_code == 0:
+        return "done"
+    if exit_code == EXIT_MONITOR_STOP:
+        return "stopped"
+    return "interrupted" if exit_code in INTERRUPTED else "failed"
 
 
 class SweepStopped(Exception):
@@ -187,12 +198,20 @@ def run_env(jobs: int) -> dict[str, str]:
 
 
 def plan(grid: Grid, status: dict[str, dict], methods: list[str] | None = None) -> tuple[list[RunSpec], list[RunSpec]]:
-    """(the runs chosen by `methods`, those of them not yet done by `status`): what a (re)run of the sweep does."""
+    """(the runs chosen by `methods`, those of them not yet finished by `status`): what a (re)run of the sweep does."""
     unknown = sorted(set(methods or []) - set(grid.methods))
     if unknown:
         raise ConfigError(f"--methods: {', '.join(unknown)} not in the grid ({', '.join(grid.methods)})")
     chosen = [r for r in grid.runs() if not methods or r.method in methods]
-    return chosen, [r for r in chosen if status.get(r.run_id, {}).get("state") != "done"]
+    return chosen, [r for r in chosen if status.get(r.run_id, {}).get("state") not in FINISHED]
+
+
+def _finished_line(chosen: list[RunSpec], pending: list[RunSpec], status: dict[str, dict]) -> str:
+    """'X done' or 'X done, Y stopped by their monitor': what a rerun leaves alone."""
+    finished = {r.run_id for r in chosen} - {r.run_id for r in pending}
+    stopped = sum(status[run_id].get("state") == "stopped" for run_id in finished)
+    line = f"{len(finished) - stopped} done"
+    return line + (f", {stopped} stopped by their monitor" if stopped else "")
 
 
 def run_sweep(
@@ -217,17 +236,21 @@ def run_sweep(
     check_gpus(grid, chosen, ray, gpus_per_run, echo)
     gpu_slots = None if ray else local_gpu_slots(jobs, gpus_per_run)  # None, or a CUDA_VISIBLE_DEVICES per lane
     prepare(grid, sweep_dir, echo)
-    echo(f"sweep {sweep_dir}: {len(chosen) - len(pending)} done, {len(pending)} to run")
+    echo(f"sweep {sweep_dir}: {_finished_line(chosen, pending, status)}, {len(pending)} to run")
     todo = [(r, train_command(grid, r, sweep_dir), str(sweep_dir / r.method / f"seed{r.seed}.log")) for r in pending]
 
     lock = threading.Lock()  # with jobs > 1, runs finish on several threads
 
     def record(run: RunSpec, code: int, seconds: float) -> None:
         with lock:
-            state = "done" if code == 0 else "interrupted" if code in INTERRUPTED else "failed"
+            state = run_state(code)
             status[run.run_id] = {"state": state, "exit_code": code, "seconds": seconds}
             _record_status(sweep_dir, run.run_id, status[run.run_id])
-            said = {"done": "done", "interrupted": f"interrupted (exit {code}, checkpoint kept)"}
+            said = {
+                "done": "done",
+                "stopped": f"stopped by its monitor (exit {code}, checkpoint and report kept; not rerun)",
+                "interrupted": f"interrupted (exit {code}, checkpoint kept)",
+            }
             echo(f"{run.run_id}: {said.get(state, f'FAILED (exit {code})')} in {seconds:.0f} s")
 
     if ray:
@@ -275,6 +298,8 @@ def run_sweep(
         for signum, handler in old_handlers.items():
             signal.signal(signum, handler)
         _FORWARDED.clear()
+    if n_stopped := sum(status.get(r.run_id, {}).get("state") == "stopped" for r, _, _ in todo):
+        echo(f"{n_stopped} run(s) stopped by their monitor (diag.monitor_action=stop): listed, not averaged")
     if stop.is_set():
         raise SweepStopped(
             "sweep stopped; rerun the same command to resume the interrupted run(s) and the rest", exit_code[0]

@@ -15,8 +15,9 @@ be overridden on `--resume`; each change is printed and appended to RUN_DIR/resu
 locked: it changes what the checkpoint holds or means (algorithm, model, LoRA, value model, EPO history, the
 task stream...), and changing it is refused with one line naming the key.
 
-Exit codes of `epo train`: 0 done; 2 an error the user can fix (one line); 130 stopped by SIGINT and 143 stopped
-by SIGTERM (128 + signal number, the shell convention) after saving a checkpoint, with the resume command printed.
+Exit codes of `epo train`: 0 done; 2 an error the user can fix (one line); 3 stopped by its own cascade monitor
+(`diag.monitor_action=stop`) after its checkpoint and report; 130 stopped by SIGINT and 143 stopped by SIGTERM
+(128 + signal number, the shell convention) after saving a checkpoint, with the resume command printed.
 """
 
 from __future__ import annotations
@@ -45,6 +46,9 @@ CONFIG_FILE = "config.yaml"
 RUN_MARKERS = (CONFIG_FILE, "metrics.jsonl", "checkpoints")
 
 EXIT_ERROR = 2
+EXIT_MONITOR_STOP = 3
+"""Exit code of a run its cascade monitor stopped (`diag.monitor_action=stop`): not a crash (1/2), not a Ctrl-C
+(130/143), so a script or `epo sweep` can tell "the run chose to stop" from "someone stopped it"."""
 EXIT_INTERRUPTED = {signal.SIGINT: 130, signal.SIGTERM: 143}
 """Exit code of a run stopped gracefully by a signal (after its checkpoint): 128 + the signal number."""
 

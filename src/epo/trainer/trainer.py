@@ -58,6 +58,8 @@ class TrainResult:
     interrupted: bool = False
     stop_signal: str = ""
     """SIGINT/SIGTERM when a signal stopped the run (after its checkpoint); empty otherwise."""
+    stopped_by_monitor: bool = False
+    """The cascade monitor ended the run (`diag.monitor_action=stop`, after its checkpoint); a signal wins."""
 
 
 def default_run_dir(cfg: Config, preset_name: str = "run") -> Path:
@@ -195,6 +197,7 @@ class Trainer:
                 if stop_now:
                     result.interrupted = True
                     result.stop_signal = distributed.first_nonempty(stop.signal_name)  # every rank: same exit code
+                    result.stopped_by_monitor = acted.stop and not result.stop_signal
                     break
         result.steps_done = self.step
         if self.step == cfg.train.total_steps and (main or self.sharded):
