@@ -36,10 +36,15 @@ CASES = {
     "diag.action_entropy_max_actions=8": ["diag.action_entropy_turns=4"],
     "diag.monitor_on=[early_collapse]": ["diag.monitor_action=checkpoint"],
     "diag.monitor_entropy_factor=3": ["diag.monitor_action=raise_entropy", "epo.mode=on"],
+    "epo.beta_gamma=2": [],  # acts under the default paper schedule; refused under constant below
+    "epo.reference_total_steps=100": ["epo.beta_schedule=reference"],
+    "env.step_timeout_s=5": [],  # acts under the default worker processes; refused inline below
 }
 ALONE = {  # where the default setting already makes the key act, the refusing setting is named here
     "algo.grpo_stats=trajectory": ["algo.name=ppo", "rollout.group_size=1"],
     "algo.grpo_norm_std=false": ["algo.name=ppo", "rollout.group_size=1"],
+    "epo.beta_gamma=2": ["epo.beta_schedule=constant"],
+    "env.step_timeout_s=5": ["env.pool_mode=inline"],
 }
 
 

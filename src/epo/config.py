@@ -622,6 +622,18 @@ UNUSED_UNLESS = (
         lambda c: c.diag.monitor_action == "none",
         "only picks the warnings that trigger diag.monitor_action (none here)",
     ),
+    (("epo.beta_gamma",), lambda c: c.epo.beta_schedule != "paper", "only used with epo.beta_schedule=paper"),
+    (
+        ("epo.reference_total_steps",),
+        lambda c: c.epo.beta_schedule != "reference",
+        "only used with epo.beta_schedule=reference",
+    ),
+    (
+        ("env.step_timeout_s",),
+        lambda c: c.env.pool_mode == "inline" and c.env.executor == "local",
+        "only enforced by worker processes or Ray actors (env.pool_mode=process, or env.executor=ray); inline envs "
+        "run in this process and cannot be stopped mid-step",
+    ),
     (
         ("diag.monitor_entropy_factor",),
         lambda c: c.diag.monitor_action != "raise_entropy",
