@@ -158,6 +158,18 @@ def test_a_resumed_run_keeps_its_earlier_evals_for_the_before_after_table(tmp_pa
     assert resumed.evals[0]["iid"] == saved and saved.episodes == 2
 
 
+def test_a_damaged_saved_eval_is_named_when_a_resume_leaves_it_out(tmp_path):
+    overrides = BASE + METHODS["grpo"] + ["train.total_steps=4", "train.eval_every=2"]
+    Trainer(load_config(None, overrides), tmp_path / "run", console=QUIET).train(stop_after=3)
+    damaged = tmp_path / "run" / "eval" / "step_000002_iid.json"
+    damaged.write_text('{"split": "iid", "succ')  # a write cut short
+    console = Console(record=True, width=300)
+    resumed = Trainer(load_config(None, overrides), tmp_path / "run", resume=True, console=console).train()
+    assert sorted(resumed.evals) == [0, 4]  # the damaged step-2 eval is left out...
+    text = " ".join(console.export_text().split())
+    assert f"{damaged} is damaged (unreadable); left out of the before/after table" in text  # ...and named
+
+
 def test_a_non_finite_gradient_skips_the_optimizer_step_and_says_so(monkeypatch, tmp_path):
     """A NaN loss (an overflow) at step 2: its optimizer steps are skipped, as verl does, so the weights stay finite
     and as after step 1; the metric and a console line say so."""

@@ -390,7 +390,10 @@ class Trainer:
         """The step-0 eval; a stop signal abandons it after the current turn (one process only: under torchrun
         the other ranks would wait in the first step's collectives). Splits that a stopped run finished (saved in
         eval/) are kept, not run again: the weights are the same at step 0. Returns (results, stopped)."""
-        kept = {s: r for s in self.cfg.env.eval_splits if (r := EvalResult.load(self._eval_path(0, s))) is not None}
+        again = "this split is evaluated again"
+        kept = {
+            s: r for s in self.cfg.env.eval_splits if (r := self._load_eval(self._eval_path(0, s), again)) is not None
+        }
         if self.dist.enabled:
             return self._evaluate(collector, progress, logger, kept), False
         on_turn = collector.on_turn
@@ -417,9 +420,17 @@ class Trainer:
             step = path.stem.split("_")[1]
             if not step.isdigit() or int(step) > upto:  # a later eval of a run resumed from an older checkpoint
                 continue
-            if (res := EvalResult.load(path)) is not None and res.split in self.cfg.env.eval_splits:
+            if (res := self._load_eval(path, "left out of the before/after table and the report")) is None:
+                continue
+            if res.split in self.cfg.env.eval_splits:
                 found.setdefault(int(step), {})[res.split] = res
         return found
+
+    def _load_eval(self, path: Path, consequence: str) -> EvalResult | None:
+        """A saved eval; a file that is there but unreadable (a disk fault, an edit) is named, not passed over."""
+        if (res := EvalResult.load(path)) is None and path.exists():
+            self.console.print(f"[yellow]warning:[/] {escape(str(path))} is damaged (unreadable); {consequence}")
+        return res
 
     def _eval_path(self, step: int, split: str) -> Path:
         return self.run_dir / "eval" / f"step_{step:06d}_{split}.json"
