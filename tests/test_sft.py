@@ -62,3 +62,85 @@ def test_sft_lowers_the_loss_and_exports_a_loadable_model(tmp_path):
     from epo.trainer.setup import model_source
 
     assert model_source(cfg2) == str(result.export_dir)
+
+
+def test_env_faults_while_the_oracle_plays_are_reported_as_the_oracles(monkeypatch, tmp_path):
+    """An exception in the env during oracle play ends that episode and is reported as in RL: a console line,
+    OUT/faults.jsonl (a stale one from an earlier run is replaced), the count in the oracle's summary line,
+    SFTResult.oracle_faults and sft_summary.json."""
+    from epo.envs.quest.env import QuestEnv
+    from epo.telemetry.faults import read_faults
+
+    real_step, calls = QuestEnv.step, []
+
+    def step_raising_once(self, action):
+        calls.append(action)
+        if len(calls) == 1:
+            raise KeyError("door 7 has no key")
+        return real_step(self, action)
+
+    monkeypatch.setattr(QuestEnv, "step", step_raising_once)
+    out = tmp_path / "sft"
+    out.mkdir()
+    (out / "faults.jsonl").write_text('{"step": 0, "phase": "oracle", "worker": 9, "reason": "stale"}\n')
+    cfg = load_config(None, [*TINY, "sft.eval_episodes=0", "sft.epochs=1"])  # no eval: only the oracle steps
+    console = Console(record=True, width=300)
+    result = run_sft(cfg, out, console=console)
+    text = console.export_text()
+    assert "env fault: step 0 oracle: worker 0 env_error on task train/" in text and "door 7 has no key" in text
+    assert "oracle: 4 episodes, won 3 (75.0% [95% CI " in text and "), 1 ended by env faults, " in text
+    faults = read_faults(out)
+    assert [(f["step"], f["phase"], f["worker"], f["reason"]) for f in faults] == [(0, "oracle", 0, "env_error")]
+    assert faults[0]["task"].startswith("train/") and "KeyError" in faults[0]["message"]
+    assert result.oracle_faults == 1 and result.oracle_win_rate == 0.75 and result.samples > 0
+    assert json.loads((out / "sft_summary.json").read_text())["oracle_faults"] == 1
+
+
+def test_a_fault_in_the_expert_call_is_an_env_fault_not_a_stuck_oracle(monkeypatch):
+    """expert_actions() answers None both for a stuck oracle and for a slot whose env raised: the pool's fault
+    record tells them apart, so the episode counts as ended by an env fault."""
+    from epo.envs.quest.env import QuestEnv
+    from epo.telemetry.faults import is_fault
+
+    real_reset, real_expert = QuestEnv.reset, QuestEnv.expert_action
+
+    def reset_remembering_the_task(self, **kw):
+        self.test_task = kw["options"]["task_id"]
+        return real_reset(self, **kw)
+
+    def expert_raising_on_the_second_task(self):
+        if self.test_task == "train/00001":
+            raise RuntimeError("expert lost its map")
+        return real_expert(self)
+
+    monkeypatch.setattr(QuestEnv, "reset", reset_remembering_the_task)
+    monkeypatch.setattr(QuestEnv, "expert_action", expert_raising_on_the_second_task)
+    cfg = load_config(None, TINY)
+    _, tokenizer = load_model_and_tokenizer("tiny")
+    prompts = PromptBuilder(tokenizer, cfg.agent, list_older_actions=False, env_name="quest")
+    with EnvPool("quest", {"difficulty": "easy"}, num_workers=2, mode="inline") as pool:
+        _, trajs = collect_oracle(pool, prompts, tokenizer, ["train/00000", "train/00001"], max_turns=15)
+        faults = pool.drain_faults()
+    assert trajs[0].won and not is_fault(trajs[0])
+    assert not trajs[1].won and (trajs[1].truncated_reason, is_fault(trajs[1])) == ("env_error", True)
+    assert [(f.worker, f.reason, f.task) for f in faults] == [(1, "env_error", "train/00001")]
+
+
+def test_a_cloning_step_with_a_non_finite_gradient_is_skipped_and_said(monkeypatch, tmp_path):
+    """_SFTLoop._step returns (loss, skipped); the loop writes the skip to the step's line and its metrics row."""
+    from epo.trainer import sft
+
+    calls, real = [], sft.step_if_finite
+
+    def nan_at_step_2(optimizers, grad_norms):
+        calls.append(1)
+        return real(optimizers, [float("nan")] if len(calls) == 2 else grad_norms)
+
+    monkeypatch.setattr(sft, "step_if_finite", nan_at_step_2)
+    cfg = load_config(None, [*TINY, "sft.eval_episodes=0", "sft.epochs=1"])
+    console = Console(record=True, width=300)
+    run_sft(cfg, tmp_path / "sft", console=console)
+    rows = [json.loads(line) for line in (tmp_path / "sft" / "sft_metrics.jsonl").read_text().splitlines()]
+    assert len(rows) >= 3 and [r["step"] for r in rows if r.get("skipped_nonfinite_grad")] == [2]
+    skipped_lines = [ln for ln in console.export_text().splitlines() if "gradient not finite: step skipped" in ln]
+    assert len(skipped_lines) == 1 and f"step 2/{len(rows)} " in skipped_lines[0]

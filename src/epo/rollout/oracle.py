@@ -2,6 +2,10 @@
 
 The samples use exactly the prompt/response format of RL (same PromptBuilder, same history), so the warm-started
 policy is trained on the distribution it will act in.
+
+An env fault (worker crash or hang, exception in the env, also inside `expert_action()`) ends that episode unwon,
+with `truncated_reason` the pool's reason as in RL rollouts (`epo.telemetry.faults.is_fault` counts it); the pool
+keeps the `PoolFault`s for the caller to log (`pool.drain_faults()`).
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ def collect_oracle(
     state = []
     for k, (tid, (obs, info)) in enumerate(zip(task_ids, resets)):
         traj = Trajectory(traj_id=k, group_id=k, task_id=tid, task_type=info.get("task_type", ""))
+        if info.get("error"):  # the env could not even start (fault at reset): ended now, like an RL rollout's
+            traj.truncated, traj.truncated_reason = True, info.get("truncated_reason", "env_error")
         state.append(
             {
                 "traj": traj,
@@ -33,12 +39,14 @@ def collect_oracle(
         active = [k for k, s in enumerate(state) if not s["done"]]
         if not active:
             break
+        seen = len(pool.faults)
         experts = pool.expert_actions(active)
+        faulted = _faulted_slots(pool, pool.faults[seen:], {k: state[k]["traj"].task_id for k in active})
         actions = {}
         for k in active:
-            if experts.get(k) is None:  # the oracle is stuck: end the episode, unwon
+            if experts.get(k) is None:  # no action: a fault in the expert call, else the oracle is stuck; unwon
                 state[k]["done"] = True
-                state[k]["traj"].truncated, state[k]["traj"].truncated_reason = True, "oracle_stuck"
+                state[k]["traj"].truncated, state[k]["traj"].truncated_reason = True, faulted.get(k, "oracle_stuck")
             else:
                 actions[k] = experts[k]
         outs = pool.step(actions) if actions else {}
@@ -54,5 +62,15 @@ def collect_oracle(
             if terminated or truncated:
                 s["done"] = True
                 s["traj"].won = bool(info.get("won", False))
+                if truncated and not s["traj"].won:  # a fault's reason ("worker_crash", ...) or the env's own
+                    s["traj"].truncated, s["traj"].truncated_reason = True, info.get("truncated_reason", "env")
     samples = [smp for s in state if s["traj"].won or not only_won for smp in s["samples"]]
     return samples, [s["traj"] for s in state]
+
+
+def _faulted_slots(pool, new_faults: list, tasks: dict[int, str]) -> dict[int, str]:
+    """{slot: fault reason} for the slots in `tasks` ({slot: task id}) that `new_faults` (PoolFaults recorded by one
+    pool call) ended. expert_actions() answers None for them as for a stuck oracle; the faults tell them apart, so
+    the episode is counted as ended by an env fault, not by the oracle."""
+    reasons = {(f.worker, f.task): f.reason for f in new_faults}
+    return {k: reasons[key] for k, tid in tasks.items() if (key := (pool.worker_of(k), tid)) in reasons}

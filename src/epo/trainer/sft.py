@@ -11,6 +11,11 @@ states) and returns with `interrupted=True`; a second signal aborts at once. `ru
 `epo train --resume RUN` for a warm start that was stopped) re-collects the oracle episodes (deterministic), skips
 the zero-shot eval already done (OUT/sft_before.json) and continues from the checkpoint: the result equals an
 uninterrupted run bit for bit. `sft.save_every` also checkpoints every N optimizer steps (for SIGKILL).
+
+Env faults while the oracle plays (a worker crash or hang, an exception in the env) end those episodes unwon, as in
+RL: one console line each ("env fault: step 0 oracle: ..."), OUT/faults.jsonl (the RL record format, rewritten by
+each run since a resume plays the oracle again), the count in the oracle's summary line, `SFTResult.oracle_faults`
+and sft_summary.json.
 """
 
 from __future__ import annotations
@@ -29,8 +34,10 @@ from epo.errors import TrainingError
 from epo.fsio import atomic_write_text
 from epo.models import merge_and_save, response_logprobs
 from epo.models.precision import autocast_for
-from epo.rollout.evaluate import EvalResult
+from epo.rollout.evaluate import EvalResult, wilson_interval
 from epo.rollout.oracle import collect_oracle
+from epo.rollout.types import Trajectory
+from epo.telemetry.faults import FAULTS_FILE, FaultLog, is_fault
 from epo.telemetry.metrics import truncate_after
 from epo.telemetry.progress import StepProgress
 from epo.telemetry.provenance import append_provenance, machine_record
@@ -61,6 +68,8 @@ class SFTResult:
     before: dict[str, EvalResult] = field(default_factory=dict)
     after: dict[str, EvalResult] = field(default_factory=dict)
     oracle_win_rate: float = 0.0
+    oracle_faults: int = 0
+    """Oracle episodes ended by an env fault (unwon, not cloned); each fault is a record of OUT/faults.jsonl."""
     samples: int = 0
     interrupted: bool = False
     """Stopped by SIGINT/SIGTERM (or stop_after): resume with run_sft(..., resume=True); nothing exported."""
@@ -100,20 +109,7 @@ def run_sft(
         if stop.requested:  # nothing trained yet: a resume starts training from scratch (the eval is kept)
             result.interrupted, result.stop_signal = True, stop.signal_name
             return result
-        ids = random.Random(cfg.train.seed).sample(
-            sorted(splits[cfg.env.train_split]), min(cfg.sft.episodes, len(splits[cfg.env.train_split]))
-        )
-        t0 = time.perf_counter()
-        console.print(f"oracle: playing {len(ids)} expert episodes on {cfg.env.train_split} ...")
-        samples, trajs = collect_oracle(pool, collector.prompts, tokenizer, ids, collector.max_turns)
-        result.oracle_win_rate = sum(t.won for t in trajs) / max(len(trajs), 1)
-        result.samples = len(samples)
-        console.print(
-            f"oracle: {len(trajs)} episodes, won {100 * result.oracle_win_rate:.0f}%, "
-            f"{len(samples)} turn samples ({time.perf_counter() - t0:.1f}s)"
-        )
-        if not samples:
-            raise TrainingError(f"sft: the {cfg.env.name} oracle won no episode; nothing to clone")
+        samples = _play_oracle(cfg, splits, pool, collector, tokenizer, console, out, result)
         loop = _SFTLoop(cfg, model, tokenizer.pad_token_id, samples, out, stop, stop_after)
         losses = loop.run(console, resume_from)
         if losses is None:
@@ -133,6 +129,7 @@ def run_sft(
                 )
     summary = {
         "oracle_win_rate": result.oracle_win_rate,
+        "oracle_faults": result.oracle_faults,
         "samples": result.samples,
         "final_loss": losses[-1],
         "before": {k: v.success for k, v in result.before.items()},
@@ -140,6 +137,45 @@ def run_sft(
     }
     (out / "sft_summary.json").write_text(json.dumps(summary, indent=1))
     return result
+
+
+def _play_oracle(cfg: Config, splits, pool, collector, tokenizer, console: Console, out: Path, result: SFTResult):
+    """The oracle's turn samples of sft.episodes train tasks; its win rate and env faults go to `result`, the
+    console and OUT/faults.jsonl (logged even when the collection raises, e.g. every reset failing)."""
+    ids = random.Random(cfg.train.seed).sample(
+        sorted(splits[cfg.env.train_split]), min(cfg.sft.episodes, len(splits[cfg.env.train_split]))
+    )
+    t0 = time.perf_counter()
+    console.print(f"oracle: playing {len(ids)} expert episodes on {cfg.env.train_split} ...")
+    (out / FAULTS_FILE).unlink(missing_ok=True)  # a resume plays the oracle again: only this run's faults
+    faults = FaultLog(out, console.print)
+    try:
+        samples, trajs = collect_oracle(pool, collector.prompts, tokenizer, ids, collector.max_turns)
+    finally:
+        faults.record(0, "oracle", pool.drain_faults())
+    result.oracle_win_rate = sum(t.won for t in trajs) / max(len(trajs), 1)
+    result.oracle_faults = sum(is_fault(t) for t in trajs)
+    result.samples = len(samples)
+    console.print(
+        f"oracle: {_oracle_outcome(trajs)}, {len(samples)} turn samples ({time.perf_counter() - t0:.1f}s)",
+        markup=False,
+    )
+    if not samples:
+        lost = f" ({result.oracle_faults} ended by env faults: see {out / FAULTS_FILE})" if result.oracle_faults else ""
+        raise TrainingError(f"sft: the {cfg.env.name} oracle won no episode{lost}; nothing to clone")
+    return samples
+
+
+def _oracle_outcome(trajs: list[Trajectory]) -> str:
+    """The oracle's outcome: N episodes, won k (p% [95% CI lo-hi]), and ", F ended by env faults" only when F > 0
+    (the usual case says no more)."""
+    wins, faults = sum(t.won for t in trajs), sum(is_fault(t) for t in trajs)
+    lo, hi = wilson_interval(wins, len(trajs))
+    text = (
+        f"{len(trajs)} episodes, won {wins} ({100 * wins / max(len(trajs), 1):.1f}% "
+        f"[95% CI {100 * lo:.1f}-{100 * hi:.1f}])"
+    )
+    return text + (f", {faults} ended by env faults" if faults else "")
 
 
 def saved_zero_shot(out: Path) -> dict[str, EvalResult]:
@@ -195,7 +231,6 @@ class _SFTLoop:
         self.rng = random.Random(cfg.train.seed)
         self.losses: list[float] = []
         self.epoch, self.order, self.start = 0, [], 0  # position: epoch, its shuffled sample order, next batch start
-        self.skipped = False  # the last step's gradient was not finite, so it was not applied
 
     def run(self, console: Console, resume_from: Path | None) -> list[float] | None:
         """The per-step losses, or None when stopped (a checkpoint was written). resume_from: a checkpoint of OUT."""
@@ -213,14 +248,14 @@ class _SFTLoop:
                     self.order = list(range(len(self.samples)))
                     self.rng.shuffle(self.order)
                 while self.start < len(self.order):
-                    loss = self._step(self.order[self.start : self.start + self.cfg.sft.batch_size])
+                    loss, skipped = self._step(self.order[self.start : self.start + self.cfg.sft.batch_size])
                     self.start += self.cfg.sft.batch_size
                     self.losses.append(loss)
                     row = {"epoch": self.epoch, "step": len(self.losses), "loss": loss}
-                    log.write(json.dumps(row | ({"skipped_nonfinite_grad": True} if self.skipped else {})) + "\n")
+                    log.write(json.dumps(row | ({"skipped_nonfinite_grad": True} if skipped else {})) + "\n")
                     log.flush()
                     line = f"sft epoch {self.epoch} step {len(self.losses)}/{self.total} loss {loss:.4f}"
-                    progress.step_done(line + (" (gradient not finite: step skipped)" if self.skipped else ""))
+                    progress.step_done(line + (" (gradient not finite: step skipped)" if skipped else ""))
                     if self.start >= len(self.order):
                         self.epoch, self.order, self.start = self.epoch + 1, [], 0
                     stopping = self.stop.requested or len(self.losses) == self.stop_after
@@ -231,8 +266,9 @@ class _SFTLoop:
                         return None
         return self.losses
 
-    def _step(self, batch: list[int]) -> float:
-        """Token-mean NLL of the oracle responses; micro-batches normalised by the batch's token count."""
+    def _step(self, batch: list[int]) -> tuple[float, bool]:
+        """One optimizer step on the token-mean NLL of the oracle responses (micro-batches normalised by the batch's
+        token count). Returns (loss, skipped): skipped when the gradient was not finite and so not applied."""
         cfg, samples = self.cfg, self.samples
         num_tokens = float(sum(len(samples[i].response_ids) for i in batch))
         self.optimizer.zero_grad(set_to_none=True)
@@ -253,9 +289,9 @@ class _SFTLoop:
             total_loss += float(loss.detach())
         params = [p for p in self.model.parameters() if p.requires_grad]
         grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip or float("inf")))
-        self.skipped = not step_if_finite([self.optimizer], [grad_norm])
+        skipped = not step_if_finite([self.optimizer], [grad_norm])
         self.scheduler.step()
-        return total_loss
+        return total_loss, skipped
 
     def _trainable_state(self) -> dict[str, torch.Tensor]:
         if self.cfg.model.lora.enabled:
