@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 import pytest
 import torch
 
@@ -11,7 +13,7 @@ from epo.envs import get_spec
 from epo.envs.pool import EnvPool
 from epo.models import load_model_and_tokenizer
 from epo.rollout.backend import HFBackend
-from epo.rollout.collector import Collector
+from epo.rollout.collector import Collector, prompt_fit_metrics
 from epo.rollout.evaluate import eval_task_ids, evaluate, wilson_interval
 from epo.rollout.types import SamplingParams
 
@@ -92,6 +94,43 @@ def test_random_model_rollout_is_consistent_and_penalised(pool, tiny):
         assert s.reward == pytest.approx(expected)
         assert s.shaping == pytest.approx(-0.1 if s.invalid else 0.0)  # the turn's own part (turn-level GAE)
     assert sum(s.invalid for s in result.samples) == sum(t.invalid_turns for t in result.trajectories)
+
+
+def test_prompt_truncation_is_counted_per_trajectory_and_in_the_rollout_metrics(pool, tiny):
+    # history_window=4 grows the prompt past 200 tokens after a few turns; 200 also cuts quest's action lists
+    cfg = AgentConfig(action_prefix=True, max_prompt_tokens=200, history_window=4)
+    collector = _expert_collector(pool, tiny[1], cfg)
+    real_fit, calls = collector.prompts.fit, []
+    shortened, cut = Counter(), Counter()
+
+    def spy(task, obs, admissible, history, turn):  # the k-th prompt of a turn is active_slots[k]'s
+        fit = real_fit(task, obs, admissible, history, turn)
+        slot = collector.active_slots[calls.count(turn)]
+        calls.append(turn)
+        shortened[slot] += fit.shortened
+        cut[slot] += fit.actions_cut
+        return fit
+
+    collector.prompts.fit = spy
+    tasks = get_spec("quest").splits(difficulty="easy")["train"][:2]
+    trajs = collector.collect(tasks, group_size=2, params=SamplingParams()).trajectories
+    turns = sum(t.length for t in trajs)
+    assert [t.shortened_prompts for t in trajs] == [shortened[t.traj_id] for t in trajs]
+    assert [t.actions_cut_prompts for t in trajs] == [cut[t.traj_id] for t in trajs]
+    assert 0 < sum(cut.values()) <= sum(shortened.values()) < turns  # the first turns fit whole
+    assert prompt_fit_metrics(trajs) == {
+        "rollout/prompt_shortened_rate": sum(shortened.values()) / turns,
+        "rollout/prompt_actions_cut_rate": sum(cut.values()) / turns,
+    }
+
+
+def test_prompts_that_fit_count_no_truncation(pool, tiny):
+    collector = _expert_collector(pool, tiny[1], AgentConfig(action_prefix=True, max_prompt_tokens=1024))
+    trajs = collector.collect(
+        get_spec("quest").splits(difficulty="easy")["train"][:2], 1, SamplingParams()
+    ).trajectories
+    assert all(t.shortened_prompts == t.actions_cut_prompts == 0 for t in trajs)
+    assert set(prompt_fit_metrics(trajs).values()) == {0.0}
 
 
 def test_evaluate_summarises_with_wilson_interval(pool, tiny):

@@ -10,7 +10,7 @@ import shutil
 import pytest
 import torch
 from rich.console import Console
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from epo.config import ConfigError, load_config
 from epo.diagnostics import (
@@ -22,8 +22,9 @@ from epo.diagnostics import (
     save_rollouts,
     subset_indices,
 )
-from epo.diagnostics.ablate import run_ablation
+from epo.diagnostics.ablate import replay_gap_note, run_ablation
 from epo.diagnostics.action_entropy import score_actions
+from epo.diagnostics.rollouts_io import fields_missing, read_batch
 from epo.models import load_model_and_tokenizer, reference_response_logprobs, response_logprobs
 from epo.rollout.types import TurnSample
 from epo.telemetry.metrics import read_metrics, read_warnings
@@ -149,20 +150,53 @@ def test_subset_indices_are_deterministic_and_bounded():
 
 def test_rollouts_round_trip_without_pickle(tmp_path):
     samples = [
-        TurnSample([1, 2, 3], [4, 5], 0, 0, 0, reward=9.9, admissible=["a", "b c"]),
-        TurnSample([6], [7, 8, 9], 1, 0, 0, reward=-0.1, invalid=True, done=True),
+        TurnSample([1, 2, 3], [4, 5], 0, 0, 0, reward=9.9, shaping=-0.1, admissible=["a", "b c"]),
+        TurnSample(
+            [6], [7, 8, 9], 1, 0, 0, reward=-0.1, invalid=True, done=True, sampler_logprobs=[-0.1, -2.5, -1 / 3]
+        ),
+        TurnSample([6], [], 2, 0, 0, sampler_logprobs=[]),  # an empty response still has (no) log-probs
     ]
     path = save_rollouts(tmp_path, 3, samples)
-    assert load_rollouts(tmp_path, 3) == samples
+    loaded = load_rollouts(tmp_path, 3)
+    assert loaded == samples  # shaping and the exact sampler log-probs included
+    assert [s.shaping for s in loaded] == [-0.1, 0.0, 0.0] and loaded[1].sampler_logprobs[2] == -1 / 3
     assert set(load_file(str(path.with_suffix(".safetensors")))) == {
         "prompt_ids",
         "prompt_lens",
         "response_ids",
         "response_lens",
+        "sampler_logprobs",
+        "sampler_logprobs_lens",
     }
     assert json.loads(path.read_text())["step"] == 3
+    assert fields_missing(read_batch(tmp_path, 3)) == []
     with pytest.raises(FileNotFoundError, match="saved steps: 3"):
         load_rollouts(tmp_path, 4)
+
+
+def _save_old_format(run_dir, step, samples) -> None:
+    """A batch as saved before shaping and the sampler log-probs were kept (same format_version)."""
+    path = save_rollouts(run_dir, step, samples)
+    meta = json.loads(path.read_text())
+    meta["samples"] = [
+        {k: v for k, v in m.items() if k not in ("shaping", "has_sampler_logprobs")} for m in meta["samples"]
+    ]
+    path.write_text(json.dumps(meta))
+    tensors = path.with_suffix(".safetensors")
+    save_file({k: v for k, v in load_file(str(tensors)).items() if not k.startswith("sampler_")}, str(tensors))
+
+
+def test_an_old_rollout_file_loads_and_names_the_fields_it_lacks(tmp_path):
+    _save_old_format(
+        tmp_path, 1, [TurnSample([1], [2, 3], 0, 0, 0, reward=9.9, shaping=-0.1, sampler_logprobs=[-1.0, -2.0])]
+    )
+    (loaded,) = load_rollouts(tmp_path, 1)
+    assert loaded.reward == 9.9 and loaded.shaping == 0.0 and loaded.sampler_logprobs is None
+    missing = fields_missing(read_batch(tmp_path, 1))
+    assert missing == ["shaping", "sampler_logprobs"]
+    note = replay_gap_note(missing)
+    assert "lacks shaping, sampler_logprobs" in note and "gae_level=turn" in note and "TIS" in note
+    assert replay_gap_note(["shaping"]).count("TIS") == 0 and replay_gap_note([]) == ""
 
 
 # ----------------------------------------------------------------------------- a real (tiny) run with diagnostics
@@ -230,6 +264,20 @@ def test_ablate_command(diag_run):
     assert "| none |" in ok.output and "| epo |" in ok.output and "ablation:" in ok.output
     bad = CliRunner().invoke(app, ["ablate", str(diag_run), "--step", "2", "--reg", "dropout"])
     assert bad.exit_code == 2 and "unknown regulariser 'dropout'" in bad.output
+
+
+def test_ablate_of_an_old_rollout_file_prints_and_writes_the_replay_note(diag_run, tmp_path):
+    run = tmp_path / "old"
+    run.mkdir()
+    shutil.copy(diag_run / "config.yaml", run / "config.yaml")  # step 1 replays from the initial weights
+    _save_old_format(run, 1, load_rollouts(diag_run, 1))
+    console = Console(record=True, width=400)
+    out = run_ablation(run, 1, ["none"], console=console)
+    assert "lacks shaping, sampler_logprobs" in out["note"]
+    assert console.export_text().count("ablate note: the saved batch lacks shaping, sampler_logprobs") == 1
+    assert json.loads((run / "ablate" / "step_000001.json").read_text())["note"] == out["note"]
+    assert f"Note: {out['note']}." in (run / "ablate" / "step_000001.md").read_text()
+    assert "note" not in run_ablation(diag_run, 1, ["none"])  # a batch saved with every field replays exactly
 
 
 def test_ablate_without_the_checkpoint_or_batch_says_what_is_missing(diag_run, tmp_path):

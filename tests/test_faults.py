@@ -216,3 +216,37 @@ def test_a_sampling_error_is_not_called_an_env_fault(monkeypatch, tmp_path):
     with pytest.raises(RuntimeError, match="CUDA out of memory") as info:
         Trainer(load_config(None, tiny_run("train.total_steps=1")), tmp_path / "run", console=QUIET).train()
     assert not isinstance(info.value, EnvBatchFailed)
+
+
+def test_an_eval_counts_only_turn_limit_endings_as_out_of_turns(monkeypatch):
+    """A faulted episode also ends truncated, but it did not run out of turns: eval/<split>/truncated_rate and the
+    eval line's "out of turns" count the turn limit only (the fault itself is logged as a fault)."""
+    from epo.agent import PromptBuilder
+    from epo.config import AgentConfig
+    from epo.envs import get_spec
+    from epo.envs.quest.env import QuestEnv
+    from epo.models import load_model_and_tokenizer
+    from epo.rollout.backend import HFBackend
+    from epo.rollout.collector import Collector
+    from epo.rollout.evaluate import evaluate
+
+    real_step, calls = QuestEnv.step, []
+
+    def step_raising_once(self, action):
+        calls.append(action)
+        if len(calls) == 1:
+            raise KeyError("door 7 has no key")
+        return real_step(self, action)
+
+    monkeypatch.setattr(QuestEnv, "step", step_raising_once)
+    model, tok = load_model_and_tokenizer("tiny")
+    cfg = AgentConfig(action_prefix=True, max_prompt_tokens=1024)
+    tasks = get_spec("quest").splits(difficulty="easy")["iid"][:3]
+    with EnvPool("quest", {"difficulty": "easy"}, num_workers=1, mode="inline") as pool:
+        prompts = PromptBuilder(tok, cfg, list_older_actions=False, env_name="quest")
+        collector = Collector(pool, HFBackend(model, tok), prompts, tok, cfg, max_turns=2)  # too few to win
+        res = evaluate(collector, "iid", tasks, temperature=1.0, max_new_tokens=4, seed=0)
+    assert res.episode_wins == [0, 0, 0]  # 1 ended by the env fault, 2 by the turn limit
+    assert res.truncated_rate == pytest.approx(2 / 3)
+    assert res.metrics()["eval/iid/truncated_rate"] == pytest.approx(2 / 3)
+    assert "out of turns 66.7%" in res.line()

@@ -8,6 +8,8 @@ from types import SimpleNamespace
 import torch
 
 from epo.report.data import ALIASES, RunData
+from epo.rollout.collector import prompt_fit_metrics
+from epo.rollout.evaluate import summarize
 from epo.rollout.types import Trajectory
 from epo.trainer.trainer import _peak_memory, _rollout_metrics
 
@@ -60,3 +62,23 @@ def test_peak_memory_is_logged_on_cuda_only_and_reset_each_step(monkeypatch):
     assert _peak_memory(torch.device("cuda", 0)) == {"perf/max_memory_allocated_gb": 3.0}
     assert resets == [torch.device("cuda", 0)]  # the next step's peak is its own
     assert "CUDA only" in _doc_row("perf/max_memory_allocated_gb")
+
+
+def test_prompt_truncation_rates_are_per_turn_and_documented():
+    trajs = [
+        Trajectory(0, 0, "a", "x", length=6, shortened_prompts=3, actions_cut_prompts=1),
+        Trajectory(1, 0, "a", "x", length=2),
+    ]
+    metrics = prompt_fit_metrics(trajs)
+    assert metrics == {"rollout/prompt_shortened_rate": 3 / 8, "rollout/prompt_actions_cut_rate": 1 / 8}
+    logged = _rollout_metrics(SimpleNamespace(trajectories=trajs, samples=[]))  # what each RL step logs
+    assert {k: logged[k] for k in metrics} == metrics
+    for key in metrics:
+        assert "agent.max_prompt_tokens" in _doc_row(key)
+
+
+def test_eval_truncated_rate_is_logged_and_documented():
+    trajs = [Trajectory(0, 0, "a", "x", length=3, truncated=True, truncated_reason="max_turns")]
+    trajs.append(Trajectory(1, 1, "b", "x", length=1, truncated=True, truncated_reason="worker_crash"))
+    assert summarize("iid", trajs).metrics()["eval/iid/truncated_rate"] == 0.5
+    assert "env fault" in _doc_row("eval/<split>/truncated_rate")

@@ -234,6 +234,55 @@ def test_random_limits_are_never_exceeded_and_phases_keep_their_order(tokenizer)
         assert len(full) <= 3
 
 
+def test_fit_reports_nothing_when_the_prompt_fits_whole(tokenizer):
+    pb = builder(tokenizer, list_older_actions=True, max_admissible_actions=2)  # the cap is config, not a cut
+    fit = pb.fit(TASK, OBS, ACTIONS, HISTORY, 5)
+    assert fit.ids == pb.build(TASK, OBS, ACTIONS, HISTORY, 5)
+    assert not fit.shortened and not fit.actions_cut
+
+
+def test_fit_reports_a_dropped_history_entry_as_shortened_only(tokenizer):
+    limit = full_length(tokenizer, list_older_actions=True) - 1
+    fit = builder(tokenizer, list_older_actions=True, max_prompt_tokens=limit).fit(TASK, OBS, ACTIONS, HISTORY, 5)
+    assert len(fit.ids) <= limit
+    assert fit.shortened and not fit.actions_cut
+
+
+def test_fit_reports_cut_admissible_actions(tokenizer):
+    actions = ACTIONS + [f"go to drawer {i}" for i in range(1, 40)]
+    no_history = len(builder(tokenizer, list_older_actions=True).build(TASK, OBS, actions, [], 5))
+    pb = builder(tokenizer, list_older_actions=True, max_prompt_tokens=no_history - 1)
+    fit = pb.fit(TASK, OBS, actions, HISTORY, 5)
+    assert "more not shown" in user_part(pb.build_text(TASK, OBS, actions, HISTORY, 5))
+    assert fit.shortened and fit.actions_cut
+
+
+def test_fit_reports_a_cut_observation_as_shortened(tokenizer):
+    long_obs = "BEGIN " + " ".join(f"word{i}" for i in range(2000)) + " END"
+    pb = builder(tokenizer, max_prompt_tokens=fixed_part_tokens(tokenizer) + 20)
+    fit = pb.fit(TASK, long_obs, [], [], 0)  # no history, no actions: only the observation can shrink
+    assert "[... cut ...]" in user_part(pb.build_text(TASK, long_obs, [], [], 0))
+    assert fit.shortened and not fit.actions_cut
+
+
+def test_fit_flags_match_what_the_prompt_lost_at_random_limits(tokenizer):
+    rng = random.Random(1)
+    history = [(f"obs {i} " + "detail " * rng.randint(0, 30), f"act {i}") for i in range(1, 9)]
+    actions = [f"take thing {i} from place {rng.randint(1, 9)}" for i in range(30)]
+    lowest, seen = fixed_part_tokens(tokenizer), set()
+    for _ in range(40):
+        older = rng.random() < 0.5
+        args = (TASK, "room " * rng.randint(1, 200), actions, history, len(history))
+        whole = builder(tokenizer, list_older_actions=older, history_window=3).build_text(*args)
+        limit = rng.randint(lowest, n_tokens(tokenizer, whole) + 50)
+        pb = builder(tokenizer, list_older_actions=older, history_window=3, max_prompt_tokens=limit)
+        fit, text = pb.fit(*args), pb.build_text(*args)
+        assert fit.shortened == (text != whole)
+        assert fit.actions_cut == ("more not shown" in text)
+        seen.add((fit.shortened, fit.actions_cut))
+    assert seen == {(False, False), (True, False), (True, True)}  # the limits reach every case
+
+
 @pytest.mark.integration
 def test_embedded_tokenizer_matches_its_chat_template_and_respects_the_limit():
     from epo.models import load_embedded_tokenizer

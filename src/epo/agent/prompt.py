@@ -13,7 +13,9 @@ Truncation to `max_prompt_tokens`, cheapest information first, until the prompt 
   4. cut the middle of the current observation (marked by CUT_MARKER), then of the task.
 The system message, the instructions and the format never shrink; a limit too small for them is a ValueError at
 construction. Each phase estimates how much to drop from per-part token counts and checks the real tokenization
-of the whole prompt, so a prompt costs one tokenization when it fits and a few when it does not.
+of the whole prompt, so a prompt costs one tokenization when it fits and a few when it does not. `fit` says whether
+anything was dropped (`PromptFit.shortened`) and whether admissible actions were (`PromptFit.actions_cut`): the
+collector counts both per trajectory, so a run sees how often the model decided without its whole context.
 """
 
 from __future__ import annotations
@@ -79,6 +81,15 @@ ACTION_CHUNK = 64  # admissible actions counted per batch when the list has to b
 
 
 @dataclass(frozen=True)
+class PromptFit:
+    """A prompt's token ids and what truncation to max_prompt_tokens took out of it."""
+
+    ids: list[int]
+    shortened: bool  # anything dropped or cut to fit: history, listed actions, admissible actions, observation, task
+    actions_cut: bool  # admissible actions left out to fit (the agent.max_admissible_actions cap does not count)
+
+
+@dataclass(frozen=True)
 class _Episode:
     task: str
     observation: str
@@ -124,6 +135,21 @@ class PromptBuilder:
             )
 
     # ---- public ----
+    def fit(
+        self,
+        task: str,
+        observation: str,
+        admissible_actions: list[str],
+        history: list[tuple[str, str]],
+        turn_idx: int,
+    ) -> PromptFit:
+        """Prompt token ids (chat template applied, generation prompt added), at most max_prompt_tokens long, and
+        whether truncation shortened the prompt / cut admissible actions to get there.
+
+        `history` is every past (observation, action) pair of the episode, oldest first; `turn_idx` counts from 0.
+        """
+        return self._build(task, observation, admissible_actions, history, turn_idx)[1]
+
     def build(
         self,
         task: str,
@@ -132,11 +158,8 @@ class PromptBuilder:
         history: list[tuple[str, str]],
         turn_idx: int,
     ) -> list[int]:
-        """Prompt token ids (chat template applied, generation prompt added), at most max_prompt_tokens long.
-
-        `history` is every past (observation, action) pair of the episode, oldest first; `turn_idx` counts from 0.
-        """
-        return self._build(task, observation, admissible_actions, history, turn_idx)[1]
+        """`fit(...).ids`: the token ids alone (callers that do not report truncation, e.g. SFT samples)."""
+        return self.fit(task, observation, admissible_actions, history, turn_idx).ids
 
     def build_text(
         self,
@@ -239,7 +262,7 @@ class PromptBuilder:
         return [len(ids) for ids in self.tokenizer(texts, add_special_tokens=False)["input_ids"]]
 
     # ---- truncation ----
-    def _build(self, task, observation, admissible_actions, history, turn_idx) -> tuple[str, list[int]]:
+    def _build(self, task, observation, admissible_actions, history, turn_idx) -> tuple[str, PromptFit]:
         clip = MAX_CHARS_PER_TOKEN * self.limit  # a text this long cannot fit in the limit anyway
         actions = [str(a) for a in admissible_actions]
         cap = self.cfg.max_admissible_actions
@@ -248,12 +271,13 @@ class PromptBuilder:
         ep = _Episode(str(task).strip(), str(observation).strip(), shown, len(actions) - len(shown), past, turn_idx)
         n_full = min(max(self.cfg.history_window, 0), len(past))
         n_listed = len(past) - n_full if self.list_older_actions else 0
-        view = _View(n_full, n_listed, len(shown), _clip_or_none(ep.observation, clip), _clip_or_none(ep.task, clip))
+        whole = _View(n_full, n_listed, len(shown))  # what the prompt shows when nothing has to go
+        view = replace(whole, obs_chars=_clip_or_none(ep.observation, clip), task_chars=_clip_or_none(ep.task, clip))
         text = self._render(ep, view)
         if len(text) <= clip:  # the common case: everything fits, one tokenization
             ids = self._encode(text)
             if len(ids) <= self.limit:
-                return text, ids
+                return text, PromptFit(ids, shortened=False, actions_cut=False)
         view, text, ids = self._drop_parts(ep, view)
         if len(ids) > self.limit:
             view, text, ids = self._cut_middle(ep, view, text, ids, "obs_chars", ep.observation)
@@ -261,7 +285,8 @@ class PromptBuilder:
             view, text, ids = self._cut_middle(ep, view, text, ids, "task_chars", ep.task)
         if len(ids) > self.limit:  # only with > 1e6 steps or hidden actions, or an odd tokenizer: never return more
             raise RuntimeError(f"prompt still has {len(ids)} tokens after truncation (max_prompt_tokens={self.limit})")
-        return text, ids
+        # A clipped text, a dropped part and a phase-4 cut all leave the final view smaller than `whole`.
+        return text, PromptFit(ids, shortened=view != whole, actions_cut=view.n_actions < whole.n_actions)
 
     def _drop_parts(self, ep: _Episode, start: _View) -> tuple[_View, str, list[int]]:
         """Phases 1-3, planned backwards: start from the prompt with every droppable part gone and give parts back

@@ -6,7 +6,8 @@ initial weights, rebuilt from the config and seed), and step N's update runs on 
 `train.save_rollouts`. Reported per turn index: the realised entropy change, KL(before || after) and the fraction
 of tokens whose ratio left the PPO clip range (the StepDiagnostics definitions), plus the update's own clip
 fraction. Identical data and weights make this a controlled comparison; "none" on a run trained without
-regularisation reproduces the run's own logged step (tested).
+regularisation reproduces the run's own logged step (tested). A batch saved before the per-turn shaping and the
+sampler log-probs were kept replays without them: one console line and a "note" in the outputs say how it differs.
 
     none           no entropy term, no KL
     entropy        plain token-mean entropy bonus, algo.entropy_coef (default: the run's, else its epo.entropy_coef)
@@ -23,9 +24,10 @@ import math
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 
 from epo.config import Config, ConfigError, load_config, reset_unused, validate
-from epo.diagnostics.rollouts_io import load_rollouts
+from epo.diagnostics.rollouts_io import fields_missing, load_rollouts, read_batch
 from epo.errors import RunDirError
 from epo.trainer.checkpoint import CHECKPOINTS_DIR, CheckpointError, list_checkpoints
 
@@ -72,6 +74,26 @@ def checkpoint_before(run_dir: Path, step: int) -> Path | None:
     return path
 
 
+# how the update differs without each field (rollouts_io.REPLAY_FIELDS), for the replay gap note
+_GAPS = {
+    "shaping": "every turn's reward counts as episode return (shaping 0), which changes turn-level GAE "
+    "(algo.gae_level=turn) and actor/adv_shaping_share",
+    "sampler_logprobs": "no sampler log-probs, so no TIS correction (rollout.is_correction=tis) and no "
+    "rollout/logp_mismatch",
+}
+
+
+def replay_gap_note(missing: list[str]) -> str:
+    """One sentence on what a batch saved without `missing` fields changes in the replay ("" when nothing)."""
+    if not missing:
+        return ""
+    effects = "; ".join(_GAPS.get(name, f"{name} is absent") for name in missing)
+    return (
+        f"the saved batch lacks {', '.join(missing)} (saved by an older version): the replay uses {effects}; "
+        "where the run used them, its numbers differ from the logged step"
+    )
+
+
 def replay_step(trainer, samples) -> dict:
     """Step `trainer.step + 1`'s update on `samples` (Trainer.update_step, as in training); returns its metrics."""
     trainer.policy.eval()  # as after a rollout (HFBackend.generate)
@@ -99,6 +121,9 @@ def run_ablation(
     kl_coef = kl_coef if kl_coef is not None else (base.algo.kl_coef or 0.01)
     ckpt = checkpoint_before(run_dir, step)
     samples = load_rollouts(run_dir, step)
+    note = replay_gap_note(fields_missing(read_batch(run_dir, step)))
+    if note:
+        console.print(f"[yellow]ablate note:[/] {escape(note)}")
     results: dict = {}
     for name in regularisers:
         cfg = variant_config(base, name, entropy_coef, kl_coef)
@@ -117,6 +142,8 @@ def run_ablation(
         "samples": len(samples),
         "results": results,
     }
+    if note:
+        out["note"] = note
     out_dir = run_dir / "ablate"
     out_dir.mkdir(exist_ok=True)
     (out_dir / f"step_{step:06d}.json").write_text(json.dumps(_finite(out), indent=1))
@@ -146,6 +173,7 @@ def render_markdown(out: dict) -> str:
         "",
         f"From {out['from_checkpoint']}; {out['samples']} turn samples; entropy bonus coef {out['entropy_coef']:g}, "
         f"KL coef {out['kl_coef']:g}.",
+        *(["", f"Note: {out['note']}."] if out.get("note") else []),
         "",
         "## Whole batch",
         "",

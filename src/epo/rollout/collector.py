@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass, field, replace
 
 from epo.agent import PromptBuilder, env_fallback_action, parse_action
+from epo.agent.prompt import PromptFit
 from epo.config import AgentConfig
 from epo.rollout.backend import GenerationBackend
 from epo.rollout.rewards import FORMAT_FAILURES, Episode, TurnRecord, assign, resolve_reward, scalar_info
@@ -72,10 +73,11 @@ class Collector:
             if not active:
                 break
             self.active_slots = active
-            prompt_ids = [
-                self.prompts.build(slots[k].task, slots[k].obs, slots[k].admissible, slots[k].history, turn)
+            fits = [
+                self.prompts.fit(slots[k].task, slots[k].obs, slots[k].admissible, slots[k].history, turn)
                 for k in active
             ]
+            prompt_ids = [f.ids for f in fits]
             t0 = time.perf_counter()
             turn_params = params if params.seed is None else replace(params, seed=params.seed + 7919 * turn)
             responses = self.backend.generate(prompt_ids, turn_params)
@@ -91,8 +93,8 @@ class Collector:
             t0 = time.perf_counter()
             outs = self.pool.step(actions)
             env_s += time.perf_counter() - t0
-            for k, prompt, resp, text, lps in zip(active, prompt_ids, responses, texts, sampler_logprobs):
-                self._record(slots[k], turn, prompt, resp, text, parsed[k], actions[k], outs[k])
+            for k, fit, resp, text, lps in zip(active, fits, responses, texts, sampler_logprobs):
+                self._record(slots[k], turn, fit, resp, text, parsed[k], actions[k], outs[k])
                 slots[k].samples[-1].sampler_logprobs = lps
             if self.on_turn is not None:
                 self.on_turn(turn, sum(not s.done for s in slots))
@@ -127,7 +129,7 @@ class Collector:
         return slots
 
     def _record(
-        self, slot: _Slot, turn: int, prompt: list[int], resp: list[int], text: str, parsed, action: str, out
+        self, slot: _Slot, turn: int, fit: PromptFit, resp: list[int], text: str, parsed, action: str, out
     ) -> None:
         obs, env_reward, terminated, truncated, info = out
         crashed = bool(info.get("error"))
@@ -137,13 +139,15 @@ class Collector:
         invalid = not crashed and (format_failure or not info.get("valid", True))
         slot.samples.append(
             TurnSample(
-                prompt, resp, turn, slot.traj.traj_id, slot.traj.group_id, invalid=invalid, admissible=slot.admissible
+                fit.ids, resp, turn, slot.traj.traj_id, slot.traj.group_id, invalid=invalid, admissible=slot.admissible
             )
         )
         well_formed = parsed.reason not in FORMAT_FAILURES
         slot.turns.append(TurnRecord(turn, text, action, invalid, well_formed, float(env_reward), scalar_info(info)))
         slot.traj.length = turn + 1
         slot.traj.invalid_turns += int(invalid)
+        slot.traj.shortened_prompts += int(fit.shortened)
+        slot.traj.actions_cut_prompts += int(fit.actions_cut)
         if slot.traj.transcript:
             slot.traj.transcript.append({"output": text, "action": action, "valid": not invalid, "obs": obs})
         slot.history.append((slot.obs, action))
@@ -167,3 +171,13 @@ class Collector:
                 s.samples[-1].done = True
             samples.extend(s.samples)
         return samples
+
+
+def prompt_fit_metrics(trajs: list[Trajectory]) -> dict[str, float]:
+    """Fractions of the step's turns whose prompt was shortened / lost admissible actions to fit
+    agent.max_prompt_tokens: the policy acted (and is trained) on less than the env showed."""
+    turns = max(sum(t.length for t in trajs), 1)
+    return {
+        "rollout/prompt_shortened_rate": sum(t.shortened_prompts for t in trajs) / turns,
+        "rollout/prompt_actions_cut_rate": sum(t.actions_cut_prompts for t in trajs) / turns,
+    }

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from epo.fsio import atomic_write_text
 from epo.rollout.types import SamplingParams, Trajectory
+from epo.telemetry.faults import turn_limit_rate  # one definition for rollout/ and eval/ truncated_rate
 
 
 @dataclass
@@ -26,7 +27,7 @@ class EvalResult:
     ci_high: float
     mean_turns: float
     invalid_rate: float
-    truncated_rate: float
+    truncated_rate: float  # out of turns (`turn_limit_rate`): episodes ended by env faults are not counted
     per_type: dict[str, dict[str, float]] = field(default_factory=dict)
     transcripts: list[list[dict]] = field(default_factory=list)
     seconds: float = 0.0
@@ -42,6 +43,7 @@ class EvalResult:
             f"{p}/episodes": float(self.episodes),
             f"{p}/mean_turns": self.mean_turns,
             f"{p}/invalid_rate": self.invalid_rate,
+            f"{p}/truncated_rate": self.truncated_rate,
         }
 
     @property
@@ -63,7 +65,8 @@ class EvalResult:
         return (
             f"{self.split}: success {100 * self.success:.1f}% [95% CI {100 * self.ci_low:.1f}-"
             f"{100 * self.ci_high:.1f}] over {self.episodes} episodes, {self.mean_turns:.1f} turns, "
-            f"invalid {100 * self.invalid_rate:.1f}% ({self.seconds:.0f}s)"
+            f"out of turns {100 * self.truncated_rate:.1f}%, invalid {100 * self.invalid_rate:.1f}% "
+            f"({self.seconds:.0f}s)"
         )
 
 
@@ -143,7 +146,7 @@ def summarize(split: str, trajs: list[Trajectory], transcripts: int = 0) -> Eval
         ci_high=hi,
         mean_turns=turns / n if n else 0.0,
         invalid_rate=sum(t.invalid_turns for t in trajs) / turns if turns else 0.0,
-        truncated_rate=sum(t.truncated for t in trajs) / n if n else 0.0,
+        truncated_rate=turn_limit_rate(trajs),  # a crashed or hung env also ends an episode truncated
         per_type=per_type,
         transcripts=[t.transcript for t in trajs[:transcripts] if t.transcript],
         episode_tasks=[t.task_id for t in trajs],

@@ -41,6 +41,8 @@ class Trajectory:
     won: bool = False
     episode_return: float = 0.0  # R, from the agent.reward function (paper: win_reward * won)
     invalid_turns: int = 0
+    shortened_prompts: int = 0  # turns whose prompt lost history/text to fit agent.max_prompt_tokens
+    actions_cut_prompts: int = 0  # turns whose prompt left admissible actions out to fit it (a subset of the above)
     truncated: bool = False
     truncated_reason: str = ""  # "" | "max_turns" | "worker_crash" | "timeout" | "env_error" | env's own reason
     transcript: list[dict] = field(default_factory=list)  # [{"obs", "output", "action", "valid"}], if recorded
