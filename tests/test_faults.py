@@ -250,3 +250,53 @@ def test_an_eval_counts_only_turn_limit_endings_as_out_of_turns(monkeypatch):
     assert res.truncated_rate == pytest.approx(2 / 3)
     assert res.metrics()["eval/iid/truncated_rate"] == pytest.approx(2 / 3)
     assert "out of turns 66.7%" in res.line()
+
+
+def _fake_eval_collector(faults: list):
+    """What evaluate_splits touches of a collector: on_turn, max_turns and pool.drain_faults()."""
+    from types import SimpleNamespace
+
+    pool = SimpleNamespace(drain_faults=lambda: [faults.pop(0)] if faults else [])
+    return SimpleNamespace(on_turn=None, max_turns=3, pool=pool)
+
+
+def test_split_evals_report_env_faults_in_the_rl_loops_wording(monkeypatch, tmp_path):
+    """`epo eval` (and the warm start's evals) print an eval's env faults as FaultLog does ("env fault: [step k]
+    eval <split>: worker W ..."), not as "env worker W ..."; and a split that raises still hands its faults over."""
+    from epo.envs.pool import PoolFault
+    from epo.rollout.evaluate import EvalResult
+    from epo.trainer import split_eval
+
+    cfg = load_config(None, tiny_run())
+    res = EvalResult("iid", 1, 0.0, 0.0, 0.9, mean_turns=1.0, invalid_rate=0.0, truncated_rate=0.0)
+    monkeypatch.setattr(split_eval, "evaluate_split", lambda *a: res)
+    fault = PoolFault(worker=0, reason="timeout", task="iid/00002", message="no answer [red]")
+    for rl_step, where in ((None, "eval iid"), (4, "step 4 eval iid")):
+        console = Console(record=True, width=300)
+        split_eval.evaluate_splits(cfg, _fake_eval_collector([fault]), {"iid": ["iid/00002"]}, ["iid"], 1, console,
+                                   "eval", rl_step=rl_step)  # fmt: skip
+        lines = [ln for ln in console.export_text().splitlines() if "env fault" in ln]
+        assert lines == [f"env fault: {where}: worker 0 timeout on task iid/00002: no answer [red]"]
+
+    def raising(*a):
+        raise RuntimeError("backend died")
+
+    monkeypatch.setattr(split_eval, "evaluate_split", raising)
+    got = []
+    with pytest.raises(RuntimeError, match="backend died"):
+        split_eval.evaluate_splits(cfg, _fake_eval_collector([fault]), {"iid": ["x"]}, ["iid"], 1, QUIET, "eval",
+                                   on_faults=lambda split, faults: got.append((split, faults)))  # fmt: skip
+    assert got == [("iid", [fault])]
+
+
+def test_keep_faults_drops_the_records_of_stages_run_again(tmp_path):
+    from epo.telemetry.faults import keep_faults
+
+    log = FaultLog(tmp_path, QUIET.print)
+    for phase in ("eval iid before SFT", "oracle", "eval iid after SFT"):
+        log.record(0, phase, [dict(worker=0, reason="timeout", task="t", message="m")])
+    with open(tmp_path / "faults.jsonl", "a") as f:
+        f.write('{"step": 0, "pha')  # torn last line
+    assert keep_faults(tmp_path, lambda rec: rec["phase"].endswith("before SFT")) == 3
+    assert [f["phase"] for f in read_faults(tmp_path)] == ["eval iid before SFT"]
+    assert keep_faults(tmp_path / "absent", lambda rec: True) == 0

@@ -68,3 +68,41 @@ def test_report_shows_env_faults(tmp_path):
     assert "| run | 2 | 1 | 0 | 1 | 3 |" in section
     assert "| run | 2 | rollout | 1 | timeout | train/00003 |" in section
     assert "## Data warnings" not in summary
+
+
+def test_report_lists_the_warm_starts_faults_with_the_runs(tmp_path):
+    """`epo train` with a warm start logs the oracle's and its evals' env faults to RUN/sft/faults.jsonl: the run's
+    report lists them in its Env faults section, labelled as the warm start's, before the RL loop's own."""
+    run = tmp_path / "run"
+    rl = {"step": 1, "phase": "rollout", "worker": 0, "reason": "worker_crash", "task": "train/00003",
+          "message": "worker 0 died (exit code -9; EOFError)"}  # fmt: skip
+    _write_run(run, [_rec(1, **{"rollout/env_crashes": 1.0})], [rl])
+    (run / "sft").mkdir()
+    oracle = {**rl, "step": 0, "phase": "oracle", "reason": "env_error", "message": "KeyError: door 7"}
+    before = {**oracle, "phase": "eval iid before SFT", "task": "iid/00001", "reason": "timeout"}
+    (run / "sft" / "faults.jsonl").write_text("".join(json.dumps(f) + "\n" for f in (oracle, before)))
+    data = load_run(run)
+    assert [f["phase"] for f in data.faults] == ["warm start oracle", "warm start eval iid before SFT", "rollout"]
+    result = CliRunner().invoke(app, ["report", str(run)])
+    assert result.exit_code == 0, result.output
+    assert "warning:" not in result.output  # as for the RL loop's faults: the section, no console alert
+    section = (run / "report" / "summary.md").read_text().split("## Env faults")[1].split("## ")[0]
+    assert "| run | 1 | 0 | 0 | 0 | 3 (2 warm start) |" in section
+    assert "| run | 0 | warm start oracle | 0 | env_error | train/00003 | KeyError: door 7 |" in section
+    assert "| run | 0 | warm start eval iid before SFT | 0 | timeout | iid/00001 |" in section
+    assert "| run | 1 | rollout | 0 | worker_crash | train/00003 |" in section
+
+
+def test_a_damaged_faults_file_is_a_data_warning_not_a_failed_report(tmp_path):
+    """A torn line in faults.jsonl (or the warm start's) used to fail `epo report` (ValueError); now the line is
+    skipped with one warning (console and Data warnings), and the other records are shown."""
+    run = tmp_path / "run"
+    crash = {"step": 1, "phase": "rollout", "worker": 0, "reason": "worker_crash", "task": "t", "message": "m"}
+    _write_run(run, [_rec(1)])
+    (run / "faults.jsonl").write_text('{"step": 1, "pha\n' + json.dumps(crash) + "\n")
+    result = CliRunner().invoke(app, ["report", str(run)])
+    assert result.exit_code == 0, result.output
+    warned = [line for line in result.output.splitlines() if line.startswith("warning:")]
+    assert len(warned) == 1 and "faults.jsonl:1: torn or malformed line" in warned[0]
+    summary = (run / "report" / "summary.md").read_text()
+    assert "| run | 1 | rollout | 0 | worker_crash | t | m |" in summary and "## Data warnings" in summary

@@ -144,3 +144,73 @@ def test_a_cloning_step_with_a_non_finite_gradient_is_skipped_and_said(monkeypat
     assert len(rows) >= 3 and [r["step"] for r in rows if r.get("skipped_nonfinite_grad")] == [2]
     skipped_lines = [ln for ln in console.export_text().splitlines() if "gradient not finite: step skipped" in ln]
     assert len(skipped_lines) == 1 and f"step 2/{len(rows)} " in skipped_lines[0]
+
+
+def _eval_envs_raise(monkeypatch) -> None:
+    """Every step of an episode on an eval task (not train/...) raises inside the env: each eval episode ends by an
+    env fault at its first turn, while the oracle (train tasks) plays as usual."""
+    from epo.envs.quest.env import QuestEnv
+
+    real_reset, real_step = QuestEnv.reset, QuestEnv.step
+
+    def reset_remembering_the_task(self, **kw):
+        self.test_task = kw["options"]["task_id"]
+        return real_reset(self, **kw)
+
+    def step_raising_on_eval_tasks(self, action):
+        if not self.test_task.startswith("train/"):
+            raise KeyError("door 7 has no key")
+        return real_step(self, action)
+
+    monkeypatch.setattr(QuestEnv, "reset", reset_remembering_the_task)
+    monkeypatch.setattr(QuestEnv, "step", step_raising_on_eval_tasks)
+
+
+def test_env_faults_of_the_evals_before_and_after_cloning_are_logged_like_the_oracles(monkeypatch, tmp_path):
+    """The zero-shot and after-cloning evals report env faults as the oracle and the RL loop do: FaultLog's console
+    line ("env fault: step 0 eval iid before SFT: worker 0 ...", not the old "env worker 0 ...") and a record each in
+    OUT/faults.jsonl next to the oracle's (they used to be printed only). sft_summary.json is written atomically."""
+    from epo.telemetry.faults import read_faults
+    from epo.trainer import sft
+
+    _eval_envs_raise(monkeypatch)
+    written, real_write = [], sft.atomic_write_text
+    monkeypatch.setattr(
+        sft, "atomic_write_text", lambda path, text: written.append(path.name) or real_write(path, text)
+    )
+    out = tmp_path / "sft"
+    cfg = load_config(None, [*TINY, "sft.epochs=1"])
+    console = Console(record=True, width=300)
+    result = run_sft(cfg, out, console=console)
+    text = console.export_text()
+    assert "env fault: step 0 eval iid before SFT: worker 0 env_error on task iid/" in text
+    assert "env fault: step 0 eval iid after SFT: worker 0 env_error on task iid/" in text
+    assert "env worker" not in text and "door 7 has no key" in text
+    faults = read_faults(out)
+    assert [(f["step"], f["phase"], f["reason"]) for f in faults] == [(0, "eval iid before SFT", "env_error")] * 2 + [
+        (0, "eval iid after SFT", "env_error")
+    ] * 2
+    assert all(f["task"].startswith("iid/") and "KeyError" in f["message"] for f in faults)
+    assert result.before["iid"].success == 0.0 and result.oracle_faults == 0
+    assert "sft_summary.json" in written and json.loads((out / "sft_summary.json").read_text())["samples"] > 0
+
+
+def test_a_resumed_warm_start_keeps_only_the_faults_of_the_zero_shot_splits_it_does_not_rerun(tmp_path):
+    """A resume plays the oracle and the eval after cloning again (and the zero-shot splits not saved): their old
+    records are dropped, so no fault is logged twice; those of the zero-shot splits kept stay."""
+    from epo.rollout.evaluate import EvalResult
+    from epo.telemetry.faults import read_faults
+
+    out = tmp_path / "sft"
+    out.mkdir()
+    zero_shot = EvalResult("iid", 2, 0.0, 0.0, 0.5, mean_turns=15.0, invalid_rate=0.0, truncated_rate=1.0)
+    (out / "sft_before.json").write_text(json.dumps({"iid": zero_shot.__dict__}))
+    old = {"step": 0, "worker": 0, "reason": "timeout", "task": "x", "message": "m"}
+    phases = ["eval iid before SFT", "eval ood before SFT", "oracle", "eval iid after SFT"]
+    (out / "faults.jsonl").write_text(
+        "".join(json.dumps({**old, "phase": p}) + "\n" for p in phases) + '{"step": 0, "ph'
+    )
+    cfg = load_config(None, [*TINY, "sft.epochs=1"])
+    result = run_sft(cfg, out, console=Console(quiet=True), eval_after=False, resume=True)
+    assert result.before["iid"].success == 0.0 and not result.interrupted  # kept, not evaluated again
+    assert [f["phase"] for f in read_faults(out)] == ["eval iid before SFT"]

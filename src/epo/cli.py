@@ -58,6 +58,11 @@ def _guard(fn):
         _fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
 
 
+def _override_keys(overrides: list[str] | None) -> set[str]:
+    """The keys that the command line's dot-list overrides (`key=value`) set."""
+    return {o.split("=", 1)[0].strip() for o in overrides or [] if "=" in o}
+
+
 def _load(preset: str | None, overrides: list[str] | None):
     from epo.config import load_config
 
@@ -71,11 +76,19 @@ def train(
     resume: Path = typer.Option(
         None, "--resume", help="Continue this run dir from its last valid checkpoint, with its saved config."
     ),
-    run_dir: Path = typer.Option(None, "--run-dir", help="Where to write the run (default runs/<preset>-<time>)."),
+    run_dir: Path = typer.Option(
+        None,
+        "--run-dir",
+        help="Where to write the run (default train.output_dir/train.run_name, i.e. runs/<preset>-<time>).",
+    ),
 ):
     """Train with PPO/GRPO (+EPO); optional behaviour-cloning warm start; report at the end.
 
     Exit codes: 0 done, 2 an error (one line), 130/143 stopped by SIGINT/SIGTERM after a checkpoint (resumable)."""
+    if run_dir is not None:
+        given = [k for k in ("train.run_name", "train.output_dir") if k in _override_keys(overrides)]
+        if given:
+            _fail(f"--run-dir names the run dir, so {' and '.join(given)} would be ignored; give one or the other")
 
     def go():
         from epo import api
@@ -90,9 +103,17 @@ def train(
 def _exit_interrupted(result) -> None:
     import signal
 
-    from epo.trainer.rundir import EXIT_INTERRUPTED, resume_command
+    from epo.trainer.rundir import EXIT_INTERRUPTED, EXIT_MONITOR_STOP, resume_command
 
-    console.print(f"stopped at step {result.steps_done}; continue with: {resume_command(result.run_dir)}", markup=False)
+    resume = resume_command(result.run_dir)
+    if getattr(result, "stopped_by_monitor", False):  # the run chose to stop: exit 3, not a Ctrl-C's 130
+        console.print(
+            f"stopped by its monitor (diag.monitor_action=stop) at step {result.steps_done}; "
+            f"to go on past it: {resume}",
+            markup=False,
+        )
+        raise typer.Exit(EXIT_MONITOR_STOP)
+    console.print(f"stopped at step {result.steps_done}; continue with: {resume}", markup=False)
     sig = getattr(signal, result.stop_signal, signal.SIGINT) if result.stop_signal else signal.SIGINT
     raise typer.Exit(EXIT_INTERRUPTED[sig])
 
@@ -118,8 +139,11 @@ def sft(
         if res.interrupted:
             console.print(f"resume with: epo sft --out {out} --resume", soft_wrap=True, markup=False)
             return res
+        # with overrides, OUT/config.yaml: the config it trained with, the overrides included
+        base = config if config and not overrides else out / "config.yaml"
         console.print(
-            f"start RL from it with: epo train --config {config or out / 'config.yaml'} init_from={res.out_dir}",
+            f"start RL from it with: epo train --config {base} init_from={res.out_dir}",
+            soft_wrap=True,
             markup=False,
         )
         return res
@@ -137,22 +161,48 @@ def sft(
 def eval_cmd(
     config: str = typer.Option("quest_demo_cpu", "--config", "-c", help=PRESET_HELP),
     overrides: list[str] = typer.Argument(None, help=OVERRIDES_HELP),
-    model: str = typer.Option(None, "--model", help="Model path, SFT/RL output dir, or 'embedded' (default: config)."),
+    model: str = typer.Option(
+        None, "--model", help="Model path, SFT/RL output dir, or 'embedded' (sets init_from; default: config)."
+    ),
     split: list[str] = typer.Option(None, "--split", help="Split(s) to evaluate (default: env.eval_splits)."),
-    episodes: int = typer.Option(None, "--episodes", "-n", help="Episodes per split."),
-    temperature: float = typer.Option(None, "--temperature", help="0 = greedy (default: train.eval_temperature)."),
+    episodes: int = typer.Option(None, "--episodes", "-n", help="Episodes per split (sets train.eval_episodes)."),
+    temperature: float = typer.Option(
+        None, "--temperature", help="0 = greedy (sets train.eval_temperature; default: the config's)."
+    ),
     out: Path = typer.Option(None, "--out", help="Write results JSON here."),
     as_step: int = typer.Option(
         None,
         "--as-step",
-        help="Sample as the RL loop's eval of step K does (with the run's config.yaml as --config and --model "
-        "RUN/checkpoints/step_K, replays RUN/eval/step_K; default: the warm start's sampling seed).",
+        help="Only sets the sampling seed to that of the RL loop's eval of step K (default: the warm start's eval "
+        "seed). It replays RUN/eval/step_K only with the run's config.yaml as --config and --model "
+        "RUN/checkpoints/step_K, which it does not check. Refused at temperature 0 (greedy: no seed to set).",
     ),
 ):
     """Evaluate a policy on env splits: success with 95% CI, turns, invalid rate, per-task-type table."""
+    flags = (
+        ("--model", model, "init_from"),
+        ("--split", split, "env.eval_splits"),
+        ("--episodes", episodes, "train.eval_episodes"),
+        ("--temperature", temperature, "train.eval_temperature"),
+    )
+    for flag, value, key in flags:  # the flag would win: refused unless both say the same
+        if flag == "--episodes" and value is not None and value < 1:
+            continue  # api.evaluate refuses the value itself
+        if value is not None and not (isinstance(value, (list, tuple)) and not value):
+            _refuse_flag_and_override(flag, value, key, overrides)
 
     def go():
         from epo import api
+
+        if as_step is not None:
+            from epo.config import ConfigError
+
+            temp = temperature if temperature is not None else _load(config, overrides).train.eval_temperature
+            if temp == 0:
+                raise ConfigError(
+                    "--as-step sets the eval's sampling seed, which greedy decoding (temperature 0) does not use; "
+                    "drop it, or sample (--temperature > 0)"
+                )
 
         results = api.evaluate(
             config,
@@ -172,6 +222,30 @@ def eval_cmd(
     _guard(go)
 
 
+def _refuse_flag_and_override(flag: str, value, key: str, overrides: list[str] | None) -> None:
+    """One line when the dot-list overrides set `key` (the last one counts) to another value than `flag` sets it to;
+    an override that does not parse is left to the config's own error."""
+    from omegaconf import OmegaConf
+
+    given = [o for o in overrides or [] if "=" in o and o.split("=", 1)[0].strip() == key]
+    if not given:
+        return
+    try:
+        other = OmegaConf.select(OmegaConf.from_dotlist(given[-1:]), key)
+    except Exception:
+        return
+    other = OmegaConf.to_container(other) if OmegaConf.is_config(other) else other
+    if isinstance(value, (list, tuple)):
+        same = isinstance(other, list) and [str(v) for v in other] == [str(v) for v in value]
+    elif isinstance(value, (int, float)):
+        same = isinstance(other, (int, float)) and not isinstance(other, bool) and float(other) == float(value)
+    else:
+        same = str(other) == str(value)
+    if not same:
+        shown = ",".join(value) if isinstance(value, (list, tuple)) else value
+        _fail(f"{flag} {shown} and the override {given[-1]} set {key} differently; give one of them")
+
+
 def _print_eval(results) -> None:
     for res in results.values():
         table = Table(title=res.line())  # the line names the split
@@ -184,10 +258,15 @@ def _print_eval(results) -> None:
 
 @app.command()
 def report(
-    run_dirs: list[Path] = typer.Argument(..., help="One or more run dirs to plot and compare."),
-    out: Path = typer.Option(None, "--out", help="Output dir (default: RUN_DIR/report for one run, else ./report)."),
+    run_dirs: list[Path] = typer.Argument(
+        ...,
+        help="One or more run dirs to plot and compare, or one sweep dir (`epo sweep` output) to aggregate over seeds.",
+    ),
+    out: Path = typer.Option(
+        None, "--out", help="Output dir (default: DIR/report for one run or sweep dir, else ./report)."
+    ),
 ):
-    """Plots (PNG) and a Markdown summary comparing runs."""
+    """Plots (PNG) and a Markdown summary comparing runs, or a sweep's report aggregated over seeds."""
 
     def go():
         from epo import api
@@ -207,7 +286,9 @@ def sweep(
         None, "--out", help="Sweep dir (default sweeps/<grid name>); a grid that adds seeds or methods extends it."
     ),
     ray: bool = typer.Option(False, "--ray", help="Run the runs as Ray tasks (RAY_ADDRESS or a local instance)."),
-    cpus_per_run: float = typer.Option(1.0, "--cpus-per-run", help="CPUs Ray reserves for each run."),
+    cpus_per_run: float = typer.Option(
+        None, "--cpus-per-run", help="CPUs Ray reserves for each run (--ray only; default 1)."
+    ),
     gpus_per_run: float = typer.Option(
         0.0,
         "--gpus-per-run",
@@ -215,22 +296,31 @@ def sweep(
     ),
     jobs: int = typer.Option(1, "--jobs", "-j", help="Runs at once on this machine (each gets cores/jobs threads)."),
     methods: str = typer.Option(None, "--methods", help="Run only these methods (comma-separated); the rest later."),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Print the runs' commands; run nothing."),
+    dry_run: bool = typer.Option(
+        False,
+        "--dry-run",
+        help="Check the options and the sweep dir as a run would, print the runs' commands; run nothing.",
+    ),
 ):
     """Run a grid of (method overrides x seeds) resumably, then write the aggregated report (`epo report DIR`)."""
+    if cpus_per_run is not None and not ray:
+        _fail("--cpus-per-run acts only with --ray (Ray reserves them); runs on this machine share its cores: --jobs")
 
     def go():
         from epo.sweep import load_grid, run_sweep, write_sweep_report
-        from epo.sweep.runner import SweepStopped, plan, read_status, train_command
+        from epo.sweep.runner import FINISHED, SweepStopped, finished_line, plan, read_status, train_command
 
         g = load_grid(grid, extra=overrides or [])
         target = out or Path("sweeps") / grid.stem
         # paths stay on one line; no markup, or an override such as env.eval_splits=[iid] prints as "env.eval_splits="
         echo = lambda line: console.print(line, soft_wrap=True, highlight=False, markup=False)  # noqa: E731
         only = [m.strip() for m in methods.split(",") if m.strip()] if methods else None
+        status = read_status(target)
+        chosen, pending = plan(g, status, only)
+        # a dry run refuses what a run would; a real run's own check prints the --ray device line
+        _check_sweep(g, target, chosen, ray, jobs, gpus_per_run, echo if dry_run else lambda line: None)
         if dry_run:  # what a real (re)run would do now: done runs are skipped, started ones resumed
-            chosen, pending = plan(g, read_status(target), only)
-            echo(f"sweep {target}: {len(chosen) - len(pending)} done, {len(pending)} to run (dry run)")
+            echo(f"sweep {target}: {finished_line(chosen, pending, status)}, {len(pending)} to run (dry run)")
             for run in pending:
                 echo(" ".join(train_command(g, run, target)[1:]))
             return
@@ -239,7 +329,7 @@ def sweep(
                 g,
                 target,
                 ray=ray,
-                cpus_per_run=cpus_per_run,
+                cpus_per_run=1.0 if cpus_per_run is None else cpus_per_run,
                 echo=echo,
                 jobs=jobs,
                 methods=only,
@@ -249,11 +339,38 @@ def sweep(
             console.print(str(e), markup=False)
             raise typer.Exit(e.exit_code) from None
         console.print(f"report: {write_sweep_report(target, on_alert=_warn)}", markup=False)
-        failed = sorted(k for k, v in status.items() if v["state"] != "done")
+        failed = sorted(k for k, v in status.items() if v["state"] not in FINISHED)  # stopped (exit 3): listed
         if failed:
             _fail(f"{len(failed)} run(s) failed: {', '.join(failed)} (logs in {target}); rerun to retry them")
 
     _guard(go)
+
+
+def _check_sweep(grid, target: Path, chosen, ray: bool, jobs: int, gpus_per_run: float, echo) -> None:
+    """The refusals of `run_sweep` before it starts anything (--jobs, --ray, --gpus-per-run, a sweep dir that holds
+    another grid), without writing: `--dry-run` runs them too. The grid check runs on a copy of SWEEP_DIR/sweep.yaml."""
+    import shutil
+    import tempfile
+
+    from epo.config import ConfigError
+    from epo.sweep.grid import GRID_FILE
+    from epo.sweep.runner import check_gpus, local_gpu_slots, prepare
+
+    if jobs < 1:
+        raise ConfigError(f"--jobs must be >= 1, got {jobs}")
+    if ray and jobs != 1:
+        raise ConfigError("--jobs is for this machine; with --ray, Ray packs the runs by --cpus-per-run")
+    check_gpus(grid, chosen, ray, gpus_per_run, echo)
+    if not ray:
+        local_gpu_slots(jobs, gpus_per_run)
+    if not (target / GRID_FILE).is_file():
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        shutil.copy(target / GRID_FILE, Path(tmp) / GRID_FILE)
+        try:
+            prepare(grid, Path(tmp))  # its lines (grid extended, base moved) are printed by the real run
+        except ConfigError as e:
+            raise ConfigError(str(e).replace(tmp, str(target))) from None
 
 
 @app.command()
@@ -261,10 +378,23 @@ def ablate(
     run_dir: Path = typer.Argument(..., help="Run dir trained with train.save_rollouts=true."),
     step: int = typer.Option(..., "--step", help="Replay RL step N from the checkpoint of step N-1."),
     regulariser: list[str] = typer.Option(None, "--reg", help="none|entropy|epo|epo_reference|kl (default: all)."),
-    entropy_coef: float = typer.Option(None, "--entropy-coef", help="Plain entropy bonus (default: the run's)."),
-    kl_coef: float = typer.Option(None, "--kl-coef", help="KL coefficient (default: the run's, else 0.01)."),
+    entropy_coef: float = typer.Option(
+        None,
+        "--entropy-coef",
+        help="Coefficient of the 'entropy' regulariser's plain entropy bonus (default: the run's algo.entropy_coef, "
+        "else its epo.entropy_coef); needs 'entropy' among --reg.",
+    ),
+    kl_coef: float = typer.Option(
+        None,
+        "--kl-coef",
+        help="KL coefficient of the 'kl' regulariser (default: the run's algo.kl_coef, else 0.01); needs 'kl' among "
+        "--reg.",
+    ),
 ):
     """Replay one saved rollout batch under several regularisers from the same weights; per-turn ΔH, KL, clipping."""
+    for flag, value, name in (("--entropy-coef", entropy_coef, "entropy"), ("--kl-coef", kl_coef, "kl")):
+        if value is not None and regulariser and name not in regulariser:
+            _fail(f"{flag} acts only on the '{name}' regulariser; add --reg {name} (or leave --reg out: all)")
 
     def go():
         from epo.diagnostics.ablate import run_ablation
@@ -287,14 +417,27 @@ def envs():
     table = Table(title="environments")
     for col in ("name", "max turns", "splits", "description"):
         table.add_column(col)
+    failures = []
     for name in names():
         try:
             spec = get_spec(name)
             splits = ", ".join(f"{k} ({len(v)})" for k, v in spec.splits().items())
             table.add_row(name, str(spec.max_turns), splits, escape(spec.description))
         except Exception as e:  # a missing optional dependency must not hide the other envs
-            table.add_row(name, "-", "-", f"[yellow]unavailable: {escape(str(e).splitlines()[0])}[/]")
+            table.add_row(
+                name,
+                "-",
+                "-",
+                f"[yellow]unavailable: {escape(str(e).splitlines()[0] if str(e) else type(e).__name__)}[/]",
+            )
+            failures.append((name, e))
     console.print(table)
+    if _DEBUG["on"]:  # --debug: each unavailable env's full traceback, after the table
+        import traceback
+
+        for name, e in failures:
+            text = "".join(traceback.format_exception(e))
+            console.print(f"{name}:\n{text}", markup=False, highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -313,11 +456,16 @@ def presets():
 def config_show(
     preset: str = typer.Argument("quest_demo_cpu", help=PRESET_HELP),
     overrides: list[str] = typer.Argument(None, help=OVERRIDES_HELP),
-    doc: bool = typer.Option(False, "--doc", help="Show each key's documentation instead of the YAML."),
+    doc: bool = typer.Option(
+        False, "--doc", help="Show each key as `key = value  # documentation` (the resolved value) instead of YAML."
+    ),
 ):
     """Print the resolved config (defaults <- preset <- overrides)."""
 
     def go():
+        import json
+
+        import yaml
         from rich.markup import escape
 
         from epo.config import field_docs, to_yaml
@@ -326,8 +474,17 @@ def config_show(
         if not doc:
             sys.stdout.write(to_yaml(cfg))
             return
-        for key, text in field_docs().items():
-            console.print(f"[bold]{key}[/]: {escape(text)}")  # docs quote `epo[vllm]`
+        values = yaml.safe_load(to_yaml(cfg))  # as the YAML shows them: ${oc.env:...} stays unresolved
+        docs = field_docs()
+        for key, text in docs.items():
+            if any(k.startswith(key + ".") for k in docs):  # a section (diag): its keys follow with their values
+                console.print(f"[bold]{key}[/]: {escape(text)}", highlight=False)
+                continue
+            value = values
+            for part in key.split("."):
+                value = value[part]
+            shown = escape(json.dumps(value, default=str))
+            console.print(f"[bold]{key}[/] = {shown}  # {escape(text)}", highlight=False)  # docs quote `epo[vllm]`
 
     _guard(go)
 

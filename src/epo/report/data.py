@@ -1,5 +1,5 @@
-"""What `epo report` reads from a run dir: metrics.jsonl, warnings.jsonl, faults.jsonl, config.yaml,
-before_after.json, provenance.jsonl."""
+"""What `epo report` reads from a run dir: metrics.jsonl, warnings.jsonl, faults.jsonl (and its warm start's,
+sft/faults.jsonl), config.yaml, before_after.json, provenance.jsonl."""
 
 from __future__ import annotations
 
@@ -16,11 +16,13 @@ from omegaconf import OmegaConf
 
 from epo.errors import RunDirError
 from epo.report.health import read_metrics_checked
-from epo.telemetry.faults import read_faults
-from epo.telemetry.metrics import METRICS_FILE, read_warnings
+from epo.telemetry.faults import FAULTS_FILE
+from epo.telemetry.metrics import METRICS_FILE, decode_line, read_warnings
 from epo.telemetry.provenance import read_provenance
 
 BEFORE_AFTER_FILE = "before_after.json"
+WARM_START_DIR = "sft"  # `epo train`'s warm start (`epo sft` into RUN/sft)
+WARM_START = "warm start"
 _EVAL_SUCCESS = re.compile(r"^eval/([^/]+)/success$")
 # Other names the same quantity has been logged under (older runs, other code paths); first match wins.
 ALIASES = {
@@ -40,7 +42,8 @@ class RunData:
     before_after: dict[str, Any] = field(default_factory=dict)
     """before_after.json of `epo train` (zero-shot / start / end of RL per split); empty when absent."""
     faults: list[dict[str, Any]] = field(default_factory=list)
-    """faults.jsonl: env worker faults (step, phase, worker, reason, task, message)."""
+    """Env worker faults (step, phase, worker, reason, task, message): the warm start's first (sft/faults.jsonl,
+    phase prefixed "warm start ", marked warm_start=True), then the RL loop's (faults.jsonl)."""
     issues: list[str] = field(default_factory=list)
     """One line per problem found in metrics.jsonl (torn lines, duplicate steps)."""
     provenance: list[dict[str, Any]] = field(default_factory=list)
@@ -83,6 +86,10 @@ def load_run(path: str | Path, label: str | None = None) -> RunData:
     if not (path / METRICS_FILE).is_file():
         raise RunDirError(f"{path}: no {METRICS_FILE} (is this a run directory?)")
     records, issues = read_metrics_checked(path / METRICS_FILE)
+    warm = [
+        {**f, "phase": f"{WARM_START} {f.get('phase', '')}".rstrip(), "warm_start": True}
+        for f in _read_faults(path / WARM_START_DIR / FAULTS_FILE, issues)
+    ]
     return RunData(
         path,
         label or path.name,
@@ -90,10 +97,26 @@ def load_run(path: str | Path, label: str | None = None) -> RunData:
         read_warnings(path),
         _read_config(path / "config.yaml"),
         _read_json(path / BEFORE_AFTER_FILE),
-        read_faults(path),
+        warm + _read_faults(path / FAULTS_FILE, issues),
         issues,
         read_provenance(path),
     )
+
+
+def _read_faults(path: Path, issues: list[str]) -> list[dict[str, Any]]:
+    """The records of a faults.jsonl ([] when absent); a line that is not a JSON record is skipped and said in
+    `issues` (a damaged file must neither stop the report nor hide the rest of its faults)."""
+    if not path.is_file():
+        return []
+    records = []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            records.append(dict(decode_line(line)))
+        except (ValueError, AttributeError, TypeError):  # torn (a crash mid-write), or JSON that is not an object
+            issues.append(f"{path}:{number}: torn or malformed line (not a JSON fault record); skipped")
+    return records
 
 
 def _read_json(path: Path) -> dict[str, Any]:

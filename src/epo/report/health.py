@@ -1,4 +1,5 @@
-"""What `epo report` says about a run's health: env faults (faults.jsonl + per-step counts) and damaged metrics.
+"""What `epo report` says about a run's health: env faults (faults.jsonl, its warm start's sft/faults.jsonl, the
+per-step counts) and damaged metrics.
 
 metrics.jsonl problems are reported, one line each, instead of failing the report or passing silently:
   * a torn line (not JSON: a crash mid-write, or two processes writing at once) is skipped;
@@ -63,7 +64,8 @@ def fault_totals(records: list[dict[str, Any]]) -> dict[str, float]:
 
 
 def faults_section(runs: list[Any]) -> list[str]:
-    """Markdown: per-run totals, then the first fault records (worker, reason, task)."""
+    """Markdown: per-run totals, then the first fault records (worker, reason, task); the warm start's records (the
+    oracle's and its evals', phase "warm start ...") come first and are counted apart in the totals."""
     lines = ["## Env faults", ""]
     logged = [r for r in runs if r.faults or any(k in rec for rec in r.records for k, _ in FAULT_METRICS)]
     if not logged:
@@ -71,7 +73,9 @@ def faults_section(runs: list[Any]) -> list[str]:
     lines += [
         "Episodes ended by an env worker crash, a worker timeout (hang) or an exception in the env; they count as "
         "truncated but not towards `rollout/truncated_rate` (the turn limit). Retried steps: steps whose every "
-        "episode failed and were collected again.",
+        "episode failed and were collected again. The episode counts are the RL loop's; fault records also "
+        "count those of the warm start (`epo sft` into RUN/sft: its oracle and evals), listed with phase "
+        '"warm start ...".',
         "",
         "| run | " + " | ".join(name for _, name in FAULT_METRICS) + " | retried steps | fault records |",
         "|---|" + "---|" * (len(FAULT_METRICS) + 2),
@@ -79,8 +83,10 @@ def faults_section(runs: list[Any]) -> list[str]:
     for run in runs:
         totals = fault_totals(run.records)
         cells = [f"{totals[key]:.0f}" for key, _ in FAULT_METRICS]
+        warm = sum(bool(f.get("warm_start")) for f in run.faults)
+        records = f"{len(run.faults)}" + (f" ({warm} warm start)" if warm else "")
         lines.append(f"| {run.label} | " + " | ".join(cells) + f" | {totals['rollout/batch_retries']:.0f} | "
-                     f"{len(run.faults)} |")  # fmt: skip
+                     f"{records} |")  # fmt: skip
     rows = [(run.label, f) for run in runs for f in run.faults]
     if rows:
         lines += ["", "| run | step | phase | worker | reason | task | message |", "|---|---|---|---|---|---|---|"]
@@ -91,7 +97,11 @@ def faults_section(runs: list[Any]) -> list[str]:
                 f"{f.get('task') or '—'} | {message} |"
             )
         if len(rows) > MAX_FAULT_ROWS:
-            lines += ["", f"... and {len(rows) - MAX_FAULT_ROWS} more (see each run's faults.jsonl)."]
+            more = len(rows) - MAX_FAULT_ROWS
+            lines += [
+                "",
+                f"... and {more} more (see each run's faults.jsonl, and sft/faults.jsonl for its warm start).",
+            ]
     return lines
 
 

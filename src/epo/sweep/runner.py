@@ -206,7 +206,7 @@ def plan(grid: Grid, status: dict[str, dict], methods: list[str] | None = None) 
     return chosen, [r for r in chosen if status.get(r.run_id, {}).get("state") not in FINISHED]
 
 
-def _finished_line(chosen: list[RunSpec], pending: list[RunSpec], status: dict[str, dict]) -> str:
+def finished_line(chosen: list[RunSpec], pending: list[RunSpec], status: dict[str, dict]) -> str:
     """'X done' or 'X done, Y stopped by their monitor': what a rerun leaves alone."""
     finished = {r.run_id for r in chosen} - {r.run_id for r in pending}
     stopped = sum(status[run_id].get("state") == "stopped" for run_id in finished)
@@ -236,7 +236,7 @@ def run_sweep(
     check_gpus(grid, chosen, ray, gpus_per_run, echo)
     gpu_slots = None if ray else local_gpu_slots(jobs, gpus_per_run)  # None, or a CUDA_VISIBLE_DEVICES per lane
     prepare(grid, sweep_dir, echo)
-    echo(f"sweep {sweep_dir}: {_finished_line(chosen, pending, status)}, {len(pending)} to run")
+    echo(f"sweep {sweep_dir}: {finished_line(chosen, pending, status)}, {len(pending)} to run")
     todo = [(r, train_command(grid, r, sweep_dir), str(sweep_dir / r.method / f"seed{r.seed}.log")) for r in pending]
 
     lock = threading.Lock()  # with jobs > 1, runs finish on several threads

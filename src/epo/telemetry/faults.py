@@ -20,7 +20,8 @@ from typing import Any
 from rich.markup import escape
 
 from epo.errors import EpoError
-from epo.telemetry.metrics import encode_line, read_jsonl, truncate_after
+from epo.fsio import atomic_write_text
+from epo.telemetry.metrics import decode_line, encode_line, read_jsonl, truncate_after
 
 FAULTS_FILE = "faults.jsonl"
 CRASH_REASONS = ("worker_crash", "worker_dead")
@@ -83,29 +84,58 @@ def collect_with_retries(
 
 class FaultLog:
     """RUN_DIR/faults.jsonl: one {"step", "phase", "worker", "reason", "task", "message"} per fault, plus a console
-    line each. Resuming from step k drops records after k, like metrics.jsonl."""
+    line each. Resuming from step k drops records after k, like metrics.jsonl. run_dir=None: the console lines
+    only (`epo eval`, which has no run dir); there step may be None (the line then names no step)."""
 
-    def __init__(self, run_dir: str | Path, print_line: Callable[[str], None], resume_step: int | None = None):
-        self.path = Path(run_dir) / FAULTS_FILE
+    def __init__(self, run_dir: str | Path | None, print_line: Callable[[str], None], resume_step: int | None = None):
+        self.path = None if run_dir is None else Path(run_dir) / FAULTS_FILE
         self.print_line = print_line
-        if resume_step is not None:
+        if resume_step is not None and self.path is not None:
             truncate_after(self.path, resume_step)
 
-    def record(self, step: int, phase: str, faults: Iterable[Any]) -> int:
+    def record(self, step: int | None, phase: str, faults: Iterable[Any]) -> int:
         """Log PoolFaults (or dicts with worker, reason, task, message); returns how many."""
         lines = []
         for f in faults:
             rec = f if isinstance(f, dict) else {"worker": f.worker, "reason": f.reason, "task": f.task,
                                                  "message": f.message}  # fmt: skip
-            rec = {"step": int(step), "phase": phase, **rec}
-            lines.append(encode_line(rec) + "\n")
-            on = f" on task {rec['task']}" if rec.get("task") else ""
-            detail = escape(f"worker {rec['worker']} {rec['reason']}{on}: {rec['message']}")  # env text, not markup
-            self.print_line(f"[yellow]env fault:[/] step {step} {phase}: {detail}")
+            if self.path is not None:
+                lines.append(encode_line({"step": int(step), "phase": phase, **rec}) + "\n")
+            self.print_line(fault_line(step, phase, rec))
         if lines:
             with open(self.path, "a") as out:
                 out.writelines(lines)
         return len(lines)
+
+
+def fault_line(step: int | None, phase: str, rec: dict[str, Any]) -> str:
+    """The console line of one fault record (rich markup; the env's text is escaped, not read as markup)."""
+    on = f" on task {rec['task']}" if rec.get("task") else ""
+    where = phase if step is None else f"step {step} {phase}"
+    return "[yellow]env fault:[/] " + escape(f"{where}: worker {rec['worker']} {rec['reason']}{on}: {rec['message']}")
+
+
+def keep_faults(run_dir: str | Path, keep: Callable[[dict[str, Any]], bool]) -> int:
+    """Atomically rewrite RUN_DIR/faults.jsonl with only the records `keep` accepts (a line that is not a JSON
+    record is dropped too); returns how many were dropped. For a stage that runs again on resume (the warm start's
+    oracle and evals), so that its faults are not logged twice."""
+    path = Path(run_dir) / FAULTS_FILE
+    if not path.is_file():
+        return 0
+    kept, dropped = [], 0
+    for line in path.read_text().splitlines():
+        if not line.strip():
+            continue
+        try:
+            rec = decode_line(line)
+        except (ValueError, AttributeError):  # a torn line, or JSON that is not an object
+            rec = None
+        if isinstance(rec, dict) and keep(rec):
+            kept.append(line + "\n")
+        else:
+            dropped += 1
+    atomic_write_text(path, "".join(kept))
+    return dropped
 
 
 def read_faults(run_dir: str | Path) -> list[dict[str, Any]]:

@@ -13,9 +13,11 @@ the zero-shot eval already done (OUT/sft_before.json) and continues from the che
 uninterrupted run bit for bit. `sft.save_every` also checkpoints every N optimizer steps (for SIGKILL).
 
 Env faults while the oracle plays (a worker crash or hang, an exception in the env) end those episodes unwon, as in
-RL: one console line each ("env fault: step 0 oracle: ..."), OUT/faults.jsonl (the RL record format, rewritten by
-each run since a resume plays the oracle again), the count in the oracle's summary line, `SFTResult.oracle_faults`
-and sft_summary.json.
+RL: one console line each ("env fault: step 0 oracle: ..."), OUT/faults.jsonl (the RL record format), the count in
+the oracle's summary line, `SFTResult.oracle_faults` and sft_summary.json. Env faults of the evals before and after
+cloning are logged the same way, phase "eval <split> before SFT" / "eval <split> after SFT" (step 0). A fresh run
+starts OUT/faults.jsonl anew; a resume keeps only the faults of the zero-shot splits it does not run again.
+`epo report RUN` lists RUN/sft/faults.jsonl with the run's own faults, as the warm start's.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from epo.models.precision import autocast_for
 from epo.rollout.evaluate import EvalResult, wilson_interval
 from epo.rollout.oracle import collect_oracle
 from epo.rollout.types import Trajectory
-from epo.telemetry.faults import FAULTS_FILE, FaultLog, is_fault
+from epo.telemetry.faults import FaultLog, is_fault, keep_faults
 from epo.telemetry.metrics import truncate_after
 from epo.telemetry.progress import StepProgress
 from epo.telemetry.provenance import append_provenance, machine_record
@@ -59,6 +61,8 @@ from epo.trainer.update import step_if_finite
 
 BEFORE_FILE = "sft_before.json"
 METRICS_FILE = "sft_metrics.jsonl"
+SUMMARY_FILE = "sft_summary.json"
+BEFORE, AFTER = "before SFT", "after SFT"  # the labels of the evals before and after cloning
 
 
 @dataclass
@@ -103,13 +107,14 @@ def run_sft(
     from_step = 0 if resume_from is None else checkpoint_step(resume_from)
     append_provenance(out, machine_record(device, chosen, from_step=from_step, phase="sft"))
     result = SFTResult(out, out / "export")
+    faults = FaultLog(out, console.print)
     with GracefulExit(console.print) as stop, setup.make_pool(cfg) as pool:
         collector = setup.make_collector(cfg, pool, model, tokenizer, console)
-        result.before = _before_eval(cfg, collector, splits, console, out, resume, stop)
+        result.before = _before_eval(cfg, collector, splits, console, out, resume, stop, faults)
         if stop.requested:  # nothing trained yet: a resume starts training from scratch (the eval is kept)
             result.interrupted, result.stop_signal = True, stop.signal_name
             return result
-        samples = _play_oracle(cfg, splits, pool, collector, tokenizer, console, out, result)
+        samples = _play_oracle(cfg, splits, pool, collector, tokenizer, console, faults, result)
         loop = _SFTLoop(cfg, model, tokenizer.pad_token_id, samples, out, stop, stop_after)
         losses = loop.run(console, resume_from)
         if losses is None:
@@ -122,7 +127,7 @@ def run_sft(
         console.print(f"SFT model exported to {result.export_dir}", markup=False)
         if eval_after:
             try:
-                result.after = _eval_all(cfg, collector, splits, console, "after SFT", stop=stop)
+                result.after = _eval_all(cfg, collector, splits, console, AFTER, faults=faults, stop=stop)
             except EvalStopped as e:
                 console.print(
                     f"{e}: the export is complete; measure it with `epo eval --model {result.export_dir}`", markup=False
@@ -135,11 +140,11 @@ def run_sft(
         "before": {k: v.success for k, v in result.before.items()},
         "after": {k: v.success for k, v in result.after.items()},
     }
-    (out / "sft_summary.json").write_text(json.dumps(summary, indent=1))
+    atomic_write_text(out / SUMMARY_FILE, json.dumps(summary, indent=1))
     return result
 
 
-def _play_oracle(cfg: Config, splits, pool, collector, tokenizer, console: Console, out: Path, result: SFTResult):
+def _play_oracle(cfg: Config, splits, pool, collector, tokenizer, console: Console, faults: FaultLog, result):
     """The oracle's turn samples of sft.episodes train tasks; its win rate and env faults go to `result`, the
     console and OUT/faults.jsonl (logged even when the collection raises, e.g. every reset failing)."""
     ids = random.Random(cfg.train.seed).sample(
@@ -147,8 +152,6 @@ def _play_oracle(cfg: Config, splits, pool, collector, tokenizer, console: Conso
     )
     t0 = time.perf_counter()
     console.print(f"oracle: playing {len(ids)} expert episodes on {cfg.env.train_split} ...")
-    (out / FAULTS_FILE).unlink(missing_ok=True)  # a resume plays the oracle again: only this run's faults
-    faults = FaultLog(out, console.print)
     try:
         samples, trajs = collect_oracle(pool, collector.prompts, tokenizer, ids, collector.max_turns)
     finally:
@@ -161,7 +164,7 @@ def _play_oracle(cfg: Config, splits, pool, collector, tokenizer, console: Conso
         markup=False,
     )
     if not samples:
-        lost = f" ({result.oracle_faults} ended by env faults: see {out / FAULTS_FILE})" if result.oracle_faults else ""
+        lost = f" ({result.oracle_faults} ended by env faults: see {faults.path})" if result.oracle_faults else ""
         raise TrainingError(f"sft: the {cfg.env.name} oracle won no episode{lost}; nothing to clone")
     return samples
 
@@ -187,15 +190,20 @@ def saved_zero_shot(out: Path) -> dict[str, EvalResult]:
 
 
 def _before_eval(
-    cfg: Config, collector, splits, console: Console, out: Path, resume: bool, stop: GracefulExit
+    cfg: Config, collector, splits, console: Console, out: Path, resume: bool, stop: GracefulExit, faults: FaultLog
 ) -> dict[str, EvalResult]:
     """The zero-shot eval, saved to OUT/sft_before.json split by split, so a resumed warm start does not repeat the
     splits that finished. A stop signal abandons the split being evaluated at once (nothing is trained yet, so
-    nothing is lost but that split, which a resume runs again)."""
+    nothing is lost but that split, which a resume runs again).
+
+    First OUT/faults.jsonl keeps only the env faults of the zero-shot splits kept (none on a fresh start): a resume
+    runs everything else again (the rest of this eval, the oracle, the eval after cloning) and logs its faults anew."""
     path = out / BEFORE_FILE
     done = saved_zero_shot(out) if resume else {}
     if resume and path.is_file() and not done:  # written atomically, so only damaged from outside: redo, say so
         console.print(f"{path}: unreadable; the zero-shot eval runs again")
+    kept_phases = {eval_phase(split, BEFORE) for split in done}
+    keep_faults(out, lambda rec: rec.get("phase") in kept_phases)
     if set(cfg.env.eval_splits) <= done.keys():
         return done
 
@@ -203,18 +211,31 @@ def _before_eval(
         atomic_write_text(path, json.dumps({split: asdict(res) for split, res in finished.items()}))
 
     try:
-        return _eval_all(cfg, collector, splits, console, "before SFT", stop=stop, done=done, on_split=save)
+        return _eval_all(cfg, collector, splits, console, BEFORE, faults=faults, stop=stop, done=done, on_split=save)
     except EvalStopped as e:
         kept = sorted(json.loads(path.read_text())) if path.is_file() else []
         console.print(f"{e}: kept {', '.join(kept) or 'no split'}; a resume runs the rest of this eval")
         return {}
 
 
-def _eval_all(cfg: Config, collector, splits, console: Console, label: str, stop=None, **kw) -> dict[str, EvalResult]:
+def eval_phase(split: str, label: str) -> str:
+    """The phase of a warm-start eval's env faults in OUT/faults.jsonl: the RL loop's "eval <split>" and which eval
+    ("eval iid before SFT"); step 0, like the oracle's."""
+    return f"eval {split} {label}"
+
+
+def _eval_all(
+    cfg: Config, collector, splits, console: Console, label: str, *, faults: FaultLog, stop=None, **kw
+) -> dict[str, EvalResult]:
     if cfg.sft.eval_episodes <= 0:
         return {}
     names = list(cfg.env.eval_splits)
-    return evaluate_splits(cfg, collector, splits, names, cfg.sft.eval_episodes, console, label, stop, **kw)
+
+    def on_faults(split: str, found) -> None:
+        faults.record(0, eval_phase(split, label), found)
+
+    episodes = cfg.sft.eval_episodes
+    return evaluate_splits(cfg, collector, splits, names, episodes, console, label, stop, on_faults=on_faults, **kw)
 
 
 class _SFTLoop:

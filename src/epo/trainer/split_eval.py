@@ -7,10 +7,11 @@ from collections.abc import Callable
 
 import torch
 from rich.console import Console
-from rich.markup import escape
 
 from epo.config import Config
+from epo.envs.pool import PoolFault
 from epo.rollout.evaluate import EvalResult, eval_task_ids, evaluate
+from epo.telemetry.faults import FaultLog
 from epo.telemetry.progress import StepProgress
 from epo.trainer.distributed import rollout_seed
 
@@ -78,13 +79,20 @@ def evaluate_splits(
     done: dict[str, EvalResult] | None = None,
     on_split: Callable[[dict[str, EvalResult]], None] | None = None,
     rl_step: int | None = None,
+    on_faults: Callable[[str, list[PoolFault]], None] | None = None,
 ) -> dict[str, EvalResult]:
     """`episodes` of each split in `names` (task ids from `split_ids`), sampled with `eval_sampling_seed(cfg,
     rl_step)` (its own stream: see rollout/evaluate.py, so a split's result does not depend on which splits ran
     before it). Each
     result is printed as '  LABEL: <split line>'. stop: a GracefulExit whose signal abandons the eval after the
     current turn (raises EvalStopped). done: splits already evaluated (kept, not run again); on_split: called with
-    the finished splits after each one, so a caller can persist them before a later split is stopped."""
+    the finished splits after each one, so a caller can persist them before a later split is stopped.
+    on_faults(split, faults): the env faults of each split, also of one that raised or was stopped (the warm start
+    logs them to OUT/faults.jsonl); default: a console line each, worded as the RL loop's (`FaultLog`), phase
+    "eval <split>" at step rl_step (no step when None). The RL loop's own evals call `evaluate_split`, not this."""
+    if on_faults is None:
+        console_only = FaultLog(None, console.print)
+        on_faults = lambda split, faults: console_only.record(rl_step, f"eval {split}", faults)  # noqa: E731
     out: dict[str, EvalResult] = {k: v for k, v in (done or {}).items() if k in names}
     with StepProgress(console, len(names), len(out), label=label) as progress:
         try:
@@ -92,9 +100,10 @@ def evaluate_splits(
                 collector.on_turn = stop_checking(progress.turn, stop, f"{label} {split}")
                 progress.phase(f"eval {split}", collector.max_turns)
                 seed = eval_sampling_seed(cfg, rl_step)
-                out[split] = evaluate_split(cfg, collector, split, split_ids[split], episodes, seed)
-                for fault in collector.pool.drain_faults():  # episodes a crashed or hung env worker ended (lost)
-                    console.print(f"[yellow]env fault:[/] {label} {split}: {escape(fault.line())}", soft_wrap=True)
+                try:
+                    out[split] = evaluate_split(cfg, collector, split, split_ids[split], episodes, seed)
+                finally:  # episodes a crashed or hung env worker ended (lost), also when the eval did not finish
+                    on_faults(split, collector.pool.drain_faults())
                 progress.step_done(f"  {label}: {out[split].line()}")
                 if on_split is not None:
                     on_split(dict(out))
