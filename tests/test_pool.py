@@ -56,6 +56,8 @@ class FaultyEnv:
         return f"{self.task}:{action}#{self.count}", float(info["won"]), info["won"], False, info
 
     def expert_action(self):
+        if self.task.startswith("gold") and self.count == 0:  # ScienceWorld's first call: seconds to make a gold path
+            time.sleep(0.4)
         return "win"
 
     def close(self):
@@ -157,6 +159,14 @@ def test_hanging_env_times_out_without_blocking_the_batch(faulty_pool):
     assert outs[1][0] == "t1:a#1"
     assert pool.step({1: "win"})[1][1:4] == (1.0, True, False)
     assert pool.reset(["t0"])[0][0] == "start t0"
+
+
+def test_slow_first_expert_calls_of_many_slots_are_not_a_timeout():
+    """A worker's slots make their gold paths one after another in one command: 6 x 0.4 s > the 1 s step deadline."""
+    with EnvPool("faulty_test", {}, num_workers=1, step_timeout_s=1.0, reset_timeout_s=30.0) as pool:
+        pool.reset([f"gold{i}" for i in range(6)])
+        assert pool.expert_actions(list(range(6))) == {i: "win" for i in range(6)}
+        assert pool.drain_faults() == []
 
 
 def test_worker_exit_and_env_exception(faulty_pool):

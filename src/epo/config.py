@@ -91,7 +91,8 @@ class EnvConfig:
     pool_mode: str = "process"
     """process (workers, fault tolerant) | inline (in the main process, for debugging)."""
     step_timeout_s: float = 60.0
-    """A worker that takes longer for one step is killed and restarted; its episode ends as truncated."""
+    """A worker that takes longer for one batched step (all its slots) is killed and restarted; its episodes end as
+    truncated. Resets and the oracle's expert calls (a first one may reload the env) have a 300 s deadline."""
     executor: str = "local"
     """local (worker processes on this machine) | ray (Ray actors, spread over a Ray cluster; the `ray` extra)."""
     ray_address: str = ""

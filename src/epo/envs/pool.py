@@ -10,7 +10,8 @@ slow start-ups (ALFWorld game loading, the ScienceWorld JVM) are paid once per w
 worker first and is gathered afterwards, so workers run in parallel.
 
 Faults end episodes, never the batch. If a worker dies ("worker_crash") or does not answer within the timeout
-("timeout"; the deadline covers one batched command on that worker), its whole process group is killed (envs'
+("timeout"; the deadline covers one batched command on that worker: all its slots; step_timeout_s for step,
+reset_timeout_s for reset and expert_actions, whose first call may reload the env), its whole process group is killed (envs'
 children such as JVMs included), a fresh worker is started, and every live episode on it ends with truncated=True
 and info {"error", "truncated_reason", "won": False, "valid": False, "admissible_actions": [], "task", ...}.
 Slots that were not stepped in that call report it on their next step. An exception inside the env ends only that
@@ -314,7 +315,10 @@ class EnvPool:
         """The env oracle's next action per slot (None: no oracle, episode over, or the worker failed)."""
         self._check_open()
         ask = {s: None for s in slots if s in self._active and s not in self._lost}
-        replies = self._call("expert", ask, self.step_timeout_s)
+        # the reset deadline: an episode's first expert call may be a reset's work (ScienceWorld reloads the task to
+        # generate its gold path, seconds per slot), for all of a worker's slots in one command; under the step
+        # deadline 16 slots of 3 s each timed out and killed the worker with all its episodes
+        replies = self._call("expert", ask, self.reset_timeout_s)
         self._record_env_errors(replies)
         return {s: replies[s][1] if s in replies and replies[s][0] == "ok" else None for s in slots}
 
@@ -390,7 +394,11 @@ class EnvPool:
             ready = mp.connection.wait(list(pending), timeout=max(0.0, deadline - time.monotonic()))
             if not ready:
                 for w in pending.values():
-                    failed[w] = ("timeout", f"worker {w} did not answer '{cmd}' within {timeout_s:g} s")
+                    n = len(by_worker[w])
+                    failed[w] = (
+                        "timeout",
+                        f"worker {w} did not answer '{cmd}' for its {n} slot(s) within {timeout_s:g} s",
+                    )
                 break
             for conn in ready:
                 w = pending.pop(conn)
