@@ -44,6 +44,19 @@ def test_oracle_samples_are_in_the_rl_format():
     assert parse_action(first, [first.removesuffix("</action>")], action_prefix=True).valid
 
 
+def test_cloned_prompts_are_fitted_as_in_rl_and_their_shortening_counted():
+    _, tokenizer = load_model_and_tokenizer("tiny")
+    counts = {}
+    for limit in (4096, 260):
+        cfg = load_config(None, [*TINY, f"agent.max_prompt_tokens={limit}"])
+        prompts = PromptBuilder(tokenizer, cfg.agent, list_older_actions=False, env_name="quest")
+        with EnvPool("quest", {"difficulty": "easy"}, num_workers=1, mode="inline") as pool:
+            samples, trajs = collect_oracle(pool, prompts, tokenizer, ["train/00000"], max_turns=15)
+        assert all(len(s.prompt_ids) <= limit for s in samples)
+        counts[limit] = sum(t.shortened_prompts for t in trajs)
+    assert counts[4096] == 0 and counts[260] > 0, counts
+
+
 def test_sft_lowers_the_loss_and_exports_a_loadable_model(tmp_path):
     torch.manual_seed(0)
     cfg = load_config(None, TINY)
@@ -55,6 +68,7 @@ def test_sft_lowers_the_loss_and_exports_a_loadable_model(tmp_path):
     assert set(result.before) == {"iid"} and set(result.after) == {"iid"}
     summary = json.loads((tmp_path / "sft" / "sft_summary.json").read_text())
     assert summary["samples"] == result.samples
+    assert summary["prompt_shortened_rate"] == result.prompt_shortened_rate == 0.0  # tiny quest prompts fit
     model, _ = load_model_and_tokenizer(str(result.export_dir))
     assert sum(p.numel() for p in model.parameters()) > 0
     # the RL config starts from it

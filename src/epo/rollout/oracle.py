@@ -52,7 +52,10 @@ def collect_oracle(
         outs = pool.step(actions) if actions else {}
         for k, action in actions.items():
             s = state[k]
-            prompt = prompts.build(s["task"], s["obs"], s["admissible"], s["history"], turn)
+            fit = prompts.fit(s["task"], s["obs"], s["admissible"], s["history"], turn)
+            prompt = fit.ids  # shortened to agent.max_prompt_tokens as in RL; counted, so cloning reports it too
+            s["traj"].shortened_prompts += int(fit.shortened)
+            s["traj"].actions_cut_prompts += int(fit.actions_cut)
             response = tokenizer(prompts.response_text(action), add_special_tokens=False)["input_ids"]
             s["samples"].append(TurnSample(prompt, response, turn, k, k))
             obs, _r, terminated, truncated, info = outs[k]

@@ -36,6 +36,7 @@ from epo.errors import TrainingError
 from epo.fsio import atomic_write_text
 from epo.models import merge_and_save, response_logprobs
 from epo.models.precision import autocast_for
+from epo.rollout.collector import prompt_fit_metrics
 from epo.rollout.evaluate import EvalResult, wilson_interval
 from epo.rollout.oracle import collect_oracle
 from epo.rollout.types import Trajectory
@@ -75,6 +76,10 @@ class SFTResult:
     oracle_faults: int = 0
     """Oracle episodes ended by an env fault (unwon, not cloned); each fault is a record of OUT/faults.jsonl."""
     samples: int = 0
+    prompt_shortened_rate: float = 0.0
+    """Share of the cloned (won) episodes' turns whose prompt was shortened to fit agent.max_prompt_tokens."""
+    prompt_actions_cut_rate: float = 0.0
+    """Share of them whose prompt left admissible actions out to fit (a subset of the above)."""
     interrupted: bool = False
     """Stopped by SIGINT/SIGTERM (or stop_after): resume with run_sft(..., resume=True); nothing exported."""
     stop_signal: str = ""
@@ -136,6 +141,8 @@ def run_sft(
         "oracle_win_rate": result.oracle_win_rate,
         "oracle_faults": result.oracle_faults,
         "samples": result.samples,
+        "prompt_shortened_rate": result.prompt_shortened_rate,
+        "prompt_actions_cut_rate": result.prompt_actions_cut_rate,
         "final_loss": losses[-1],
         "before": {k: v.success for k, v in result.before.items()},
         "after": {k: v.success for k, v in result.after.items()},
@@ -159,10 +166,19 @@ def _play_oracle(cfg: Config, splits, pool, collector, tokenizer, console: Conso
     result.oracle_win_rate = sum(t.won for t in trajs) / max(len(trajs), 1)
     result.oracle_faults = sum(is_fault(t) for t in trajs)
     result.samples = len(samples)
+    cloned = prompt_fit_metrics([t for t in trajs if t.won])  # the samples are the won episodes' turns
+    result.prompt_shortened_rate = cloned["rollout/prompt_shortened_rate"]
+    result.prompt_actions_cut_rate = cloned["rollout/prompt_actions_cut_rate"]
     console.print(
         f"oracle: {_oracle_outcome(trajs)}, {len(samples)} turn samples ({time.perf_counter() - t0:.1f}s)",
         markup=False,
     )
+    if result.prompt_shortened_rate > 0:  # the clone learns to act on less than the env showed: say so
+        console.print(
+            f"[yellow]warning:[/] {100 * result.prompt_shortened_rate:.1f}% of the cloned turns' prompts were "
+            f"shortened to fit agent.max_prompt_tokens={cfg.agent.max_prompt_tokens} "
+            f"({100 * result.prompt_actions_cut_rate:.1f}% lost admissible actions)"
+        )
     if not samples:
         lost = f" ({result.oracle_faults} ended by env faults: see {faults.path})" if result.oracle_faults else ""
         raise TrainingError(f"sft: the {cfg.env.name} oracle won no episode{lost}; nothing to clone")
