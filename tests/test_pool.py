@@ -169,6 +169,20 @@ def test_slow_first_expert_calls_of_many_slots_are_not_a_timeout():
         assert pool.drain_faults() == []
 
 
+def test_the_step_deadline_is_per_env_call_not_per_batch():
+    """6 slots on one worker nap 0.5 s each (3 s in all) under a 1 s step deadline: no timeout; a hang still is one,
+    named with the slots done before it."""
+    with EnvPool("faulty_test", {}, num_workers=1, step_timeout_s=1.0) as pool:
+        pool.reset([f"t{i}" for i in range(6)])
+        outs = pool.step({i: "nap" for i in range(6)})
+        assert all(not out[3] for out in outs.values()) and pool.drain_faults() == []
+        outs = pool.step({0: "a", 1: "a", 2: "hang", 3: "a"})
+        assert [outs[i][3] for i in range(4)] == [True] * 4  # the whole worker was restarted
+        faults = pool.drain_faults()  # one per live episode it ended, t4 and t5 (not stepped) too
+        assert [f.task for f in faults] == [f"t{i}" for i in range(6)], faults
+        assert all(f.reason == "timeout" and "2 of its 4 slot(s) done" in f.message for f in faults), faults
+
+
 def test_worker_exit_and_env_exception(faulty_pool):
     pool = faulty_pool
     pool.reset(["t0", "t1", "t2"])

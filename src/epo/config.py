@@ -91,8 +91,9 @@ class EnvConfig:
     pool_mode: str = "process"
     """process (workers, fault tolerant) | inline (in the main process, for debugging)."""
     step_timeout_s: float = 60.0
-    """A worker that takes longer for one batched step (all its slots) is killed and restarted; its episodes end as
-    truncated. Resets and the oracle's expert calls (a first one may reload the env) have a 300 s deadline."""
+    """A worker whose env takes longer for one step (one slot's; a worker steps its slots in turn) is killed and
+    restarted; its episodes end as truncated. Resets and the oracle's expert calls (a first one may reload the env)
+    have a 300 s deadline per slot."""
     executor: str = "local"
     """local (worker processes on this machine) | ray (Ray actors, spread over a Ray cluster; the `ray` extra)."""
     ray_address: str = ""

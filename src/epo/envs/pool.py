@@ -10,8 +10,9 @@ slow start-ups (ALFWorld game loading, the ScienceWorld JVM) are paid once per w
 worker first and is gathered afterwards, so workers run in parallel.
 
 Faults end episodes, never the batch. If a worker dies ("worker_crash") or does not answer within the timeout
-("timeout"; the deadline covers one batched command on that worker: all its slots; step_timeout_s for step,
-reset_timeout_s for reset and expert_actions, whose first call may reload the env), its whole process group is killed (envs'
+("timeout": one env call, one slot's reset, step or expert action, took longer than step_timeout_s, or
+reset_timeout_s for reset and expert_actions, whose first call may reload the env; a worker runs its slots one after
+another and reports each, so the deadline does not grow with its slot count), its whole process group is killed (envs'
 children such as JVMs included), a fresh worker is started, and every live episode on it ends with truncated=True
 and info {"error", "truncated_reason", "won": False, "valid": False, "admissible_actions": [], "task", ...}.
 Slots that were not stepped in that call report it on their next step. An exception inside the env ends only that
@@ -46,6 +47,7 @@ from epo.envs.registry import get_spec
 from epo.errors import EnvResetFailed
 
 _POLL_PARENT_S = 1.0
+_SLOT_DONE = b""  # worker -> parent: one more slot of the command is done (a reply is never empty)
 _CLOSE_GRACE_S = 5.0
 
 
@@ -70,10 +72,14 @@ class _SlotEnvs:
             if env is not None:
                 env.close()
 
-    def handle(self, cmd: str, payload: dict[int, Any]) -> dict[int, tuple[str, Any]]:
-        """{slot: ("ok", result) or ("env_error", message)}."""
+    def handle(
+        self, cmd: str, payload: dict[int, Any], on_slot: Callable[[], None] | None = None
+    ) -> dict[int, tuple[str, Any]]:
+        """{slot: ("ok", result) or ("env_error", message)}; on_slot() after each slot but the last (a heartbeat)."""
         results: dict[int, tuple[str, Any]] = {}
-        for slot, arg in payload.items():
+        for i, (slot, arg) in enumerate(payload.items()):
+            if i and on_slot is not None:
+                on_slot()
             try:
                 if cmd == "reset":
                     out = self._env(slot).reset(options={"task_id": arg})
@@ -131,7 +137,8 @@ def _worker_main(conn: Any, make_env: Callable[..., Any], env_kwargs: dict[str, 
                 break
             if cmd == "close":
                 break
-            conn.send_bytes(_encode(envs.handle(cmd, payload)))
+            # an empty message after each slot but the last: the parent's deadline is per env call, not per batch
+            conn.send_bytes(_encode(envs.handle(cmd, payload, on_slot=lambda: conn.send_bytes(_SLOT_DONE))))
     finally:
         envs.close()
 
@@ -316,8 +323,7 @@ class EnvPool:
         self._check_open()
         ask = {s: None for s in slots if s in self._active and s not in self._lost}
         # the reset deadline: an episode's first expert call may be a reset's work (ScienceWorld reloads the task to
-        # generate its gold path, seconds per slot), for all of a worker's slots in one command; under the step
-        # deadline 16 slots of 3 s each timed out and killed the worker with all its episodes
+        # generate its gold path, seconds on a loaded machine)
         replies = self._call("expert", ask, self.reset_timeout_s)
         self._record_env_errors(replies)
         return {s: replies[s][1] if s in replies and replies[s][0] == "ok" else None for s in slots}
@@ -389,22 +395,30 @@ class EnvPool:
                 pending[self._workers[w].conn] = w
             except (OSError, ValueError) as e:
                 failed[w] = ("worker_crash", f"worker {w} is gone ({type(e).__name__}: {e})")
-        deadline = time.monotonic() + timeout_s
+        start = time.monotonic()
+        deadline = {w: start + timeout_s for w in pending.values()}  # per env call: each slot done moves it on
+        done = dict.fromkeys(pending.values(), 0)
         while pending:
-            ready = mp.connection.wait(list(pending), timeout=max(0.0, deadline - time.monotonic()))
+            wait_s = max(0.0, min(deadline[w] for w in pending.values()) - time.monotonic())
+            ready = mp.connection.wait(list(pending), timeout=wait_s)
             if not ready:
-                for w in pending.values():
-                    n = len(by_worker[w])
-                    failed[w] = (
-                        "timeout",
-                        f"worker {w} did not answer '{cmd}' for its {n} slot(s) within {timeout_s:g} s",
-                    )
-                break
+                for conn, w in [(c, w) for c, w in pending.items() if deadline[w] <= time.monotonic()]:
+                    del pending[conn]
+                    failed[w] = ("timeout", f"worker {w}: an env's '{cmd}' did not return within {timeout_s:g} s "
+                                            f"({done[w]} of its {len(by_worker[w])} slot(s) done)")  # fmt: skip
+                continue
             for conn in ready:
-                w = pending.pop(conn)
+                w = pending[conn]
                 try:
-                    replies.update(conn.recv())
+                    data = conn.recv_bytes()
+                    if data == _SLOT_DONE:
+                        done[w] += 1
+                        deadline[w] = time.monotonic() + timeout_s
+                        continue
+                    del pending[conn]
+                    replies.update(pickle.loads(data))
                 except Exception as e:  # EOFError when the worker died; anything else: a garbled pipe
+                    pending.pop(conn, None)
                     code = self._workers[w].process.exitcode
                     failed[w] = ("worker_crash", f"worker {w} died (exit code {code}; {type(e).__name__})")
         return self._restart_failed(failed, by_worker, replies)

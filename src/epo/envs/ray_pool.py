@@ -112,7 +112,10 @@ class RayEnvPool(EnvPool):
     ) -> dict[int, tuple[str, Any]]:
         ray = _ray()
         refs = {self._workers[w].handle.remote(cmd, share): w for w, share in by_worker.items()}
-        ready, not_ready = ray.wait(list(refs), num_returns=len(refs), timeout=timeout_s)
+        # an actor reports no progress mid-command, so its deadline is timeout_s per slot it serves (the local pool's
+        # is per env call through its heartbeat); the longest share bounds the wait
+        longest = max((len(share) for share in by_worker.values()), default=1)
+        ready, not_ready = ray.wait(list(refs), num_returns=len(refs), timeout=timeout_s * longest)
         replies: dict[int, tuple[str, Any]] = {}
         failed: dict[int, tuple[str, str]] = {}
         for ref in ready:
@@ -126,7 +129,11 @@ class RayEnvPool(EnvPool):
                     replies[slot] = ("env_error", f"{type(e).__name__}: {str(e).splitlines()[0][:200]}")
         for ref in not_ready:
             w = refs[ref]
-            failed[w] = ("timeout", f"worker {w} did not answer '{cmd}' within {timeout_s:g} s")
+            n = len(by_worker[w])
+            failed[w] = (
+                "timeout",
+                f"worker {w} did not answer '{cmd}' for its {n} slot(s) within {timeout_s * longest:g} s",
+            )
         return self._restart_failed(failed, by_worker, replies)  # lost episodes and PoolFaults, as the local pool
 
     def _replace(self, w: int) -> None:
