@@ -44,6 +44,21 @@ def test_oracle_samples_are_in_the_rl_format():
     assert parse_action(first, [first.removesuffix("</action>")], action_prefix=True).valid
 
 
+def test_the_oracle_in_rounds_of_max_envs_clones_the_same_samples_with_fewer_envs():
+    cfg = load_config(None, TINY)
+    _, tokenizer = load_model_and_tokenizer("tiny")
+    prompts = PromptBuilder(tokenizer, cfg.agent, list_older_actions=False, env_name="quest")
+    tasks = [f"train/{i:05d}" for i in range(3)]
+    played = {}
+    for max_envs in (None, 2):
+        with EnvPool("quest", {"difficulty": "easy"}, num_workers=1, mode="inline") as pool:
+            samples, trajs = collect_oracle(pool, prompts, tokenizer, tasks, max_turns=15, max_envs=max_envs)
+            envs = len(pool._inline[0].envs)  # env instances the pool created: one per slot ever used
+        played[max_envs] = ([(s.prompt_ids, s.response_ids, s.traj_id) for s in samples], [t.traj_id for t in trajs])
+        assert envs == (max_envs or 3)
+    assert played[2] == played[None] and played[2][1] == [0, 1, 2]
+
+
 def test_cloned_prompts_are_fitted_as_in_rl_and_their_shortening_counted():
     _, tokenizer = load_model_and_tokenizer("tiny")
     counts = {}

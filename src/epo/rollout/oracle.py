@@ -15,13 +15,37 @@ from epo.rollout.types import Trajectory, TurnSample
 
 
 def collect_oracle(
-    pool, prompts: PromptBuilder, tokenizer, task_ids: list[str], max_turns: int, only_won: bool = True
+    pool,
+    prompts: PromptBuilder,
+    tokenizer,
+    task_ids: list[str],
+    max_turns: int,
+    only_won: bool = True,
+    max_envs: int | None = None,
 ) -> tuple[list[TurnSample], list[Trajectory]]:
-    """Play the expert on each task (one slot per task); return the won episodes' turn samples (all if not only_won)."""
+    """Play the expert on each task; return the won episodes' turn samples (all if not only_won) and every episode.
+
+    max_envs: the most episodes played at once (one env instance each), the rest in later rounds; None = all at once.
+    The expert is deterministic, so the rounds change the memory held, not the samples (a ScienceWorld env is a JVM
+    of ~0.7 GB: 32 at once filled 24 GB)."""
+    at_once = max_envs or max(len(task_ids), 1)
+    samples, trajs = [], []
+    for first in range(0, len(task_ids), at_once):
+        round_samples, round_trajs = _play(
+            pool, prompts, tokenizer, task_ids[first : first + at_once], max_turns, first
+        )
+        samples += [smp for smp, traj in round_samples if traj.won or not only_won]
+        trajs += round_trajs
+    return samples, trajs
+
+
+def _play(pool, prompts: PromptBuilder, tokenizer, task_ids: list[str], max_turns: int, first: int):
+    """One round: the expert on each task (slot k plays task_ids[k], trajectory id first + k); returns
+    ([(sample, its trajectory)], trajectories)."""
     resets = pool.reset(task_ids)
     state = []
     for k, (tid, (obs, info)) in enumerate(zip(task_ids, resets)):
-        traj = Trajectory(traj_id=k, group_id=k, task_id=tid, task_type=info.get("task_type", ""))
+        traj = Trajectory(traj_id=first + k, group_id=first + k, task_id=tid, task_type=info.get("task_type", ""))
         if info.get("error"):  # the env could not even start (fault at reset): ended now, like an RL rollout's
             traj.truncated, traj.truncated_reason = True, info.get("truncated_reason", "env_error")
         state.append(
@@ -57,7 +81,7 @@ def collect_oracle(
             s["traj"].shortened_prompts += int(fit.shortened)
             s["traj"].actions_cut_prompts += int(fit.actions_cut)
             response = tokenizer(prompts.response_text(action), add_special_tokens=False)["input_ids"]
-            s["samples"].append(TurnSample(prompt, response, turn, k, k))
+            s["samples"].append(TurnSample(prompt, response, turn, first + k, first + k))
             obs, _r, terminated, truncated, info = outs[k]
             s["history"].append((s["obs"], action))
             s["obs"], s["admissible"] = obs, list(info.get("admissible_actions", []))
@@ -67,8 +91,7 @@ def collect_oracle(
                 s["traj"].won = bool(info.get("won", False))
                 if truncated and not s["traj"].won:  # a fault's reason ("worker_crash", ...) or the env's own
                     s["traj"].truncated, s["traj"].truncated_reason = True, info.get("truncated_reason", "env")
-    samples = [smp for s in state if s["traj"].won or not only_won for smp in s["samples"]]
-    return samples, [s["traj"] for s in state]
+    return [(smp, s["traj"]) for s in state for smp in s["samples"]], [s["traj"] for s in state]
 
 
 def _faulted_slots(pool, new_faults: list, tasks: dict[int, str]) -> dict[int, str]:

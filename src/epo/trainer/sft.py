@@ -157,10 +157,13 @@ def _play_oracle(cfg: Config, splits, pool, collector, tokenizer, console: Conso
     ids = random.Random(cfg.train.seed).sample(
         sorted(splits[cfg.env.train_split]), min(cfg.sft.episodes, len(splits[cfg.env.train_split]))
     )
+    # no more envs at once than the RL phase holds (a rollout's or an eval's), a size the user chose for the machine
+    at_once = max(cfg.rollout.tasks_per_step * cfg.rollout.group_size, cfg.train.eval_episodes, 1)
+    rounds = f", {at_once} at a time" if len(ids) > at_once else ""
     t0 = time.perf_counter()
-    console.print(f"oracle: playing {len(ids)} expert episodes on {cfg.env.train_split} ...")
+    console.print(f"oracle: playing {len(ids)} expert episodes on {cfg.env.train_split}{rounds} ...")
     try:
-        samples, trajs = collect_oracle(pool, collector.prompts, tokenizer, ids, collector.max_turns)
+        samples, trajs = collect_oracle(pool, collector.prompts, tokenizer, ids, collector.max_turns, max_envs=at_once)
     finally:
         faults.record(0, "oracle", pool.drain_faults())
     result.oracle_win_rate = sum(t.won for t in trajs) / max(len(trajs), 1)
