@@ -161,3 +161,15 @@ def test_envs_debug_shows_the_traceback_of_an_unavailable_env(monkeypatch):
 
 def test_report_help_names_sweep_dirs():
     assert "or one sweep dir (`epo sweep` output) to aggregate over seeds" in _help("report", "run_dirs")
+
+
+def test_the_python_evaluate_refuses_an_argument_and_an_override_that_disagree():
+    import pytest
+
+    from epo import api
+    from epo.config import ConfigError
+
+    with pytest.raises(ConfigError, match="episodes=2 and the override train.eval_episodes=3 set"):
+        api.evaluate("quest_demo_cpu", ["train.eval_episodes=3"], episodes=2)
+    with pytest.raises(Exception, match="unknown env .nowhere."):  # agreeing values pass the check
+        api.evaluate("quest_demo_cpu", ["train.eval_episodes=2", "env.name=nowhere"], episodes=2)

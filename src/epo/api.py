@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -135,6 +135,13 @@ def evaluate(
     `model=RUN/checkpoints/step_k` it replays RUN/eval/step_k_*.json (same games, same sampling)."""
     from epo.trainer.pipeline import evaluate_policy
 
+    given = {"init_from": model, "env.eval_splits": splits, "train.eval_episodes": episodes,
+             "train.eval_temperature": temperature}  # fmt: skip
+    for (name, value), key in zip(
+        (("model", model), ("splits", splits), ("episodes", episodes), ("temperature", temperature)), given
+    ):
+        if value is not None and (other := conflicting_override(value, key, overrides)) is not None:
+            raise ConfigError(f"{name}={value!r} and the override {other} set {key} differently; give one of them")
     extra = list(overrides or [])
     if episodes is not None and episodes < 1:
         raise ConfigError(f"--episodes/-n: must be >= 1, got {episodes}")
@@ -148,6 +155,27 @@ def evaluate(
         extra.append(f"train.eval_temperature={temperature}")
     cfg = as_config(config, extra)
     return evaluate_policy(cfg, list(splits or cfg.env.eval_splits), console=console, out=out, as_step=as_step)
+
+
+def conflicting_override(value: Any, key: str, overrides: list[str] | None) -> str | None:
+    """The dot-list override (the last one for `key` counts) that sets `key` to another value than `value`, else
+    None; an override that does not parse is left to the config's own error. An argument of evaluate() and an
+    override of the same key would otherwise have the argument win silently."""
+    given = [o for o in overrides or [] if "=" in o and o.split("=", 1)[0].strip() == key]
+    if not given or (isinstance(value, (list, tuple)) and not value):
+        return None
+    try:
+        other = OmegaConf.select(OmegaConf.from_dotlist(given[-1:]), key)
+    except Exception:
+        return None
+    other = OmegaConf.to_container(other) if OmegaConf.is_config(other) else other
+    if isinstance(value, (list, tuple)):
+        same = isinstance(other, list) and [str(v) for v in other] == [str(v) for v in value]
+    elif isinstance(value, (int, float)):
+        same = isinstance(other, (int, float)) and not isinstance(other, bool) and float(other) == float(value)
+    else:
+        same = str(other) == str(value)
+    return None if same else given[-1]
 
 
 def report(

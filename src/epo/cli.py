@@ -223,27 +223,13 @@ def eval_cmd(
 
 
 def _refuse_flag_and_override(flag: str, value, key: str, overrides: list[str] | None) -> None:
-    """One line when the dot-list overrides set `key` (the last one counts) to another value than `flag` sets it to;
-    an override that does not parse is left to the config's own error."""
-    from omegaconf import OmegaConf
+    """One line, naming the flag, when the dot-list overrides set `key` to another value than `flag` does."""
+    from epo.api import conflicting_override
 
-    given = [o for o in overrides or [] if "=" in o and o.split("=", 1)[0].strip() == key]
-    if not given:
-        return
-    try:
-        other = OmegaConf.select(OmegaConf.from_dotlist(given[-1:]), key)
-    except Exception:
-        return
-    other = OmegaConf.to_container(other) if OmegaConf.is_config(other) else other
-    if isinstance(value, (list, tuple)):
-        same = isinstance(other, list) and [str(v) for v in other] == [str(v) for v in value]
-    elif isinstance(value, (int, float)):
-        same = isinstance(other, (int, float)) and not isinstance(other, bool) and float(other) == float(value)
-    else:
-        same = str(other) == str(value)
-    if not same:
+    other = conflicting_override(value, key, overrides)
+    if other is not None:
         shown = ",".join(value) if isinstance(value, (list, tuple)) else value
-        _fail(f"{flag} {shown} and the override {given[-1]} set {key} differently; give one of them")
+        _fail(f"{flag} {shown} and the override {other} set {key} differently; give one of them")
 
 
 def _print_eval(results) -> None:
