@@ -252,6 +252,9 @@ def test_ablate_none_reproduces_the_logged_step(diag_run):
         assert out["results"]["entropy"]["entropy_change"] > none["entropy_change"]
         assert out["results"]["kl"]["kl_update"] != none["kl_update"]
     assert (diag_run / "ablate" / "step_000002.md").read_text().count("| none |") == 4
+    assert "entropy bonus coef 0.5, KL coef 0.5." in (diag_run / "ablate" / "step_000002.md").read_text()
+    with pytest.raises(ConfigError, match="kl_coef acts only on the 'kl' regulariser"):
+        run_ablation(diag_run, 1, ["none"], kl_coef=0.5)
 
 
 def test_ablate_command(diag_run):
@@ -262,6 +265,9 @@ def test_ablate_command(diag_run):
     ok = CliRunner().invoke(app, ["ablate", str(diag_run), "--step", "2", "--reg", "none", "--reg", "epo"])
     assert ok.exit_code == 0, ok.output
     assert "| none |" in ok.output and "| epo |" in ok.output and "ablation:" in ok.output
+    saved = json.loads((diag_run / "ablate" / "step_000002.json").read_text())
+    assert saved["entropy_coef"] is None and saved["kl_coef"] is None  # neither regulariser ran: no coefficient
+    assert "coef" not in (diag_run / "ablate" / "step_000002.md").read_text().splitlines()[2]
     bad = CliRunner().invoke(app, ["ablate", str(diag_run), "--step", "2", "--reg", "dropout"])
     assert bad.exit_code == 2 and "unknown regulariser 'dropout'" in bad.output
 

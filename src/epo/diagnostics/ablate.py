@@ -117,6 +117,9 @@ def run_ablation(
         raise RunDirError(f"{run_dir}: no config.yaml (not a run dir)")
     base = load_config(run_dir / "config.yaml")
     regularisers = list(regularisers or REGULARISERS)
+    for given, reg in ((entropy_coef, "entropy"), (kl_coef, "kl")):
+        if given is not None and reg not in regularisers:
+            raise ConfigError(f"{reg}_coef acts only on the '{reg}' regulariser, which is not among {regularisers}")
     entropy_coef = entropy_coef if entropy_coef is not None else (base.algo.entropy_coef or base.epo.entropy_coef)
     kl_coef = kl_coef if kl_coef is not None else (base.algo.kl_coef or 0.01)
     ckpt = checkpoint_before(run_dir, step)
@@ -137,8 +140,8 @@ def run_ablation(
         "run": str(run_dir),
         "step": step,
         "from_checkpoint": str(ckpt) if ckpt else "initial weights",
-        "entropy_coef": entropy_coef,
-        "kl_coef": kl_coef,
+        "entropy_coef": entropy_coef if "entropy" in regularisers else None,  # only the coefficients that acted
+        "kl_coef": kl_coef if "kl" in regularisers else None,
         "samples": len(samples),
         "results": results,
     }
@@ -166,13 +169,19 @@ def _fmt(v) -> str:
     return "—" if v is None or (isinstance(v, float) and not math.isfinite(v)) else f"{v:+.2e}"
 
 
+def _coefs(out: dict) -> str:
+    """'; entropy bonus coef X, KL coef Y' for the regularisers that ran ('' when neither did)."""
+    parts = [f"{label} {out[key]:g}" for key, label in (("entropy_coef", "entropy bonus coef"), ("kl_coef", "KL coef"))
+             if out.get(key) is not None]  # fmt: skip
+    return "; " + ", ".join(parts) if parts else ""
+
+
 def render_markdown(out: dict) -> str:
     res = out["results"]
     lines = [
         f"# ablate {out['run']} step {out['step']}",
         "",
-        f"From {out['from_checkpoint']}; {out['samples']} turn samples; entropy bonus coef {out['entropy_coef']:g}, "
-        f"KL coef {out['kl_coef']:g}.",
+        f"From {out['from_checkpoint']}; {out['samples']} turn samples{_coefs(out)}.",
         *(["", f"Note: {out['note']}."] if out.get("note") else []),
         "",
         "## Whole batch",
