@@ -183,6 +183,21 @@ def test_the_step_deadline_is_per_env_call_not_per_batch():
         assert all(f.reason == "timeout" and "2 of its 4 slot(s) done" in f.message for f in faults), faults
 
 
+def test_release_envs_closes_them_and_the_next_reset_makes_new_ones():
+    for mode in ("inline", "process"):
+        with EnvPool("faulty_test", {}, num_workers=2, mode=mode) as pool:
+            pool.reset(["t0", "t1", "t2"])
+            pool.step({0: "a", 1: "a", 2: "a"})
+            pool.release_envs()
+            assert pool.active_slots == [] and pool.drain_faults() == []
+            if mode == "inline":
+                assert all(not envs.envs for envs in pool._inline)
+            with pytest.raises(ValueError, match="no live episode"):
+                pool.step({0: "a"})
+            assert pool.reset(["t3", "t4"])[1][0] == "start t4"
+            assert pool.step({0: "a"})[0][0] == "t3:a#1"
+
+
 def test_worker_exit_and_env_exception(faulty_pool):
     pool = faulty_pool
     pool.reset(["t0", "t1", "t2"])

@@ -72,10 +72,14 @@ def test_cloned_prompts_are_fitted_as_in_rl_and_their_shortening_counted():
     assert counts[4096] == 0 and counts[260] > 0, counts
 
 
-def test_sft_lowers_the_loss_and_exports_a_loadable_model(tmp_path):
+def test_sft_lowers_the_loss_and_exports_a_loadable_model(tmp_path, monkeypatch):
     torch.manual_seed(0)
     cfg = load_config(None, TINY)
+    released = []
+    real_release = EnvPool.release_envs
+    monkeypatch.setattr(EnvPool, "release_envs", lambda pool: released.append(1) or real_release(pool))
     result = run_sft(cfg, tmp_path / "sft", console=Console(quiet=True))
+    assert released == [1]  # the envs are closed while cloning (the eval after makes new ones)
     losses = [json.loads(line)["loss"] for line in (tmp_path / "sft" / "sft_metrics.jsonl").read_text().splitlines()]
     assert len(losses) >= 3
     assert sum(losses[-2:]) / 2 < 0.8 * sum(losses[:2]) / 2, losses

@@ -5,6 +5,8 @@ The played variations have gold paths of 8-12 actions; one JVM serves the whole 
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from epo.envs import make_env
@@ -133,6 +135,28 @@ def test_close_stops_the_jvm():
     env.close()
     assert process.poll() is not None
     env.close()  # twice is fine
+
+
+def test_jvm_options_reach_the_jvm_as_java_tool_options_and_are_restored(monkeypatch):
+    from epo.envs.sciworld import _java_tool_options
+
+    monkeypatch.delenv("JAVA_TOOL_OPTIONS", raising=False)
+    with _java_tool_options("-Xmx1g"):
+        assert os.environ["JAVA_TOOL_OPTIONS"] == "-Xmx1g"
+    assert "JAVA_TOOL_OPTIONS" not in os.environ
+    monkeypatch.setenv("JAVA_TOOL_OPTIONS", "-Xmx2g")  # the user's: after ours, so theirs win
+    with _java_tool_options("-Xmx1g"):
+        assert os.environ["JAVA_TOOL_OPTIONS"] == "-Xmx1g -Xmx2g"
+    assert os.environ["JAVA_TOOL_OPTIONS"] == "-Xmx2g"
+
+
+@pytest.mark.integration
+def test_the_jvm_runs_with_the_capped_heap():
+    env = SciWorldEnv(jvm_options="-Xmx300m -XX:+UseSerialGC")
+    env.reset(options={"task_id": PLAYED["train"]})
+    runtime = env._sim._gateway.jvm.java.lang.Runtime.getRuntime()
+    assert runtime.maxMemory() <= 300 * 2**20
+    env.close()
 
 
 @pytest.mark.integration

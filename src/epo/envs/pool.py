@@ -75,7 +75,11 @@ class _SlotEnvs:
     def handle(
         self, cmd: str, payload: dict[int, Any], on_slot: Callable[[], None] | None = None
     ) -> dict[int, tuple[str, Any]]:
-        """{slot: ("ok", result) or ("env_error", message)}; on_slot() after each slot but the last (a heartbeat)."""
+        """{slot: ("ok", result) or ("env_error", message)}; on_slot() after each slot but the last (a heartbeat).
+        "release" closes every env instance of this worker (no payload, no result)."""
+        if cmd == "release":
+            self.close()
+            return {}
         results: dict[int, tuple[str, Any]] = {}
         for i, (slot, arg) in enumerate(payload.items()):
             if i and on_slot is not None:
@@ -334,6 +338,19 @@ class EnvPool:
         for slot, (status, message) in sorted(replies.items()):
             if status == "env_error":
                 self.faults.append(PoolFault(self.worker_of(slot), "env_error", self._tasks.get(slot, ""), message))
+
+    def release_envs(self) -> None:
+        """Close every env instance, keeping the workers; live episodes end, the next reset() makes new envs. For a
+        phase that holds the pool but plays nothing for long (behaviour cloning), as ScienceWorld holds a JVM per
+        env: 16 idle ones took 13 GB of a 24 GB machine while cloning."""
+        self._check_open()
+        self._active.clear()
+        self._lost.clear()
+        if self.mode == "inline":
+            for envs in self._inline:
+                envs.close()
+        else:  # a worker that fails to answer is restarted, which also leaves it without envs
+            self._call_workers("release", {w: {} for w in range(len(self._workers))}, self.reset_timeout_s)
 
     def revive_dead_workers(self) -> list[int]:
         """Restart workers that died while idle (killed between commands); returns their indices."""

@@ -6,9 +6,11 @@
 - Task ids are "<task name>/<variation>" (never task indices: their order is an implementation detail). Splits
   come from the EPO reference's variation lists (splits.json, see shared/data/sciworld/README.md): train, iid
   (L0 test), ood (L1 test), l2_train, l2_test. task_type = the task name.
-- One JVM per env instance (~200-500 MB), reused across resets (`load(task, variation, "easy")`); close() shuts
-  it down. Steps go through the simulator's server API with the valid-action list fetched in one py4j round trip
-  (ScienceWorldEnv.step fetches it element by element, ~1000 round trips).
+- One JVM per env instance, reused across resets (`load(task, variation, "easy")`); close() shuts it down.
+  `jvm_options` (default "-Xmx1g -XX:+UseSerialGC", given to the JVM as JAVA_TOOL_OPTIONS) caps its heap: with the
+  JVM's defaults (heap up to a quarter of RAM) each took 0.6-1.6 GB. Steps go through the simulator's server API
+  with the valid-action list fetched in one py4j round trip (ScienceWorldEnv.step fetches it element by element,
+  ~1000 round trips).
 - Observation: the simulator's text; the first one is "look around". info["task"] = the task description,
   info["score"] = the simulator's score (0-100, negative when the task failed, e.g. focusing on a wrong object).
 - won = the score reached 100 (the simulator marks the task completed); terminated = won or failed (score < 0);
@@ -55,6 +57,9 @@ VERBS = [
     "read", "look at", "look in", "eat", "flush",
 ]  # fmt: skip
 _VERB_RANK = {verb: rank for rank, verb in enumerate(VERBS)}
+# The JVM's own default heap is a quarter of the RAM per JVM: 16 idle ScienceWorld envs held 13 GB of 24 (0.6-1.6 GB
+# each). A capped heap and the serial collector (no GC threads per core) keep each near its live set.
+DEFAULT_JVM_OPTIONS = "-Xmx1g -XX:+UseSerialGC"
 INSTALL_HINT = "ScienceWorld needs the 'scienceworld' package and Java >= 11: run scripts/install_envs.sh"
 
 
@@ -115,6 +120,23 @@ def compact_actions(valid: list[str], per_verb: int | None) -> list[str]:
     return [action for verb in order for action in groups[verb][:per_verb]]
 
 
+@contextlib.contextmanager
+def _java_tool_options(options: str):
+    """JAVA_TOOL_OPTIONS for the JVM started inside (scienceworld passes no options of its own to py4j's launcher);
+    a user's own JAVA_TOOL_OPTIONS come after ours, so theirs win. Restored afterwards: inline envs share os.environ."""
+    before = os.environ.get("JAVA_TOOL_OPTIONS")
+    merged = " ".join(part for part in (options, before) if part)
+    if merged:
+        os.environ["JAVA_TOOL_OPTIONS"] = merged
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("JAVA_TOOL_OPTIONS", None)
+        else:
+            os.environ["JAVA_TOOL_OPTIONS"] = before
+
+
 class SciWorldEnv:
     def __init__(
         self,
@@ -124,6 +146,7 @@ class SciWorldEnv:
         action_list: str = "compact",
         per_verb: int = 10,
         jar_path: str | None = None,
+        jvm_options: str = DEFAULT_JVM_OPTIONS,
     ):
         if action_list not in ("compact", "full"):
             raise ValueError(f"sciworld: action_list must be 'compact' or 'full', got {action_list!r}")
@@ -132,6 +155,7 @@ class SciWorldEnv:
         self.env_step_limit = env_step_limit
         self.per_verb = per_verb if action_list == "compact" else None
         self.jar_path = jar_path
+        self.jvm_options = jvm_options
         self._sim: Any = None  # scienceworld.ScienceWorldEnv, started on the first reset
         self._task_names: list[str] = []
         self._train_ids: list[str] | None = None
@@ -203,7 +227,8 @@ class SciWorldEnv:
         except ImportError as e:
             raise EnvSetupError(f"{INSTALL_HINT} ({e})") from e
         try:
-            self._sim = ScienceWorldEnv("", self.jar_path, envStepLimit=self.env_step_limit)
+            with _java_tool_options(self.jvm_options):
+                self._sim = ScienceWorldEnv("", self.jar_path, envStepLimit=self.env_step_limit)
         except Exception as e:  # py4j's errors say little; the usual cause is a missing or too old java
             raise EnvSetupError(f"{INSTALL_HINT}; starting the JVM failed: {e}") from e
         self._task_names = list(self._sim.get_task_names())

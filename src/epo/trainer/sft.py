@@ -120,6 +120,7 @@ def run_sft(
             result.interrupted, result.stop_signal = True, stop.signal_name
             return result
         samples = _play_oracle(cfg, splits, pool, collector, tokenizer, console, faults, result)
+        pool.release_envs()  # idle while cloning (ScienceWorld: a JVM each); the eval after makes new ones
         loop = _SFTLoop(cfg, model, tokenizer.pad_token_id, samples, out, stop, stop_after)
         losses = loop.run(console, resume_from)
         if losses is None:
