@@ -2,6 +2,7 @@
 
     python bench/bench_sciworld_jvm.py                                  # default vs the JVM's own defaults
     python bench/bench_sciworld_jvm.py --options "" "-Xmx1g -XX:+UseSerialGC" "-Xmx512m -XX:+UseSerialGC"
+    python bench/bench_sciworld_jvm.py --smoke                          # seconds: what CI runs
 
 One env at a time (one JVM), so the peak is that JVM's own: for each option set, the expert plays one train
 variation of each task type (gold path, up to --max-turns), the JVM's resident memory (RSS) sampled after every
@@ -68,7 +69,10 @@ def main() -> None:
     ap.add_argument("--types", type=int, default=30, help="task types (one variation each)")
     ap.add_argument("--max-turns", type=int, default=100)
     ap.add_argument("--no-write", action="store_true")
+    ap.add_argument("--smoke", action="store_true", help="2 task types, 5 turns, no write (seconds: what CI runs)")
     args = ap.parse_args()
+    if args.smoke:
+        args.types, args.max_turns, args.no_write = 2, 5, True
     tasks = one_per_task_type(args.types)
     rows = [play(options, tasks, args.max_turns) for options in args.options]
     base = rows[0]

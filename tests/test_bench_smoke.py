@@ -22,6 +22,7 @@ EXPECTED_ROW = {
     "bench_rollout.py": "| collector (full loop) |",
     "bench_update.py": "| single-pass |",
     "bench_distributed.py": "| 1 process, 1 thread |",
+    "bench_sciworld_jvm.py": "| `(JVM defaults)` |",
     "bench_vllm_rollout.py": "| vllm |",  # runs in .venv-vllm (make test-vllm); skipped, with the reason, elsewhere
     "bench_vllm_lora.py": "| adapter |",  # likewise
 }

@@ -135,6 +135,8 @@ def evaluate(
     `model=RUN/checkpoints/step_k` it replays RUN/eval/step_k_*.json (same games, same sampling)."""
     from epo.trainer.pipeline import evaluate_policy
 
+    if episodes is not None and episodes < 1:
+        raise ConfigError(f"--episodes/-n: must be >= 1, got {episodes}")
     given = {"init_from": model, "env.eval_splits": splits, "train.eval_episodes": episodes,
              "train.eval_temperature": temperature}  # fmt: skip
     for (name, value), key in zip(
@@ -143,8 +145,6 @@ def evaluate(
         if value is not None and (other := conflicting_override(value, key, overrides)) is not None:
             raise ConfigError(f"{name}={value!r} and the override {other} set {key} differently; give one of them")
     extra = list(overrides or [])
-    if episodes is not None and episodes < 1:
-        raise ConfigError(f"--episodes/-n: must be >= 1, got {episodes}")
     if as_step is not None and as_step < 0:
         raise ConfigError(f"--as-step: must be >= 0, got {as_step}")
     if model:
