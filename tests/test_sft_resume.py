@@ -80,6 +80,29 @@ def test_sigterm_then_resume_equals_an_uninterrupted_warm_start(monkeypatch, tmp
     assert [(p["phase"], p["from_step"]) for p in stretches] == [("sft", 0), ("sft", 3)]
 
 
+def test_a_resume_clones_the_oracle_play_it_saved_even_where_a_replay_differs(monkeypatch, tmp_path):
+    """ScienceWorld's gold paths differ between plays: a resume must not replay the oracle (the checkpoint's sample
+    count would not match, or worse, other data would be cloned); it reads OUT/oracle_play.json, oracle faults kept."""
+    out = tmp_path / "part"
+    sft.run_sft(load_config(None, TINY), out, console=QUIET, stop_after=2)
+    saved = (out / sft.ORACLE_FILE).read_text()
+    (out / "faults.jsonl").write_text(json.dumps({"step": 0, "phase": "oracle", "reason": "timeout"}) + "\n")
+    monkeypatch.setattr(sft, "collect_oracle", lambda *a, **kw: pytest.fail("the oracle was replayed"))
+    monkeypatch.setattr(sft, "_eval_all", lambda *a, **kw: {})
+    resumed = sft.run_sft(load_config(None, TINY), out, console=QUIET, resume=True)
+    assert not resumed.interrupted and resumed.samples == len(json.loads(saved)["samples"])
+    assert [r["phase"] for r in _lines(out / "faults.jsonl")] == ["oracle"]  # not dropped as if replayed
+
+    monkeypatch.undo()
+    out2 = tmp_path / "damaged"
+    sft.run_sft(load_config(None, TINY), out2, console=QUIET, stop_after=2)
+    (out2 / sft.ORACLE_FILE).write_text("{not json")
+    monkeypatch.setattr(sft, "_eval_all", lambda *a, **kw: {})
+    console = Console(record=True, width=300)
+    again = sft.run_sft(load_config(None, TINY), out2, console=console, resume=True)  # quest replays the same play
+    assert not again.interrupted and "oracle_play.json: unreadable; the oracle plays again" in console.export_text()
+
+
 def test_lora_warm_start_stops_and_resumes_with_its_adapter(tmp_path):
     lora = [*TINY, "model.lora.enabled=true", "model.lora.r=2", "sft.epochs=1", "sft.eval_episodes=0"]
     full = sft.run_sft(load_config(None, lora), tmp_path / "full", console=QUIET)

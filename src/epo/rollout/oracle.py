@@ -10,7 +10,12 @@ keeps the `PoolFault`s for the caller to log (`pool.drain_faults()`).
 
 from __future__ import annotations
 
+import json
+from dataclasses import asdict
+from pathlib import Path
+
 from epo.agent import PromptBuilder
+from epo.fsio import atomic_write_text
 from epo.rollout.types import Trajectory, TurnSample
 
 
@@ -26,8 +31,9 @@ def collect_oracle(
     """Play the expert on each task; return the won episodes' turn samples (all if not only_won) and every episode.
 
     max_envs: the most episodes played at once (one env instance each), the rest in later rounds; None = all at once.
-    The expert is deterministic, so the rounds change the memory held, not the samples (a ScienceWorld env is a JVM
-    of ~0.7 GB: 32 at once filled 24 GB)."""
+    Each episode is played as it would be in one round (quest's and ALFWorld's experts are deterministic; ScienceWorld
+    draws its gold paths anew on each play, rounds or not): the rounds change the memory held (a ScienceWorld env is
+    a JVM: 32 at once filled 24 GB)."""
     at_once = max_envs or max(len(task_ids), 1)
     samples, trajs = [], []
     for first in range(0, len(task_ids), at_once):
@@ -100,3 +106,24 @@ def _faulted_slots(pool, new_faults: list, tasks: dict[int, str]) -> dict[int, s
     the episode is counted as ended by an env fault, not by the oracle."""
     reasons = {(f.worker, f.task): f.reason for f in new_faults}
     return {k: reasons[key] for k, tid in tasks.items() if (key := (pool.worker_of(k), tid)) in reasons}
+
+
+def save_oracle_play(path: str | Path, samples: list[TurnSample], trajs: list[Trajectory]) -> None:
+    """The oracle's play as played (atomically): a resumed warm start clones the same samples without replaying it.
+    Replaying is not enough: ScienceWorld's gold paths differ between plays (267 then 253 samples from the same 32
+    tasks), so a resume on a replay would clone other data, and the checkpoint check refuses it."""
+    data = {
+        "trajectories": [{k: v for k, v in asdict(t).items() if k != "transcript"} for t in trajs],
+        "samples": [[s.prompt_ids, s.response_ids, s.turn_idx, s.traj_id, s.group_id] for s in samples],
+    }
+    atomic_write_text(Path(path), json.dumps(data, separators=(",", ":")))
+
+
+def load_oracle_play(path: str | Path) -> tuple[list[TurnSample], list[Trajectory]] | None:
+    """(samples, trajectories) saved by save_oracle_play; None when there is no such file or it cannot be read."""
+    try:
+        data = json.loads(Path(path).read_text())
+        samples = [TurnSample(list(p), list(r), int(t), int(i), int(g)) for p, r, t, i, g in data["samples"]]
+        return samples, [Trajectory(**t) for t in data["trajectories"]]
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        return None

@@ -38,7 +38,7 @@ from epo.models import merge_and_save, response_logprobs
 from epo.models.precision import autocast_for
 from epo.rollout.collector import prompt_fit_metrics
 from epo.rollout.evaluate import EvalResult, wilson_interval
-from epo.rollout.oracle import collect_oracle
+from epo.rollout.oracle import collect_oracle, load_oracle_play, save_oracle_play
 from epo.rollout.types import Trajectory
 from epo.telemetry.faults import FaultLog, is_fault, keep_faults
 from epo.telemetry.metrics import truncate_after
@@ -63,6 +63,7 @@ from epo.trainer.update import step_if_finite
 BEFORE_FILE = "sft_before.json"
 METRICS_FILE = "sft_metrics.jsonl"
 SUMMARY_FILE = "sft_summary.json"
+ORACLE_FILE = "oracle_play.json"  # the oracle's samples as played, for a resume (gold paths can differ on a replay)
 BEFORE, AFTER = "before SFT", "after SFT"  # the labels of the evals before and after cloning
 
 
@@ -115,11 +116,14 @@ def run_sft(
     faults = FaultLog(out, console.print)
     with GracefulExit(console.print) as stop, setup.make_pool(cfg) as pool:
         collector = setup.make_collector(cfg, pool, model, tokenizer, console)
-        result.before = _before_eval(cfg, collector, splits, console, out, resume, stop, faults)
+        played = load_oracle_play(out / ORACLE_FILE) if resume else None
+        if resume and played is None and (out / ORACLE_FILE).exists():
+            console.print(f"{out / ORACLE_FILE}: unreadable; the oracle plays again", markup=False)
+        result.before = _before_eval(cfg, collector, splits, console, out, resume, stop, faults, played is not None)
         if stop.requested:  # nothing trained yet: a resume starts training from scratch (the eval is kept)
             result.interrupted, result.stop_signal = True, stop.signal_name
             return result
-        samples = _play_oracle(cfg, splits, pool, collector, tokenizer, console, faults, result)
+        samples = _play_oracle(cfg, splits, pool, collector, tokenizer, console, faults, result, played)
         pool.release_envs()  # idle while cloning (ScienceWorld: a JVM each); the eval after makes new ones
         loop = _SFTLoop(cfg, model, tokenizer.pad_token_id, samples, out, stop, stop_after)
         losses = loop.run(console, resume_from)
@@ -152,21 +156,19 @@ def run_sft(
     return result
 
 
-def _play_oracle(cfg: Config, splits, pool, collector, tokenizer, console: Console, faults: FaultLog, result):
-    """The oracle's turn samples of sft.episodes train tasks; its win rate and env faults go to `result`, the
-    console and OUT/faults.jsonl (logged even when the collection raises, e.g. every reset failing)."""
-    ids = random.Random(cfg.train.seed).sample(
-        sorted(splits[cfg.env.train_split]), min(cfg.sft.episodes, len(splits[cfg.env.train_split]))
-    )
-    # no more envs at once than the RL phase holds (a rollout's or an eval's), a size the user chose for the machine
-    at_once = max(cfg.rollout.tasks_per_step * cfg.rollout.group_size, cfg.train.eval_episodes, 1)
-    rounds = f", {at_once} at a time" if len(ids) > at_once else ""
+def _play_oracle(
+    cfg: Config, splits, pool, collector, tokenizer, console: Console, faults: FaultLog, result, played=None
+):
+    """The oracle's turn samples of sft.episodes train tasks, saved to OUT/oracle_play.json; `played`: those of an
+    earlier start (resume), used as they are. Its win rate and env faults go to `result`, the console and
+    OUT/faults.jsonl (logged even when the collection raises, e.g. every reset failing)."""
     t0 = time.perf_counter()
-    console.print(f"oracle: playing {len(ids)} expert episodes on {cfg.env.train_split}{rounds} ...")
-    try:
-        samples, trajs = collect_oracle(pool, collector.prompts, tokenizer, ids, collector.max_turns, max_envs=at_once)
-    finally:
-        faults.record(0, "oracle", pool.drain_faults())
+    if played is not None:
+        samples, trajs = played
+        console.print(f"oracle: the episodes played before the stop ({result.out_dir / ORACLE_FILE})", markup=False)
+    else:
+        samples, trajs = _play(cfg, splits, pool, collector, tokenizer, console, faults)
+        save_oracle_play(result.out_dir / ORACLE_FILE, samples, trajs)
     result.oracle_win_rate = sum(t.won for t in trajs) / max(len(trajs), 1)
     result.oracle_faults = sum(is_fault(t) for t in trajs)
     result.samples = len(samples)
@@ -187,6 +189,20 @@ def _play_oracle(cfg: Config, splits, pool, collector, tokenizer, console: Conso
         lost = f" ({result.oracle_faults} ended by env faults: see {faults.path})" if result.oracle_faults else ""
         raise TrainingError(f"sft: the {cfg.env.name} oracle won no episode{lost}; nothing to clone")
     return samples
+
+
+def _play(cfg: Config, splits, pool, collector, tokenizer, console: Console, faults: FaultLog):
+    ids = random.Random(cfg.train.seed).sample(
+        sorted(splits[cfg.env.train_split]), min(cfg.sft.episodes, len(splits[cfg.env.train_split]))
+    )
+    # no more envs at once than the RL phase holds (a rollout's or an eval's), a size the user chose for the machine
+    at_once = max(cfg.rollout.tasks_per_step * cfg.rollout.group_size, cfg.train.eval_episodes, 1)
+    rounds = f", {at_once} at a time" if len(ids) > at_once else ""
+    console.print(f"oracle: playing {len(ids)} expert episodes on {cfg.env.train_split}{rounds} ...")
+    try:
+        return collect_oracle(pool, collector.prompts, tokenizer, ids, collector.max_turns, max_envs=at_once)
+    finally:
+        faults.record(0, "oracle", pool.drain_faults())
 
 
 def _oracle_outcome(trajs: list[Trajectory]) -> str:
@@ -210,19 +226,28 @@ def saved_zero_shot(out: Path) -> dict[str, EvalResult]:
 
 
 def _before_eval(
-    cfg: Config, collector, splits, console: Console, out: Path, resume: bool, stop: GracefulExit, faults: FaultLog
+    cfg: Config,
+    collector,
+    splits,
+    console: Console,
+    out: Path,
+    resume: bool,
+    stop: GracefulExit,
+    faults: FaultLog,
+    keep_oracle_faults: bool = False,
 ) -> dict[str, EvalResult]:
     """The zero-shot eval, saved to OUT/sft_before.json split by split, so a resumed warm start does not repeat the
     splits that finished. A stop signal abandons the split being evaluated at once (nothing is trained yet, so
     nothing is lost but that split, which a resume runs again).
 
-    First OUT/faults.jsonl keeps only the env faults of the zero-shot splits kept (none on a fresh start): a resume
-    runs everything else again (the rest of this eval, the oracle, the eval after cloning) and logs its faults anew."""
+    First OUT/faults.jsonl keeps only the env faults of the zero-shot splits kept (none on a fresh start) and, with
+    keep_oracle_faults (the oracle's saved play is reused), the oracle's: a resume runs everything else again (the
+    rest of this eval, the eval after cloning) and logs its faults anew."""
     path = out / BEFORE_FILE
     done = saved_zero_shot(out) if resume else {}
     if resume and path.is_file() and not done:  # written atomically, so only damaged from outside: redo, say so
         console.print(f"{path}: unreadable; the zero-shot eval runs again")
-    kept_phases = {eval_phase(split, BEFORE) for split in done}
+    kept_phases = {eval_phase(split, BEFORE) for split in done} | ({"oracle"} if keep_oracle_faults else set())
     keep_faults(out, lambda rec: rec.get("phase") in kept_phases)
     if set(cfg.env.eval_splits) <= done.keys():
         return done
