@@ -116,6 +116,18 @@ def test_eval_at_start_off_evaluates_only_at_the_end(tmp_path):
     assert sorted(p.name for p in (tmp_path / "run" / "eval").iterdir()) == ["step_000002_iid.json"]
 
 
+def test_an_eval_larger_than_a_rollout_releases_its_envs_afterwards(monkeypatch, tmp_path):
+    """eval 6 episodes > rollout 2x2: the eval's extra envs (ScienceWorld: a JVM each) do not idle through training."""
+    from epo.envs.pool import EnvPool
+
+    released = []
+    real = EnvPool.release_envs
+    monkeypatch.setattr(EnvPool, "release_envs", lambda pool: released.append(1) or real(pool))
+    cfg = load_config(None, BASE + METHODS["grpo_epo"] + ["train.eval_episodes=6"])
+    result = Trainer(cfg, tmp_path / "run", console=QUIET).train()
+    assert sorted(result.evals) == [0, 2] and len(released) == 2  # after each eval, and the rollouts went on
+
+
 def test_methods_sharing_a_seed_evaluate_the_same_episodes_at_step_0(tmp_path):
     """The step-0 eval runs the same weights on the same tasks with its own sampling seed: a PPO run, whose value
     head's initialisation draws from torch's generator first, samples exactly what a GRPO run samples. With the

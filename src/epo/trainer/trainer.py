@@ -455,6 +455,9 @@ class Trainer:
             self._eval_path(self.step, split).parent.mkdir(exist_ok=True)
             res.save(self._eval_path(self.step, split))
             self.console.print(f"  eval step {self.step} {res.line()}")
+        if cfg.train.eval_episodes > cfg.rollout.tasks_per_step * cfg.rollout.group_size:
+            # the eval's extra envs would idle through training (ScienceWorld: a JVM each); rollouts make theirs anew
+            collector.pool.release_envs()
         if logger is not None:
             metrics: dict = {}
             for ev in out.values():
