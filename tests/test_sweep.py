@@ -537,9 +537,13 @@ def test_the_health_section_names_collapsed_runs_warnings_and_env_faults(tmp_pat
     from epo.report.data import load_run
     from epo.sweep import health
 
-    def run(name, evals, warnings=(), crashes=0):
+    def run(name, evals, warnings=(), crashes=0, warm_faults=0):
         path = tmp_path / name
         path.mkdir(parents=True)
+        if warm_faults:  # the run's own warm start lost oracle episodes
+            (path / "sft").mkdir()
+            fault = {"step": 0, "phase": "oracle", "worker": 0, "reason": "timeout", "task": "t", "message": "m"}
+            (path / "sft" / "faults.jsonl").write_text((json.dumps(fault) + "\n") * warm_faults)
         rows = [{"step": 1, "rollout/env_crashes": crashes, "rollout/env_timeouts": 0}]
         rows += [
             {"step": step, "eval/iid/success": s, "eval/iid/invalid_rate": inv} for step, (s, inv) in enumerate(evals)
@@ -553,13 +557,19 @@ def test_the_health_section_names_collapsed_runs_warnings_and_env_faults(tmp_pat
             0: run("ppo/0", [(0.5, 0.3), (0.6, 0.2), (0.0, 0.95)], ["late_climb", "late_climb", "invalid_collapse"]),
             1: run("ppo/1", [(0.2, 0.3), (0.0, 0.5)], crashes=3),  # 0% with valid actions: not a collapse
         },
-        "grpo": {0: run("grpo/0", [(0.5, 0.3), (0.7, 0.1)]), 1: run("grpo/1", [(0.0, 0.3), (0.0, 0.95)])},  # never won
+        "grpo": {
+            0: run("grpo/0", [(0.5, 0.3), (0.7, 0.1)], warm_faults=2),
+            1: run("grpo/1", [(0.0, 0.3), (0.0, 0.95)]),
+        },  # never won
     }
     got = health.method_health(runs, ["iid"])
     assert got["ppo"]["collapsed"] == [0] and got["grpo"]["collapsed"] == []
     assert got["ppo"]["warnings"] == {"invalid_collapse": 1, "late_climb": 1}  # runs with the kind, not warnings
     assert got["ppo"]["env_faults"]["crashed"] == 3 and got["grpo"]["env_faults"]["crashed"] == 0
     table = "\n".join(health.render(got))
-    assert "| ppo | 2 | 1 | 1 | 1 (seed 0) | 3 | - | - | - | - |" in table
-    assert "| grpo | 2 | - | - | - | - | - | - | - | - |" in table
-    assert health.alerts(got) == ["ppo: 1 collapsed run(s) (seed 0); env faults: 3 crashed episode(s)"]
+    assert "| ppo | 2 | 1 | 1 | 1 (seed 0) | 3 | - | - | - | - | - |" in table
+    assert "| grpo | 2 | - | - | - | - | - | - | 2 | - | - |" in table
+    assert health.alerts(got) == [
+        "ppo: 1 collapsed run(s) (seed 0); env faults: 3 crashed episode(s)",
+        "grpo: 2 env fault(s) in the runs' warm starts (RUN/sft/faults.jsonl)",
+    ]

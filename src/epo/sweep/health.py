@@ -41,6 +41,7 @@ def method_health(runs: dict[str, dict[int, RunData]], splits: list[str]) -> dic
             "warnings": dict(sorted(kinds.items())),
             "collapsed": [seed for seed, run in sorted(by_seed.items()) if collapsed(run, splits)],
             "env_faults": {name: int(sum(t[key] for t in totals)) for key, name in FAULT_METRICS},
+            "warm_start_faults": sum(bool(f.get("warm_start")) for run in by_seed.values() for f in run.faults),
             "retried_steps": int(sum(t["rollout/batch_retries"] for t in totals)),
             "damaged": [seed for seed, run in sorted(by_seed.items()) if run.issues],
         }
@@ -57,17 +58,18 @@ def render(health: dict[str, dict[str, Any]]) -> list[str]:
         "Monitor warnings: runs with at least one warning of that kind (each run's warnings.jsonl; `epo report "
         f"RUN_DIR` lists them). Collapsed: runs with an eval that won nothing with over {COLLAPSE_INVALID:.0%} "
         "invalid actions after an earlier eval won something. Env faults: episodes ended by a worker crash, hang or "
-        "env exception, summed over the method's runs. Damaged: runs whose metrics.jsonl has torn or duplicate lines.",
+        "env exception, summed over the method's runs; warm start: fault records of the runs' own warm starts "
+        "(RUN/sft/faults.jsonl: oracle and evals). Damaged: runs whose metrics.jsonl has torn or duplicate lines.",
         "",
         "| method | runs | " + " | ".join(f"`{k}`" for k in kinds) + (" | " if kinds else "")
-        + "collapsed | " + " | ".join(faults) + " | retried steps | damaged |",
-        "|---" * (len(kinds) + len(faults) + 5) + "|",
+        + "collapsed | " + " | ".join(faults) + " | warm start | retried steps | damaged |",
+        "|---" * (len(kinds) + len(faults) + 6) + "|",
     ]  # fmt: skip
     for method, h in health.items():
         cells = [str(h["warnings"].get(k, "-")) for k in kinds]
         cells.append(_seeds(h["collapsed"]))
         cells += [str(h["env_faults"][name] or "-") for name in faults]
-        cells += [str(h["retried_steps"] or "-"), _seeds(h["damaged"])]
+        cells += [str(h.get("warm_start_faults") or "-"), str(h["retried_steps"] or "-"), _seeds(h["damaged"])]
         lines.append(f"| {method} | {h['runs']} | " + " | ".join(cells) + " |")
     return lines + [""]
 
@@ -80,6 +82,8 @@ def alerts(health: dict[str, dict[str, Any]]) -> list[str]:
         said = [f"{len(h['collapsed'])} collapsed run(s) ({_seed_list(h['collapsed'])})"] if h["collapsed"] else []
         faults = ", ".join(f"{n} {name}" for name, n in h["env_faults"].items() if n)
         said += [f"env faults: {faults} episode(s)"] if faults else []
+        warm = h.get("warm_start_faults", 0)
+        said += [f"{warm} env fault(s) in the runs' warm starts (RUN/sft/faults.jsonl)"] if warm else []
         said += [f"damaged metrics in {_seed_list(h['damaged'])}"] if h["damaged"] else []
         if said:
             lines.append(f"{method}: " + "; ".join(said))
