@@ -82,3 +82,12 @@ def test_eval_truncated_rate_is_logged_and_documented():
     trajs.append(Trajectory(1, 1, "b", "x", length=1, truncated=True, truncated_reason="worker_crash"))
     assert summarize("iid", trajs).metrics()["eval/iid/truncated_rate"] == 0.5
     assert "env fault" in _doc_row("eval/<split>/truncated_rate")
+
+
+def test_eval_prompt_shortened_rate_is_logged_shown_and_documented():
+    trajs = [Trajectory(0, 0, "a", "x", length=6, shortened_prompts=3), Trajectory(1, 0, "a", "x", length=2)]
+    result = summarize("iid", trajs)
+    assert result.metrics()["eval/iid/prompt_shortened_rate"] == 3 / 8
+    assert "prompts shortened 37.5%" in result.line()
+    assert "prompts shortened" not in summarize("iid", trajs[1:]).line()  # said only when it happened
+    assert "agent.max_prompt_tokens" in _doc_row("eval/<split>/prompt_shortened_rate")

@@ -33,6 +33,7 @@ class EvalResult:
     seconds: float = 0.0
     episode_tasks: list[str] = field(default_factory=list)  # task id of each episode, in eval order
     episode_wins: list[int] = field(default_factory=list)  # 1 if that episode was won: pairs two evals task by task
+    prompt_shortened_rate: float = 0.0  # share of turns whose prompt did not fit agent.max_prompt_tokens whole
 
     def metrics(self, prefix: str = "eval") -> dict[str, float]:
         p = f"{prefix}/{self.split}"
@@ -44,6 +45,7 @@ class EvalResult:
             f"{p}/mean_turns": self.mean_turns,
             f"{p}/invalid_rate": self.invalid_rate,
             f"{p}/truncated_rate": self.truncated_rate,
+            f"{p}/prompt_shortened_rate": self.prompt_shortened_rate,
         }
 
     @property
@@ -66,7 +68,8 @@ class EvalResult:
             f"{self.split}: success {100 * self.success:.1f}% [95% CI {100 * self.ci_low:.1f}-"
             f"{100 * self.ci_high:.1f}] over {self.episodes} episodes, {self.mean_turns:.1f} turns, "
             f"out of turns {100 * self.truncated_rate:.1f}%, invalid {100 * self.invalid_rate:.1f}% "
-            f"({self.seconds:.0f}s)"
+            + (f"prompts shortened {100 * self.prompt_shortened_rate:.1f}% " if self.prompt_shortened_rate else "")
+            + f"({self.seconds:.0f}s)"
         )
 
 
@@ -147,6 +150,7 @@ def summarize(split: str, trajs: list[Trajectory], transcripts: int = 0) -> Eval
         mean_turns=turns / n if n else 0.0,
         invalid_rate=sum(t.invalid_turns for t in trajs) / turns if turns else 0.0,
         truncated_rate=turn_limit_rate(trajs),  # a crashed or hung env also ends an episode truncated
+        prompt_shortened_rate=sum(t.shortened_prompts for t in trajs) / turns if turns else 0.0,
         per_type=per_type,
         transcripts=[t.transcript for t in trajs[:transcripts] if t.transcript],
         episode_tasks=[t.task_id for t in trajs],
