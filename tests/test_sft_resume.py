@@ -81,7 +81,7 @@ def test_sigterm_then_resume_equals_an_uninterrupted_warm_start(monkeypatch, tmp
 
 
 def test_a_resume_clones_the_oracle_play_it_saved_even_where_a_replay_differs(monkeypatch, tmp_path):
-    """ScienceWorld's gold paths differ between plays: a resume must not replay the oracle (the checkpoint's sample
+    """ScienceWorld's gold paths can change between plays (JVM options, library versions): a resume must not replay the oracle (the checkpoint's sample
     count would not match, or worse, other data would be cloned); it reads OUT/oracle_play.json, oracle faults kept."""
     out = tmp_path / "part"
     sft.run_sft(load_config(None, TINY), out, console=QUIET, stop_after=2)

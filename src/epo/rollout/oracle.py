@@ -31,9 +31,9 @@ def collect_oracle(
     """Play the expert on each task; return the won episodes' turn samples (all if not only_won) and every episode.
 
     max_envs: the most episodes played at once (one env instance each), the rest in later rounds; None = all at once.
-    Each episode is played as it would be in one round (quest's and ALFWorld's experts are deterministic; ScienceWorld
-    draws its gold paths anew on each play, rounds or not): the rounds change the memory held (a ScienceWorld env is
-    a JVM: 32 at once filled 24 GB)."""
+    Each episode is played as it would be in one round (ScienceWorld picks among equivalent gold routes, and its
+    choice changed with the JVM's options): the rounds change the memory held (a ScienceWorld env is a JVM: 32 at
+    once filled 24 GB)."""
     at_once = max_envs or max(len(task_ids), 1)
     samples, trajs = [], []
     for first in range(0, len(task_ids), at_once):
@@ -110,8 +110,8 @@ def _faulted_slots(pool, new_faults: list, tasks: dict[int, str]) -> dict[int, s
 
 def save_oracle_play(path: str | Path, samples: list[TurnSample], trajs: list[Trajectory]) -> None:
     """The oracle's play as played (atomically): a resumed warm start clones the same samples without replaying it.
-    Replaying is not enough: ScienceWorld's gold paths differ between plays (267 then 253 samples from the same 32
-    tasks), so a resume on a replay would clone other data, and the checkpoint check refuses it."""
+    Replaying is not enough: ScienceWorld's gold paths changed between plays (267 samples from 32 tasks under the
+    JVM's default options, 253 twice under -Xmx1g), so a resume on a replay would clone other data, and the checkpoint check refuses it."""
     data = {
         "trajectories": [{k: v for k, v in asdict(t).items() if k != "transcript"} for t in trajs],
         "samples": [[s.prompt_ids, s.response_ids, s.turn_idx, s.traj_id, s.group_id] for s in samples],
