@@ -67,9 +67,9 @@ class EvalResult:
         return (
             f"{self.split}: success {100 * self.success:.1f}% [95% CI {100 * self.ci_low:.1f}-"
             f"{100 * self.ci_high:.1f}] over {self.episodes} episodes, {self.mean_turns:.1f} turns, "
-            f"out of turns {100 * self.truncated_rate:.1f}%, invalid {100 * self.invalid_rate:.1f}% "
-            + (f"prompts shortened {100 * self.prompt_shortened_rate:.1f}% " if self.prompt_shortened_rate else "")
-            + f"({self.seconds:.0f}s)"
+            f"out of turns {100 * self.truncated_rate:.1f}%, invalid {100 * self.invalid_rate:.1f}%"
+            + (f", prompts shortened {100 * self.prompt_shortened_rate:.1f}%" if self.prompt_shortened_rate else "")
+            + f" ({self.seconds:.0f}s)"
         )
 
 
