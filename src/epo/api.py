@@ -137,10 +137,11 @@ def evaluate(
 
     if episodes is not None and episodes < 1:
         raise ConfigError(f"--episodes/-n: must be >= 1, got {episodes}")
-    given = {"init_from": model, "env.eval_splits": splits, "train.eval_episodes": episodes,
-             "train.eval_temperature": temperature}  # fmt: skip
-    for (name, value), key in zip(
-        (("model", model), ("splits", splits), ("episodes", episodes), ("temperature", temperature)), given
+    for name, value, key in (
+        ("model", model, "init_from"),
+        ("splits", splits, "env.eval_splits"),
+        ("episodes", episodes, "train.eval_episodes"),
+        ("temperature", temperature, "train.eval_temperature"),
     ):
         if value is not None and (other := conflicting_override(value, key, overrides)) is not None:
             raise ConfigError(f"{name}={value!r} and the override {other} set {key} differently; give one of them")
