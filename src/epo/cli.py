@@ -334,12 +334,8 @@ def sweep(
 
 def _check_sweep(grid, target: Path, chosen, ray: bool, jobs: int, gpus_per_run: float, echo) -> None:
     """The refusals of `run_sweep` before it starts anything (--jobs, --ray, --gpus-per-run, a sweep dir that holds
-    another grid), without writing: `--dry-run` runs them too. The grid check runs on a copy of SWEEP_DIR/sweep.yaml."""
-    import shutil
-    import tempfile
-
+    another grid), without writing: `--dry-run` runs them too."""
     from epo.config import ConfigError
-    from epo.sweep.grid import GRID_FILE
     from epo.sweep.runner import check_gpus, local_gpu_slots, prepare
 
     if jobs < 1:
@@ -349,14 +345,7 @@ def _check_sweep(grid, target: Path, chosen, ray: bool, jobs: int, gpus_per_run:
     check_gpus(grid, chosen, ray, gpus_per_run, echo)
     if not ray:
         local_gpu_slots(jobs, gpus_per_run)
-    if not (target / GRID_FILE).is_file():
-        return
-    with tempfile.TemporaryDirectory() as tmp:
-        shutil.copy(target / GRID_FILE, Path(tmp) / GRID_FILE)
-        try:
-            prepare(grid, Path(tmp))  # its lines (grid extended, base moved) are printed by the real run
-        except ConfigError as e:
-            raise ConfigError(str(e).replace(tmp, str(target))) from None
+    prepare(grid, target, write=False)  # its lines (grid extended, base moved) are printed by the real run
 
 
 @app.command()

@@ -94,22 +94,24 @@ def _record_status(sweep_dir: Path, run_id: str, entry: dict) -> None:
         atomic_write_text(Path(sweep_dir) / STATUS_FILE, json.dumps(status, indent=1, sort_keys=True))
 
 
-def prepare(grid: Grid, sweep_dir: Path, echo: Callable[[str], None] = lambda line: None) -> None:
-    """Create SWEEP_DIR with the grid; refuse a directory that holds a different grid."""
-    sweep_dir.mkdir(parents=True, exist_ok=True)
+def prepare(grid: Grid, sweep_dir: Path, echo: Callable[[str], None] = lambda line: None, write: bool = True) -> None:
+    """Create SWEEP_DIR with the grid; refuse a directory that holds a different grid. write=False (`--dry-run`):
+    the same refusals, nothing created or updated."""
     saved = sweep_dir / GRID_FILE
     if saved.is_file():
         old = yaml.safe_load(saved.read_text())
-        if old != grid.to_dict() and not _moved_base(old, grid, saved, echo) and not _extended(old, grid, saved, echo):
+        same = old == grid.to_dict()
+        if not same and not _moved_base(old, grid, saved, echo, write) and not _extended(old, grid, saved, echo, write):
             raise ConfigError(
                 f"{sweep_dir}: holds a different grid ({saved}); use another --out, or the same grid and command-line "
                 "overrides (adding seeds or methods is allowed; changing what a finished run ran is not)"
             )
-    else:
+    elif write:
+        sweep_dir.mkdir(parents=True, exist_ok=True)
         saved.write_text(yaml.safe_dump(grid.to_dict(), sort_keys=False))
 
 
-def _moved_base(old: dict, grid: Grid, saved: Path, echo: Callable[[str], None]) -> bool:
+def _moved_base(old: dict, grid: Grid, saved: Path, echo: Callable[[str], None], write: bool) -> bool:
     """True when the saved grid is this one with its base preset file at another path (the sweep dir or the checkout
     was moved to another machine or folder): same file name, and the same text where the old path still exists.
     Then sweep.yaml is updated to the new path, and the move is printed."""
@@ -119,12 +121,13 @@ def _moved_base(old: dict, grid: Grid, saved: Path, echo: Callable[[str], None])
         return False
     if old_base.is_file() and old_base.read_text() != new_base.read_text():
         return False
-    saved.write_text(yaml.safe_dump(new, sort_keys=False))
+    if write:
+        saved.write_text(yaml.safe_dump(new, sort_keys=False))
     echo(f"{saved}: base preset moved from {old_base} to {new_base}; sweep.yaml updated")
     return True
 
 
-def _extended(old: dict, grid: Grid, saved: Path, echo: Callable[[str], None]) -> bool:
+def _extended(old: dict, grid: Grid, saved: Path, echo: Callable[[str], None], write: bool) -> bool:
     """True when this grid only adds seeds or methods to the saved one (more seeds for a tighter interval, another
     arm against the same baseline) or lists the same ones in another order: every run the saved grid defined keeps
     its exact overrides, so the runs already done stay valid. Then sweep.yaml is updated and the change printed."""
@@ -139,7 +142,8 @@ def _extended(old: dict, grid: Grid, saved: Path, echo: Callable[[str], None]) -
         return False
     added_seeds = [s for s in grid.seeds if s not in old.get("seeds", [])]
     added_methods = [m for m in grid.methods if m not in old_methods]
-    atomic_write_text(saved, yaml.safe_dump(new, sort_keys=False))
+    if write:
+        atomic_write_text(saved, yaml.safe_dump(new, sort_keys=False))
     if not added_seeds and not added_methods:  # the same runs listed in another order: they run in the new one
         echo(f"{saved}: the same runs in another order; the runs not yet done follow the new order")
         return True
