@@ -23,6 +23,7 @@ EXPECTED_ROW = {
     "bench_update.py": "| single-pass |",
     "bench_distributed.py": "| 1 process, 1 thread |",
     "bench_sciworld_jvm.py": "| `(JVM defaults)` |",
+    "bench_malloc.py": "| fixed |",
     "bench_vllm_rollout.py": "| vllm |",  # runs in .venv-vllm (make test-vllm); skipped, with the reason, elsewhere
     "bench_vllm_lora.py": "| adapter |",  # likewise
 }

@@ -5,12 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 from types import SimpleNamespace
 
+import pytest
 import torch
 
 from epo.report.data import ALIASES, RunData
 from epo.rollout.collector import prompt_fit_metrics
 from epo.rollout.evaluate import summarize
 from epo.rollout.types import Trajectory
+from epo.trainer.allocator import reset_peak_rss
 from epo.trainer.trainer import _peak_memory, _rollout_metrics
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "METRICS.md"
@@ -55,13 +57,28 @@ def test_group_outcomes_count_groups_that_all_lost_or_all_won():
 
 
 def test_peak_memory_is_logged_on_cuda_only_and_reset_each_step(monkeypatch):
-    assert _peak_memory(torch.device("cpu")) == {}  # no count on CPU: no key rather than a misleading 0
+    monkeypatch.setattr("epo.trainer.trainer.memory_metrics", lambda: {})  # host memory: the test below
+    assert _peak_memory(torch.device("cpu")) == {}
     peaks, resets = [3 * 2**30], []
     monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device: peaks[-1])
     monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda device: resets.append(device))
     assert _peak_memory(torch.device("cuda", 0)) == {"perf/max_memory_allocated_gb": 3.0}
     assert resets == [torch.device("cuda", 0)]  # the next step's peak is its own
     assert "CUDA only" in _doc_row("perf/max_memory_allocated_gb")
+
+
+@pytest.mark.skipif(not reset_peak_rss(), reason="no writable /proc/self/clear_refs (not Linux): no per-step RSS peak")
+def test_host_memory_peak_is_the_steps_own():
+    cpu = torch.device("cpu")
+    _peak_memory(cpu)  # starts this "step"
+    spike = b"x" * (300 * 2**20)  # 300 MB touched, then freed (glibc returns a mapped chunk at free)
+    del spike
+    during = _peak_memory(cpu)
+    after = _peak_memory(cpu)  # a step without the spike
+    assert during["perf/peak_rss_gb"] - after["perf/peak_rss_gb"] > 0.25
+    assert after["perf/rss_gb"] <= after["perf/peak_rss_gb"] + 0.01
+    for key in ("perf/rss_gb", "perf/peak_rss_gb", "perf/malloc_heap_free_gb"):
+        assert "this process" in _doc_row(key)
 
 
 def test_prompt_truncation_rates_are_per_turn_and_documented():

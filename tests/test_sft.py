@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import torch
 from rich.console import Console
@@ -88,6 +89,8 @@ def test_sft_lowers_the_loss_and_exports_a_loadable_model(tmp_path, monkeypatch)
     summary = json.loads((tmp_path / "sft" / "sft_summary.json").read_text())
     assert summary["samples"] == result.samples
     assert summary["prompt_shortened_rate"] == result.prompt_shortened_rate == 0.0  # tiny quest prompts fit
+    if Path("/proc/self/status").is_file():  # Linux: cloning's own peak memory, at least the model's weights
+        assert summary["cloning_peak_rss_gb"] > 0.05
     model, _ = load_model_and_tokenizer(str(result.export_dir))
     assert sum(p.numel() for p in model.parameters()) > 0
     # the RL config starts from it

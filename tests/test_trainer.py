@@ -107,6 +107,7 @@ def test_resume_gives_the_same_metrics_as_an_uninterrupted_run(method, tmp_path)
     assert torch.equal(_params(full.policy), _params(resumed.policy))
     stretches = read_provenance(tmp_path / "part")  # where each stretch was computed: the start, then the resume
     assert [(p["phase"], p["from_step"]) for p in stretches] == [("rl", 0), ("rl", 3)]
+    assert all(p["allocator"].startswith("memory: ") for p in stretches)  # train.malloc_mmap_threshold's line
 
 
 def test_eval_at_start_off_evaluates_only_at_the_end(tmp_path):

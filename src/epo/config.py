@@ -298,6 +298,16 @@ class TrainConfig:
     precision: str = "auto"
     """Compute precision of forward/backward passes (weights and optimizer state stay fp32): fp32 | bf16 (autocast)
     | auto (bf16 on CUDA and on CPUs with avx512_bf16/AMX, else fp32; the run logs which and why)."""
+    malloc_mmap_threshold: int = 0
+    """Bytes (0 = glibc's dynamic threshold): CPU allocations above it get a mapping of their own, given back to the
+    kernel at free (mallopt M_MMAP_THRESHOLD at start-up of train, sft, eval). 131072 lowered a ScienceWorld-sized
+    cloning step's peak memory 0.66x (10.7 -> 7.1 GB after 4 steps; the dynamic one kept growing, to 15 GB in
+    Experiment 16b) at 1.71x its time (docs/BENCHMARKS.md, "Memory"): for a machine short of RAM.
+    MALLOC_MMAP_THRESHOLD_ in the environment wins; not glibc: not applied; the run's log says which."""
+    malloc_trim: bool = True
+    """After each RL update and after behaviour cloning, give the free pages of glibc's heap back to the kernel
+    (malloc_trim), so that rollouts, evals and the envs beside them have them (cloning: RSS 10 -> 2.8 GB between
+    steps); costs the next update a few seconds of page faults. Not glibc: the run's log says it is not applied."""
     parallel: str = "ddp"
     """How several processes (torchrun / accelerate launch) share the model: ddp (replicated weights, gradients
     summed over ranks) | fsdp2 (torch fully_shard: weights, gradients and optimizer state sharded per decoder block;
@@ -447,6 +457,7 @@ POSITIVE = (
 )
 NON_NEGATIVE = (
     "model.trainable_layers",
+    "train.malloc_mmap_threshold",
     "env.ray_memory_mb",
     "rollout.top_k",
     "algo.clip_low",
@@ -546,6 +557,10 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"epo.turn_decay: must be in (0, 1] (1 = off), got {cfg.epo.turn_decay}")
     if cfg.epo.smoothing_coef is not None and not 0 <= cfg.epo.smoothing_coef < math.inf:
         raise ConfigError(f"epo.smoothing_coef: must be >= 0, got {cfg.epo.smoothing_coef}")
+    if cfg.train.malloc_mmap_threshold > 32 * 2**20:  # glibc's HEAP_MAX / 2 on 64-bit: mallopt refuses more
+        raise ConfigError(
+            f"train.malloc_mmap_threshold: must be <= 33554432 (32 MiB), got {cfg.train.malloc_mmap_threshold}"
+        )
     if cfg.train.seed >= 2**32:
         raise ConfigError(f"train.seed: must be < 2**32 (NumPy's seed range), got {cfg.train.seed}")
     if cfg.model.lora.dropout >= 1:

@@ -24,6 +24,7 @@ import transformers
 
 import epo
 from epo.models.precision import Precision, cpu_bf16_unit, read_cpuinfo
+from epo.trainer.allocator import applied_line
 
 PROVENANCE_FILE = "provenance.jsonl"
 
@@ -84,6 +85,7 @@ def machine_record(
         "precision_reason": precision.reason,
         "threads": torch.get_num_threads(),
         "deterministic": torch.are_deterministic_algorithms_enabled(),
+        "allocator": applied_line(),
         "world_size": world_size,
     }
 

@@ -167,6 +167,7 @@ def evaluate_policy(
     if unknown:
         raise ConfigError(f"--split: {', '.join(unknown)} not in {cfg.env.name} (splits: {', '.join(all_splits)})")
     setup.set_threads()
+    setup.set_allocator(cfg)
     setup.seed_everything(cfg.train.seed, cfg.train.deterministic)
     device = setup.pick_device(cfg.model.device)
     model, tokenizer = setup.load_policy(cfg, device, train=False)

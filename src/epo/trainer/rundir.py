@@ -71,6 +71,8 @@ RESUME_ALLOWED: tuple[str, ...] = (
     "train.wandb",
     "train.report",
     "train.deterministic",
+    "train.malloc_mmap_threshold",  # memory vs speed, not results: the recovery after an out-of-memory kill
+    "train.malloc_trim",
     "env.num_workers",
     "env.pool_mode",
     "env.step_timeout_s",

@@ -29,7 +29,7 @@ from epo.models import (
 from epo.models.precision import Precision, check_master_weights, resolve_precision
 from epo.rollout.backend import HFBackend
 from epo.rollout.collector import Collector
-from epo.trainer import distributed
+from epo.trainer import allocator, distributed
 from epo.trainer.checkpoint_model import is_checkpoint_source, load_checkpoint_model
 
 
@@ -115,10 +115,18 @@ def rank0_console(console: Console | None = None) -> Console:
     return console or Console()
 
 
+def set_allocator(cfg: Config) -> str:
+    """train.malloc_mmap_threshold and train.malloc_trim, before the model is loaded (trainer/allocator.py); returns
+    the line that `log_precision` prints beside the precision (and provenance records)."""
+    return allocator.configure(cfg.train.malloc_mmap_threshold, cfg.train.malloc_trim)
+
+
 def log_precision(console, cfg: Config, device: torch.device) -> Precision:
-    """Print the precision line once per console: a warm-start SFT and the RL run after it share one command."""
+    """Print the precision line (and the allocator's) once per console: a warm-start SFT and the RL run after it
+    share one command."""
     chosen = precision(cfg, device)
     line = chosen.line() + ("; deterministic kernels (train.deterministic)" if cfg.train.deterministic else "")
+    line += f"\n{allocator_line}" if (allocator_line := allocator.applied_line()) else ""
     if getattr(console, "_epo_precision_line", None) != line:
         console.print(line, markup=False, highlight=False)
         console._epo_precision_line = line

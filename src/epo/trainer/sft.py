@@ -39,12 +39,13 @@ from epo.models.precision import autocast_for
 from epo.rollout.collector import prompt_fit_metrics
 from epo.rollout.evaluate import EvalResult, wilson_interval
 from epo.rollout.oracle import collect_oracle, load_oracle_play, save_oracle_play
-from epo.rollout.types import Trajectory
+from epo.rollout.types import Trajectory, TurnSample
 from epo.telemetry.faults import FaultLog, is_fault, keep_faults
 from epo.telemetry.metrics import truncate_after
 from epo.telemetry.progress import StepProgress
 from epo.telemetry.provenance import append_provenance, machine_record
 from epo.trainer import setup
+from epo.trainer.allocator import memory_metrics, reset_peak_rss, trim_after_phase
 from epo.trainer.batching import iter_micro_batches
 from epo.trainer.checkpoint import (
     CheckpointError,
@@ -105,6 +106,7 @@ def run_sft(
     save_config(cfg, out / "config.yaml")
     splits = setup.check_env(cfg)
     setup.set_threads()
+    setup.set_allocator(cfg)
     setup.seed_everything(cfg.train.seed, cfg.train.deterministic)
     device = setup.pick_device(cfg.model.device)
     model, tokenizer = setup.load_policy(cfg, device)
@@ -126,7 +128,10 @@ def run_sft(
         samples = _play_oracle(cfg, splits, pool, collector, tokenizer, console, faults, result, played)
         pool.release_envs()  # idle while cloning (ScienceWorld: a JVM each); the eval after makes new ones
         loop = _SFTLoop(cfg, model, tokenizer.pad_token_id, samples, out, stop, stop_after)
+        reset_peak_rss()
         losses = loop.run(console, resume_from)
+        peak_gb = memory_metrics().get("perf/peak_rss_gb")  # this process while cloning (Linux)
+        trim_after_phase()  # train.malloc_trim: cloning's free heap pages go back before the export and evals
         if losses is None:
             result.interrupted, result.stop_signal = True, stop.signal_name
             console.print(f"behaviour cloning stopped after step {len(loop.losses)}/{loop.total}")
@@ -135,6 +140,8 @@ def run_sft(
         with atomic_dir(result.export_dir) as tmp:  # complete or absent: `epo train --resume` trusts an export/
             merge_and_save(model, tokenizer, tmp)
         console.print(f"SFT model exported to {result.export_dir}", markup=False)
+        if peak_gb is not None:
+            console.print(f"behaviour cloning: peak memory {peak_gb:.1f} GB (this process)", markup=False)
         if eval_after:
             try:
                 result.after = _eval_all(cfg, collector, splits, console, AFTER, faults=faults, stop=stop)
@@ -149,6 +156,7 @@ def run_sft(
         "prompt_shortened_rate": result.prompt_shortened_rate,
         "prompt_actions_cut_rate": result.prompt_actions_cut_rate,
         "final_loss": losses[-1],
+        "cloning_peak_rss_gb": peak_gb,
         "before": {k: v.success for k, v in result.before.items()},
         "after": {k: v.success for k, v in result.after.items()},
     }
@@ -333,31 +341,10 @@ class _SFTLoop:
         return self.losses
 
     def _step(self, batch: list[int]) -> tuple[float, bool]:
-        """One optimizer step on the token-mean NLL of the oracle responses (micro-batches normalised by the batch's
-        token count). Returns (loss, skipped): skipped when the gradient was not finite and so not applied."""
-        cfg, samples = self.cfg, self.samples
-        num_tokens = float(sum(len(samples[i].response_ids) for i in batch))
-        self.optimizer.zero_grad(set_to_none=True)
-        total_loss = 0.0
-        device = next(self.model.parameters()).device
-        for mb in iter_micro_batches(samples, batch, self.pad_id, cfg.train.micro_batch_tokens, device):
-            with autocast_for(cfg.train.precision, mb.input_ids.device):  # fp32 master weights, bf16 compute
-                stats = response_logprobs(
-                    self.model,
-                    mb.input_ids,
-                    mb.attention_mask,
-                    mb.response_mask,
-                    chunk_tokens=cfg.model.logprob_chunk_tokens,
-                    with_entropy=False,
-                )
-            loss = -(stats.logprobs * mb.response_mask).sum() / num_tokens
-            loss.backward()
-            total_loss += float(loss.detach())
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip or float("inf")))
-        skipped = not step_if_finite([self.optimizer], [grad_norm])
+        """One optimizer step (`clone_step`) and the schedule's. Returns (loss, skipped)."""
+        loss, skipped = clone_step(self.model, self.optimizer, self.samples, batch, self.pad_id, self.cfg)
         self.scheduler.step()
-        return total_loss, skipped
+        return loss, skipped
 
     def _trainable_state(self) -> dict[str, torch.Tensor]:
         if self.cfg.model.lora.enabled:
@@ -408,3 +395,28 @@ class _SFTLoop:
         console.print(
             f"resumed behaviour cloning from {ckpt.path} (step {len(self.losses)}/{self.total})", markup=False
         )
+
+
+def clone_step(model, optimizer, samples: list[TurnSample], batch: list[int], pad_id: int, cfg: Config):
+    """One optimizer step on the token-mean NLL of the oracle responses samples[batch] (micro-batches normalised by
+    the batch's token count). Returns (loss, skipped): skipped when the gradient was not finite and so not applied."""
+    num_tokens = float(sum(len(samples[i].response_ids) for i in batch))
+    optimizer.zero_grad(set_to_none=True)
+    total_loss = 0.0
+    device = next(model.parameters()).device
+    for mb in iter_micro_batches(samples, batch, pad_id, cfg.train.micro_batch_tokens, device):
+        with autocast_for(cfg.train.precision, mb.input_ids.device):  # fp32 master weights, bf16 compute
+            stats = response_logprobs(
+                model,
+                mb.input_ids,
+                mb.attention_mask,
+                mb.response_mask,
+                chunk_tokens=cfg.model.logprob_chunk_tokens,
+                with_entropy=False,
+            )
+        loss = -(stats.logprobs * mb.response_mask).sum() / num_tokens  # [B, T] masked to response tokens
+        loss.backward()
+        total_loss += float(loss.detach())
+    params = [p for p in model.parameters() if p.requires_grad]
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip or float("inf")))
+    return total_loss, not step_if_finite([optimizer], [grad_norm])

@@ -36,6 +36,7 @@ from epo.telemetry.monitor import CascadeMonitor
 from epo.telemetry.progress import StepProgress
 from epo.telemetry.provenance import append_provenance, machine_record
 from epo.trainer import dist_checkpoint, distributed, fsdp, setup
+from epo.trainer.allocator import memory_metrics, reset_peak_rss, trim_after_phase
 from epo.trainer.checkpoint import (
     CheckpointError,
     GracefulExit,
@@ -81,6 +82,7 @@ class Trainer:
         self.resume = resume
         self.splits = setup.check_env(cfg)  # fail fast on a bad env name/split, before loading any model
         setup.set_threads()
+        setup.set_allocator(cfg)
         setup.seed_everything(cfg.train.seed, cfg.train.deterministic)
         self.device = setup.pick_device(distributed.local_device(cfg.model.device))
         self.policy, self.tokenizer = setup.load_policy(cfg, self.device)
@@ -256,6 +258,7 @@ class Trainer:
                 "time/weight_push_s": played.stats.get("weight_push_s", 0.0),
             }
         )
+        trim_after_phase()  # train.malloc_trim: the update's free heap pages go back before the next rollout
         metrics.update(_peak_memory(self.device))
         return metrics
 
@@ -585,13 +588,15 @@ def checkpoint_due(step: int, save_every: int, total_steps: int) -> bool:
 
 
 def _peak_memory(device: torch.device) -> dict[str, float]:
-    """CUDA: the step's peak allocated memory in GiB (rollout and update together; verl's perf/max_memory_allocated),
-    then the peak is reset for the next step. Nothing on CPU, where torch keeps no such count."""
-    if device.type != "cuda":
-        return {}
-    peak = torch.cuda.max_memory_allocated(device) / 2**30
-    torch.cuda.reset_peak_memory_stats(device)
-    return {"perf/max_memory_allocated_gb": peak}
+    """Memory of this process over the step (rollout and update; env workers and JVMs are processes of their own):
+    host RSS at the step's end and its peak (perf/rss_gb, perf/peak_rss_gb; Linux), glibc's free heap holes, and on
+    CUDA torch's peak allocation (verl's perf/max_memory_allocated). Both peaks are reset for the next step."""
+    out = memory_metrics()
+    reset_peak_rss()
+    if device.type == "cuda":
+        out["perf/max_memory_allocated_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
+        torch.cuda.reset_peak_memory_stats(device)
+    return out
 
 
 def _mean_entropy(data: StepData) -> float:
