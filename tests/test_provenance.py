@@ -68,9 +68,10 @@ def test_records_append_and_a_torn_line_is_skipped(tmp_path):
 def test_the_run_report_lists_each_stretch_and_flags_a_machine_change(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
-    (run / "metrics.jsonl").write_text(json.dumps({"step": 1, "rollout/success_rate": 0.5}) + "\n")
+    rows = [{"step": 1, "rollout/success_rate": 0.5, "perf/peak_rss_gb": 4.25}, {"step": 2, "perf/peak_rss_gb": 6.5}]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     a = {"phase": "rl", "from_step": 0, "device": "cpu", "device_name": "CPU A", "precision": "fp32", "torch": "2",
-         "git": "abc123", "source": "d1"}  # fmt: skip
+         "git": "abc123", "source": "d1", "allocator": "memory: glibc's dynamic mmap threshold"}  # fmt: skip
     b = {**a, "from_step": 3, "device_name": "CPU B", "cpu_bf16_unit": "avx512_bf16", "git": None, "source": "d2"}
     for record in (a, b):
         append_provenance(run, record)
@@ -78,5 +79,6 @@ def test_the_run_report_lists_each_stretch_and_flags_a_machine_change(tmp_path):
     assert "rl from step 0" in text and "CPU A · fp32" in text and "CPU B (avx512_bf16) · fp32" in text
     assert "(abc123)" in text and "(source d2)" in text  # a copied tree without git is still named
     assert "Computed on 2 different machines" in text
+    assert "| glibc's dynamic mmap threshold |" in text and "(perf/peak_rss_gb): run 6.5 GB." in text
     (run / "provenance.jsonl").unlink()
     assert "No provenance.jsonl" in "\n".join(machines_section([load_run(run)]))

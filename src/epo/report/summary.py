@@ -212,6 +212,7 @@ def machines_section(runs: list[RunData]) -> list[str]:
             _cell(p.get("precision_reason", "—"), 60),
             f"{p.get('epo', '—')} ({_code(p)})",
             f"{p.get('threads', '—')} × {p.get('world_size', '—')}",
+            _cell(str(p.get("allocator") or "—").removeprefix("memory: "), 60),
         ]
         for r in runs
         for p in r.provenance
@@ -219,7 +220,14 @@ def machines_section(runs: list[RunData]) -> list[str]:
     unrecorded = [r.label for r in runs if not r.provenance]
     if rows:
         header = ["run", "stretch", "machine · precision · torch", "precision chosen because", "epo (code)"]
-        lines += _table([*header, "threads × processes"], rows)
+        lines += _table([*header, "threads × processes", "host memory (train.malloc_*)"], rows)
+    if peaks := [f"{r.label} {peak:.1f} GB" for r in runs if (peak := _peak_rss(r)) is not None]:
+        lines += [
+            "",
+            "Peak resident memory of the trainer process over its RL steps (perf/peak_rss_gb): "
+            + ", ".join(peaks)
+            + ".",
+        ]
     if len(labels := {machine_label(p) for r in runs for p in r.provenance}) > 1:
         lines += [
             "",
@@ -229,6 +237,11 @@ def machines_section(runs: list[RunData]) -> list[str]:
     if unrecorded:
         lines += [""] * bool(rows) + [f"No provenance.jsonl (made before epo recorded it): {', '.join(unrecorded)}."]
     return lines
+
+
+def _peak_rss(run: RunData) -> float | None:
+    _, peaks = run.series("perf/peak_rss_gb")
+    return float(peaks.max()) if len(peaks) else None
 
 
 def _code(record: dict) -> str:
