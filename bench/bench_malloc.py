@@ -10,6 +10,8 @@ preset's 4096-token micro-batches and precision) with the trainer's own `clone_s
               does once per RL update and after cloning, here at its most frequent
     fixed_thp fixed, with GLIBC_TUNABLES=glibc.malloc.hugetlb=1 (glibc >= 2.35: malloc madvises transparent huge
               pages, so a fresh mapping faults in 2 MiB pages, not 4 KiB ones, where THP is "madvise" or "always")
+    jemalloc  jemalloc instead of glibc's malloc (LD_PRELOAD of the system's libjemalloc.so.2, e.g. Debian's
+              libjemalloc2; the glibc heap columns then read glibc's unused arena)
 
 Per step it records RSS, peak RSS and glibc's heap / free-in-heap / mapped bytes (mallinfo2). Arms alternate when
 --repeats > 1. Results replace the "## Memory: glibc's mmap threshold" section of docs/BENCHMARKS.md.
@@ -44,7 +46,7 @@ MEANING = (
     "not per optimizer step as here) and leaves the threshold to glibc (`train.malloc_mmap_threshold=0`); "
     "`train.malloc_mmap_threshold=131072` is for a machine short of RAM."
 )
-ARMS = ("dynamic", "fixed", "trim", "fixed_thp")
+ARMS = ("dynamic", "fixed", "trim", "fixed_thp", "jemalloc")
 
 
 def synthetic_samples(n: int, vocab: int, seed: int, prompt=(800, 1500), response=(8, 24)):
@@ -87,10 +89,24 @@ def child(arm: str, args) -> dict:
     return {"arm": arm, "line": line, "rows": rows, "tokens_per_step": tokens}
 
 
+def jemalloc_path() -> str:
+    import ctypes.util
+
+    for path in ("/usr/lib/x86_64-linux-gnu/libjemalloc.so.2", "/usr/lib/aarch64-linux-gnu/libjemalloc.so.2"):
+        if os.path.exists(path):
+            return path
+    found = ctypes.util.find_library("jemalloc")
+    if found is None:
+        raise SystemExit("--arms jemalloc: no libjemalloc.so.2 on this machine (Debian: apt install libjemalloc2)")
+    return found
+
+
 def run_arm(arm: str, argv: list[str]) -> dict:
     env = {k: v for k, v in os.environ.items() if k not in ("MALLOC_MMAP_THRESHOLD_", "GLIBC_TUNABLES")}
     if arm == "fixed_thp":
         env["GLIBC_TUNABLES"] = "glibc.malloc.hugetlb=1"
+    if arm == "jemalloc":
+        env["LD_PRELOAD"] = jemalloc_path()
     proc = subprocess.run(
         [sys.executable, __file__, "--child", arm, *argv], env=env, stdout=subprocess.PIPE, text=True, check=True
     )
@@ -167,7 +183,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=max(1, min(2, os.cpu_count() or 1)))
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--threshold", type=int, default=131072, help="bytes, the fixed arm's mmap threshold")
-    parser.add_argument("--arms", default=",".join(ARMS), help="dynamic first: the others are compared with it")
+    parser.add_argument(
+        "--arms", default="dynamic,fixed,trim,fixed_thp", help="dynamic first: the others are compared with it"
+    )
     parser.add_argument("--no-write", action="store_true")
     parser.add_argument("--smoke", action="store_true", help="tiny model, 2 steps of 2 samples, no write (CI)")
     parser.add_argument("--child", choices=ARMS, help=argparse.SUPPRESS)
