@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import os
 from dataclasses import dataclass
 
@@ -27,6 +28,7 @@ M_MMAP_THRESHOLD = -3  # mallopt parameter number, from glibc's malloc.h
 ENV_VAR = "MALLOC_MMAP_THRESHOLD_"  # glibc reads it at start-up; a user who set it keeps it
 
 
+@functools.cache  # find_library runs ldconfig: once per process, not per step
 def _glibc() -> ctypes.CDLL | None:
     """The C library when it is glibc (the one with mallopt's M_MMAP_THRESHOLD, malloc_trim, mallinfo2), else None."""
     name = ctypes.util.find_library("c")
@@ -134,10 +136,10 @@ def reset_peak_rss() -> bool:
         return False
 
 
-def memory_metrics(snap: MemorySnapshot | None = None) -> dict[str, float]:
+def memory_metrics() -> dict[str, float]:
     """perf/ metrics of host memory: resident at the end of the step, its peak during it, and (glibc) the free holes
     malloc keeps resident in its heap: the fragmentation a fixed mmap threshold prevents."""
-    snap = snap or memory_snapshot()
+    snap = memory_snapshot()
     if not snap.rss_mb:
         return {}
     out = {"perf/rss_gb": snap.rss_mb / 1024, "perf/peak_rss_gb": snap.peak_rss_mb / 1024}
