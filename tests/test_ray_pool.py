@@ -127,3 +127,20 @@ def test_hanging_env_times_out_and_env_errors_stay_per_slot(faulty_ray_pool):
     assert outs[1][0] == "t1:a#1"
     check_truncated(pool.step({2: "a"})[2], "timeout", "t2")  # same actor as slot 0: its episode ended too
     check_truncated(pool.step({1: "raise"})[1], "env_error", "t1")
+
+
+def test_the_deadline_is_per_env_call_and_an_unpicklable_reply_fails_its_slot():
+    """As the local pool: 8 slots on one actor nap 0.5 s each (4 s in all) under a 3 s step deadline: no timeout,
+    since the actor streams each slot's reply; a hang is a timeout named with the slots done before it."""
+    with RayEnvPool("faulty_test", {}, num_workers=1, step_timeout_s=3.0, num_cpus_per_worker=0.5) as pool:
+        pool.reset([f"t{i}" for i in range(8)])
+        outs = pool.step({i: "nap" for i in range(8)})
+        assert all(not out[3] for out in outs.values()) and pool.drain_faults() == []
+        outs = pool.step({0: "unpicklable", 1: "a"})  # the local pool's rule, not cloudpickle's: same run either way
+        check_truncated(outs[0], "env_error", "t0")
+        assert "unpicklable" in outs[0][4]["error"] and outs[1][0] == "t1:a#2"
+        outs = pool.step({1: "a", 2: "a", 3: "hang", 4: "a"})
+        assert [outs[i][3] for i in range(1, 5)] == [True] * 4  # the whole actor was replaced
+        faults = [f for f in pool.drain_faults() if f.reason == "timeout"]  # one per live episode it ended
+        assert [f.task for f in faults] == [f"t{i}" for i in range(1, 8)], faults
+        assert all("2 of its 4 slot(s) done" in f.message for f in faults), faults

@@ -118,14 +118,19 @@ def _encode(results: dict[int, tuple[str, Any]]) -> bytes:
     try:
         return ForkingPickler.dumps(results)  # what Connection.send would do
     except Exception:
-        safe = {}
-        for slot, result in results.items():
-            try:
-                ForkingPickler.dumps(result)
-                safe[slot] = result
-            except Exception as e:
-                safe[slot] = ("env_error", f"the env returned something unpicklable ({type(e).__name__}: {e})")
-        return ForkingPickler.dumps(safe)
+        return ForkingPickler.dumps(picklable_only(results))
+
+
+def picklable_only(results: dict[int, tuple[str, Any]]) -> dict[int, tuple[str, Any]]:
+    """Each slot's result, or an "env_error" for the slots whose result cannot be pickled (sent to the parent)."""
+    safe = {}
+    for slot, result in results.items():
+        try:
+            ForkingPickler.dumps(result)
+            safe[slot] = result
+        except Exception as e:
+            safe[slot] = ("env_error", f"the env returned something unpicklable ({type(e).__name__}: {e})")
+    return safe
 
 
 def _worker_main(conn: Any, make_env: Callable[..., Any], env_kwargs: dict[str, Any], parent_pid: int) -> None:

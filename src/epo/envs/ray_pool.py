@@ -5,7 +5,10 @@
         ...                      # the EnvPool API: reset / step / expert_actions / close
 
 Same slot layout and fault semantics as the local pool (epo.envs.pool): slot i lives on actor i % num_workers,
-which keeps one env per slot; a command goes to every actor first and is gathered with one `ray.wait` deadline.
+which keeps one env per slot; a command goes to every actor first and is gathered as it streams back: an actor
+yields each slot's reply as soon as that env call returns (a Ray generator), so the deadline is per env call, as in
+the local pool, not per batch (an actor serving 16 ScienceWorld slots is not a timeout; a hang on its first is one
+after step_timeout_s, not 16 times that).
 A dead actor (its process killed, its node lost: RayActorError) ends its live episodes truncated with
 "worker_crash"; an actor that misses the deadline is killed ("timeout"); either way a fresh actor replaces it and
 the next reset works again. An exception inside the env ends only that slot ("env_error"), as locally.
@@ -19,9 +22,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
+from collections.abc import Iterator
 from typing import Any
 
-from epo.envs.pool import EnvPool, _SlotEnvs
+from epo.envs.pool import EnvPool, _SlotEnvs, picklable_only
 
 
 def _ray():
@@ -38,8 +43,14 @@ class _EnvActor:
     def __init__(self, make_env, env_kwargs: dict[str, Any]):
         self.envs = _SlotEnvs(make_env, env_kwargs)
 
-    def handle(self, cmd: str, payload: dict[int, Any]) -> dict[int, tuple[str, Any]]:
-        return self.envs.handle(cmd, payload)
+    def handle(self, cmd: str, payload: dict[int, Any]) -> Iterator[dict[int, tuple[str, Any]]]:
+        """A Ray generator: one {slot: reply} per slot, yielded when its env call returns (the driver's heartbeat).
+        A reply Ray could not send would end the whole stream, so an unpicklable one fails its own slot here."""
+        if cmd == "release":
+            self.envs.handle(cmd, payload)
+            return
+        for slot, arg in payload.items():
+            yield picklable_only(self.envs.handle(cmd, {slot: arg}))
 
     def pid(self) -> int:
         return os.getpid()
@@ -111,30 +122,46 @@ class RayEnvPool(EnvPool):
         self, cmd: str, by_worker: dict[int, dict[int, Any]], timeout_s: float
     ) -> dict[int, tuple[str, Any]]:
         ray = _ray()
-        refs = {self._workers[w].handle.remote(cmd, share): w for w, share in by_worker.items()}
-        # an actor reports no progress mid-command, so its deadline is timeout_s per slot it serves (the local pool's
-        # is per env call through its heartbeat); the longest share bounds the wait
-        longest = max((len(share) for share in by_worker.values()), default=1)
-        ready, not_ready = ray.wait(list(refs), num_returns=len(refs), timeout=timeout_s * longest)
+        streams = {w: self._workers[w].handle.remote(cmd, share) for w, share in by_worker.items()}  # generators
+        deadline = dict.fromkeys(streams, time.monotonic() + timeout_s)  # per env call: each reply moves it on
         replies: dict[int, tuple[str, Any]] = {}
         failed: dict[int, tuple[str, str]] = {}
-        for ref in ready:
-            w = refs[ref]
-            try:
-                replies.update(ray.get(ref))
-            except ray.exceptions.RayActorError as e:  # the actor's process or node died
-                failed[w] = ("worker_crash", f"worker {w} died ({type(e).__name__})")
-            except Exception as e:  # e.g. a reply Ray cannot serialise: those slots' envs are suspect
-                for slot in by_worker[w]:
-                    replies[slot] = ("env_error", f"{type(e).__name__}: {str(e).splitlines()[0][:200]}")
-        for ref in not_ready:
-            w = refs[ref]
-            n = len(by_worker[w])
-            failed[w] = (
-                "timeout",
-                f"worker {w} did not answer '{cmd}' for its {n} slot(s) within {timeout_s * longest:g} s",
-            )
+        while streams:
+            wait_s = max(0.0, min(deadline.values()) - time.monotonic())
+            ready, _ = ray.wait(list(streams.values()), num_returns=1, timeout=wait_s)
+            for w in [w for w, stream in streams.items() if any(stream is r for r in ready)]:
+                outcome = self._next_reply(streams[w], w, by_worker[w], replies)
+                if outcome is None:
+                    deadline[w] = time.monotonic() + timeout_s
+                    continue
+                del streams[w], deadline[w]
+                if outcome:
+                    failed[w] = outcome
+            for w in [w for w, t in deadline.items() if t <= time.monotonic()]:
+                done = sum(slot in replies for slot in by_worker[w])
+                del streams[w], deadline[w]
+                failed[w] = ("timeout", f"worker {w}: an env's '{cmd}' did not return within {timeout_s:g} s "
+                                        f"({done} of its {len(by_worker[w])} slot(s) done)")  # fmt: skip
         return self._restart_failed(failed, by_worker, replies)  # lost episodes and PoolFaults, as the local pool
+
+    @staticmethod
+    def _next_reply(stream, w: int, share: dict[int, Any], replies: dict[int, tuple[str, Any]]) -> tuple | None:
+        """Take one streamed reply of worker w into replies. None: more to come; () the stream ended; (reason,
+        message) the worker failed."""
+        ray = _ray()
+        try:
+            replies.update(ray.get(next(stream)))
+            return None
+        except StopIteration:  # every slot answered (a stream never ends early without raising)
+            for slot in share:
+                replies.setdefault(slot, ("env_error", f"worker {w} ended its replies without this slot"))
+            return ()
+        except ray.exceptions.RayActorError as e:  # the actor's process or node died
+            return ("worker_crash", f"worker {w} died ({type(e).__name__})")
+        except Exception as e:  # the stream broke inside the actor: the slots it did not answer are suspect
+            for slot in share:
+                replies.setdefault(slot, ("env_error", f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"))
+            return ()
 
     def _replace(self, w: int) -> None:
         with contextlib.suppress(Exception):  # already dead
