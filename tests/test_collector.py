@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import replace
 
 import pytest
 import torch
 
 from epo.agent import PromptBuilder
 from epo.config import AgentConfig
-from epo.envs import get_spec
+from epo.envs import get_spec, register
 from epo.envs.pool import EnvPool
 from epo.models import load_model_and_tokenizer
 from epo.rollout.backend import HFBackend
@@ -176,3 +177,48 @@ def test_oracle_samples_match_what_the_collector_builds_on_the_same_actions(pool
     for a, b in zip(sorted(rl, key=key), sorted(oracle, key=key)):
         assert a.prompt_ids == b.prompt_ids, tokenizer.decode(a.prompt_ids) + "\n---\n" + tokenizer.decode(b.prompt_ids)
         assert a.response_ids == b.response_ids
+
+
+class ScoredQuest:
+    """The quest world with ScienceWorld's progress score in its infos: 100 on the win, else -10 after odd turns
+    (a failed task's negative score) and 30 after even ones."""
+
+    def __init__(self, **kwargs):
+        self.env, self.turns = get_spec("quest").make(**kwargs), 0
+
+    def reset(self, **kwargs):
+        self.turns = 0
+        return self.env.reset(**kwargs)
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        self.turns += 1
+        score = 100 if info["won"] else -10 if self.turns % 2 else 30
+        return obs, reward, terminated, truncated, {**info, "score": score}
+
+    def expert_action(self):
+        return self.env.expert_action()
+
+    def close(self):
+        self.env.close()
+
+
+def make_scored_quest(**kwargs) -> ScoredQuest:
+    return ScoredQuest(**kwargs)
+
+
+def test_the_episode_keeps_the_last_progress_score_and_evals_report_its_mean(tiny):
+    quest = get_spec("quest")
+    register(replace(quest, name="scored_quest_test", make=make_scored_quest))
+    model, tokenizer = tiny
+    cfg = AgentConfig(action_prefix=True, max_prompt_tokens=512)
+    with EnvPool("scored_quest_test", {"difficulty": "easy"}, num_workers=1, mode="inline") as scored:
+        prompts = PromptBuilder(tokenizer, cfg, list_older_actions=False, env_name="quest")
+        collector = Collector(scored, HFBackend(model, tokenizer, batch_size=8), prompts, tokenizer, cfg, max_turns=2)
+        tasks = quest.splits(difficulty="easy")["train"][:4]
+        torch.manual_seed(2)
+        result = evaluate(collector, "train", tasks, temperature=1.0, max_new_tokens=6, seed=3)
+    # a lost episode is cut at the turn limit after turn 2: its score is the last turn's (30), not turn 1's (-10)
+    expected = [100.0 if won else 30.0 for won in result.episode_wins]
+    assert result.episode_scores == expected and result.mean_score == pytest.approx(sum(expected) / 4)
+    assert f"mean score {result.mean_score:.1f}" in result.line()

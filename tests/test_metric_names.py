@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from epo.report.data import ALIASES, RunData
-from epo.rollout.collector import prompt_fit_metrics
+from epo.rollout.collector import episode_score, prompt_fit_metrics
 from epo.rollout.evaluate import summarize
 from epo.rollout.types import Trajectory
 from epo.trainer.allocator import reset_peak_rss
@@ -108,3 +108,20 @@ def test_eval_prompt_shortened_rate_is_logged_shown_and_documented():
     assert "prompts shortened 37.5%" in result.line()
     assert "prompts shortened" not in summarize("iid", trajs[1:]).line()  # said only when it happened
     assert "agent.max_prompt_tokens" in _doc_row("eval/<split>/prompt_shortened_rate")
+
+
+def test_progress_score_is_logged_shown_and_documented_where_the_env_has_one():
+    trajs = [Trajectory(0, 0, "a", "x", length=3, score=50.0), Trajectory(1, 0, "a", "x", length=2, score=10.0)]
+    trajs.append(Trajectory(2, 1, "b", "x", length=1))  # ended by a fault before its first step: counts 0
+    logged = _rollout_metrics(SimpleNamespace(trajectories=trajs, samples=[]))
+    assert logged["rollout/score_mean"] == 20.0
+    result = summarize("iid", trajs)
+    assert result.metrics()["eval/iid/score_mean"] == 20.0 and result.episode_scores == [50.0, 10.0, 0.0]
+    assert result.score_ci_low < 20.0 < result.score_ci_high  # Student-t over the 3 episodes
+    assert f"mean score 20.0 [95% CI {result.score_ci_low:.1f}-{result.score_ci_high:.1f}]" in result.line()
+    no_score = [Trajectory(0, 0, "a", "x", length=3)]  # quest, ALFWorld: no metric, nothing said
+    assert "rollout/score_mean" not in _rollout_metrics(SimpleNamespace(trajectories=no_score, samples=[]))
+    assert not any("score" in k for k in summarize("iid", no_score).metrics())
+    assert "score" not in summarize("iid", no_score).line()
+    assert episode_score(-100) == 0.0 and episode_score(35) == 35.0  # a failed task's negative score counts 0
+    assert "ScienceWorld" in _doc_row("rollout/score_mean") and "episode_scores" in _doc_row("eval/<split>/score_mean")

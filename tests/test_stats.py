@@ -63,3 +63,23 @@ def test_before_after_tables_name_the_test(tmp_path):
     lines = _before_after_section([SimpleNamespace(label="run", before_after={"iid": rows})])
     table = "\n".join(lines)
     assert "0.125 (McNemar)" in table and "(Fisher)" in table and "McNemar (paired" in table
+
+
+def test_before_after_tables_carry_the_progress_score_where_the_env_has_one(tmp_path):
+    tasks = ["a", "b"]
+    start = summarize(
+        "iid", [Trajectory(k, k, t, "x", length=3, score=s) for k, (t, s) in enumerate(zip(tasks, [0, 20]))]
+    )
+    end = summarize(
+        "iid", [Trajectory(k, k, t, "x", length=3, score=s) for k, (t, s) in enumerate(zip(tasks, [40, 60]))]
+    )
+    result = SimpleNamespace(evals={0: {"iid": start}, 2: {"iid": end}}, run_dir=tmp_path)
+    console = Console(record=True, width=200)
+    _print_before_after(console, {}, result)
+    printed = console.export_text()
+    assert "score 10.0" in printed and "score 50.0" in printed and "progress score" in printed
+    rows = json.loads((tmp_path / BEFORE_AFTER_FILE).read_text())["iid"]
+    assert rows["end_of_rl"]["mean_score"] == 50.0 and len(rows["end_of_rl"]["score_ci"]) == 2
+    table = "\n".join(_before_after_section([SimpleNamespace(label="run", before_after={"iid": rows})]))
+    assert "n=2, score 10.0" in table and "n=2, score 50.0" in table
+    assert _eval("iid", tasks, [0, 1]).mean_score is None  # quest, ALFWorld: no score, no column text

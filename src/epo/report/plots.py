@@ -50,6 +50,12 @@ def line_figures(splits: list[str]) -> list[tuple[str, str, list[Panel]]]:
                 Panel("invalid-action rate", "rollout/invalid_rate", unit_interval=True),
             ],
         ),
+        (  # envs with a progress score (ScienceWorld): it moves where success cannot, every episode lost
+            "score",
+            "Progress score (0-100, the env's own)",
+            [Panel("train rollouts: score (mean)", "rollout/score_mean")]
+            + [Panel(f"eval {s}: score (mean)", f"eval/{s}/score_mean") for s in splits],
+        ),
         ("entropy", "Policy entropy", [Panel("entropy (trajectory mean)", "epo/entropy_mean", "nats", smooth=False)]),
         (
             "entropy_stability",

@@ -162,11 +162,7 @@ def _before_after_section(runs: list[RunData]) -> list[str]:
             cells = [run.label, split]
             for key, _ in stages:
                 r = res.get(key)
-                cells.append(
-                    f"{100 * r['success']:.1f} [{100 * r['ci'][0]:.0f}-{100 * r['ci'][1]:.0f}] n={r['episodes']}"
-                    if r
-                    else "—"
-                )
+                cells.append(_stage_cell(r) if r else "—")
             cells += [_p_cell(res, "rl_gain"), _p_cell(res, "total_gain")]
             rows.append(cells)
     if not rows:
@@ -176,10 +172,16 @@ def _before_after_section(runs: list[RunData]) -> list[str]:
         "## Before and after training",
         "",
         "Success in % with its 95% Wilson interval; p = one-sided exact test that the later success is higher, "
-        "named in each cell: McNemar (paired: both evals ran the same tasks) or Fisher (unpaired).",
+        "named in each cell: McNemar (paired: both evals ran the same tasks) or Fisher (unpaired). Envs with a "
+        "progress score (ScienceWorld) add the mean end-of-episode score (0-100).",
         "",
     ]
     return head + _table(["run", "split", *(name for _, name in stages), "p (RL gain)", "p (total gain)"], rows)
+
+
+def _stage_cell(r: dict) -> str:
+    cell = f"{100 * r['success']:.1f} [{100 * r['ci'][0]:.0f}-{100 * r['ci'][1]:.0f}] n={r['episodes']}"
+    return cell if "mean_score" not in r else f"{cell}, score {r['mean_score']:.1f}"  # envs with a progress score
 
 
 def _p_cell(res: dict, gain: str) -> str:

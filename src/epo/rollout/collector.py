@@ -152,6 +152,8 @@ class Collector:
             slot.traj.transcript.append({"output": text, "action": action, "valid": not invalid, "obs": obs})
         slot.history.append((slot.obs, action))
         slot.obs, slot.admissible = obs, list(info.get("admissible_actions", []))
+        if "score" in info:  # a crashed worker's info has none: the score reached is kept
+            slot.traj.score = episode_score(info["score"])
         if terminated or truncated:
             slot.done = True
             slot.traj.won = bool(info.get("won", False))
@@ -171,6 +173,27 @@ class Collector:
                 s.samples[-1].done = True
             samples.extend(s.samples)
         return samples
+
+
+def episode_score(score: float) -> float:
+    """An env's progress score as a metric: ScienceWorld's 0-100, whose negative values (a failed task, e.g. focus on
+    a wrong object) count as 0, as `agent.reward=score` counts them."""
+    return max(0.0, float(score))
+
+
+def episode_scores(trajs: list[Trajectory]) -> list[float]:
+    """Each episode's end score where the env keeps one (ScienceWorld), else []. An episode ended by a fault before
+    its first step has none and counts 0, as it counts lost."""
+    if all(t.score is None for t in trajs):
+        return []
+    return [0.0 if t.score is None else t.score for t in trajs]
+
+
+def score_metrics(trajs: list[Trajectory]) -> dict[str, float]:
+    """`rollout/score_mean`: the mean end-of-episode progress score where the env has one (ScienceWorld): it can
+    move while success cannot (every episode lost). Nothing for envs without a score."""
+    scores = episode_scores(trajs)
+    return {"rollout/score_mean": sum(scores) / len(scores)} if scores else {}
 
 
 def prompt_fit_metrics(trajs: list[Trajectory]) -> dict[str, float]:

@@ -8,12 +8,16 @@ from __future__ import annotations
 import json
 import math
 import random
+import statistics
 import time
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from scipy.stats import t as t_dist
+
 from epo.fsio import atomic_write_text
+from epo.rollout.collector import episode_scores
 from epo.rollout.types import SamplingParams, Trajectory
 from epo.telemetry.faults import turn_limit_rate  # one definition for rollout/ and eval/ truncated_rate
 
@@ -34,6 +38,12 @@ class EvalResult:
     episode_tasks: list[str] = field(default_factory=list)  # task id of each episode, in eval order
     episode_wins: list[int] = field(default_factory=list)  # 1 if that episode was won: pairs two evals task by task
     prompt_shortened_rate: float = 0.0  # share of turns whose prompt did not fit agent.max_prompt_tokens whole
+    # the env's end-of-episode progress score (ScienceWorld's 0-100, failures 0), where it has one: mean with a 95%
+    # Student-t interval over the episodes, and each episode's (pairs two evals task by task); None / [] otherwise
+    mean_score: float | None = None
+    score_ci_low: float | None = None
+    score_ci_high: float | None = None
+    episode_scores: list[float] = field(default_factory=list)
 
     def metrics(self, prefix: str = "eval") -> dict[str, float]:
         p = f"{prefix}/{self.split}"
@@ -46,6 +56,7 @@ class EvalResult:
             f"{p}/invalid_rate": self.invalid_rate,
             f"{p}/truncated_rate": self.truncated_rate,
             f"{p}/prompt_shortened_rate": self.prompt_shortened_rate,
+            **({} if self.mean_score is None else {f"{p}/score_mean": self.mean_score}),
         }
 
     @property
@@ -69,6 +80,11 @@ class EvalResult:
             f"{100 * self.ci_high:.1f}] over {self.episodes} episodes, {self.mean_turns:.1f} turns, "
             f"out of turns {100 * self.truncated_rate:.1f}%, invalid {100 * self.invalid_rate:.1f}%"
             + (f", prompts shortened {100 * self.prompt_shortened_rate:.1f}%" if self.prompt_shortened_rate else "")
+            + (
+                ""
+                if self.mean_score is None
+                else f", mean score {self.mean_score:.1f} [95% CI {self.score_ci_low:.1f}-{self.score_ci_high:.1f}]"
+            )
             + f" ({self.seconds:.0f}s)"
         )
 
@@ -82,6 +98,16 @@ def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, flo
     center = (p + z * z / (2 * n)) / denom
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
     return max(0.0, center - half), min(1.0, center + half)
+
+
+def mean_interval(values: list[float]) -> tuple[float, float, float]:
+    """Mean and 95% Student-t interval (the mean itself with fewer than 2 values or no spread)."""
+    n = len(values)
+    mean = sum(values) / n
+    if n < 2:
+        return mean, mean, mean
+    half = float(t_dist.ppf(0.975, n - 1)) * statistics.stdev(values) / math.sqrt(n)
+    return mean, mean - half, mean + half
 
 
 def fisher_one_sided(wins_a: int, n_a: int, wins_b: int, n_b: int) -> float:
@@ -141,6 +167,8 @@ def summarize(split: str, trajs: list[Trajectory], transcripts: int = 0) -> Eval
         }
         for k, v in sorted(by_type.items())
     }
+    scores = episode_scores(trajs)
+    mean, low, high = mean_interval(scores) if scores else (None, None, None)
     return EvalResult(
         split=split,
         episodes=n,
@@ -155,6 +183,10 @@ def summarize(split: str, trajs: list[Trajectory], transcripts: int = 0) -> Eval
         transcripts=[t.transcript for t in trajs[:transcripts] if t.transcript],
         episode_tasks=[t.task_id for t in trajs],
         episode_wins=[int(t.won) for t in trajs],
+        mean_score=mean,
+        score_ci_low=low,
+        score_ci_high=high,
+        episode_scores=scores,
     )
 
 

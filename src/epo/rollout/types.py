@@ -46,3 +46,4 @@ class Trajectory:
     truncated: bool = False
     truncated_reason: str = ""  # "" | "max_turns" | "worker_crash" | "timeout" | "env_error" | env's own reason
     transcript: list[dict] = field(default_factory=list)  # [{"obs", "output", "action", "valid"}], if recorded
+    score: float | None = None  # the env's progress score at the end, 0-100 (ScienceWorld's); None: the env has none

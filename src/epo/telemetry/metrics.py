@@ -241,6 +241,7 @@ def summary_line(metrics: dict[str, Any], step: int | None = None) -> str:
     parts = [] if step is None else [f"step {int(step):4d}"]
     fields = [
         ("succ", "rollout/success_rate", ".3f"),
+        ("score", "rollout/score_mean", ".1f"),
         ("ret", "rollout/return_mean", ".2f"),
         ("len", "rollout/episode_len", ".1f"),
         ("H", "epo/entropy_mean", ".3f"),

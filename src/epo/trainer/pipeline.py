@@ -101,7 +101,10 @@ def _print_before_after(console: Console, zero_shot: dict[str, EvalResult], resu
         return
     first, last = min(result.evals), max(result.evals)
     starts = result.evals[first] if first != last else {}  # train.eval_at_start=false: no start-of-RL eval
-    table = Table(title="success rate, 95% Wilson CI; p = one-sided exact test of the gain (McNemar: same tasks)")
+    title = "success rate, 95% Wilson CI; p = one-sided exact test of the gain (McNemar: same tasks)"
+    if any(r.mean_score is not None for evals in result.evals.values() for r in evals.values()):
+        title += "; score: the env's mean progress score (0-100)"
+    table = Table(title=title)
     table.add_column("split")
     if zero_shot:
         table.add_column("zero-shot")
@@ -124,6 +127,11 @@ def _print_before_after(console: Console, zero_shot: dict[str, EvalResult], resu
         table.add_row(*row)
         rows[split] = {
             name: {"wins": r.wins, "episodes": r.episodes, "success": r.success, "ci": [r.ci_low, r.ci_high]}
+            | (
+                {}
+                if r.mean_score is None
+                else {"mean_score": r.mean_score, "score_ci": [r.score_ci_low, r.score_ci_high]}
+            )
             for name, r in (("zero_shot", before), ("start_of_rl", start), ("end_of_rl", end))
             if r is not None
         }
@@ -149,7 +157,8 @@ def _gain(before: EvalResult | None, after: EvalResult, p: tuple[float, str] | N
 def _fmt(res: EvalResult | None) -> str:
     if res is None:
         return "-"
-    return f"{100 * res.success:.1f}% [{100 * res.ci_low:.0f}-{100 * res.ci_high:.0f}] n={res.episodes}"
+    cell = f"{100 * res.success:.1f}% [{100 * res.ci_low:.0f}-{100 * res.ci_high:.0f}] n={res.episodes}"
+    return cell if res.mean_score is None else f"{cell}, score {res.mean_score:.1f}"  # ScienceWorld's progress
 
 
 def evaluate_policy(

@@ -26,7 +26,7 @@ from epo.diagnostics import MonitorActions, StepDiagnostics, save_rollouts
 from epo.errors import EnvResetFailed, ResumeConfigError
 from epo.models import SharedValueHead, merge_and_save
 from epo.rollout.backend import call_seed
-from epo.rollout.collector import prompt_fit_metrics
+from epo.rollout.collector import prompt_fit_metrics, score_metrics
 from epo.rollout.evaluate import EvalResult
 from epo.rollout.filtering import FilterStats, dynamic_sample
 from epo.rollout.types import SamplingParams, TurnSample
@@ -649,4 +649,5 @@ def _rollout_metrics(rollout) -> dict[str, float]:
         "rollout/samples": float(len(rollout.samples)),
         **fault_metrics(trajs),
         **prompt_fit_metrics(trajs),
+        **score_metrics(trajs),
     }
