@@ -303,6 +303,23 @@ def test_uniform_steps_counts_steps_without_a_mixed_group(tmp_path):
     assert numbers["uniform_steps"] == 0.5 and numbers["filter_rounds"] == 3
 
 
+def test_the_progress_score_is_aggregated_only_where_runs_logged_it(tmp_path):
+    from epo.report.data import load_run
+    from epo.sweep.aggregate import render, seed_numbers
+
+    rows = [{"step": 0, "eval/iid/success": 0.0, "eval/iid/score_mean": 8.0}]
+    rows.append({"step": 2, "eval/iid/success": 0.0, "eval/iid/score_mean": 21.5})
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert seed_numbers(load_run(tmp_path), ["iid"])["iid/score_last"] == 21.5
+    (tmp_path / "metrics.jsonl").write_text(json.dumps({"step": 0, "eval/iid/success": 0.5}) + "\n")
+    assert "iid/score_last" not in seed_numbers(load_run(tmp_path), ["iid"])  # quest, ALFWorld: no column
+    grid = {"base": "quest_grpo_cpu", "overrides": [], "seeds": [0, 1], "baseline": "grpo", "unfinished": []}
+    score = summarize([20.0, 23.0]).as_dict()
+    for summary, shown in (({"grpo": {"iid/score_last": score}}, True), ({"grpo": {}}, False)):
+        text = render({"grid": grid, "splits": ["iid"], "summary": summary, "tests": {}}, [])
+        assert ("iid/score_last" in text) == shown
+
+
 def test_a_failing_run_is_reported_and_retried(tmp_path):
     methods = {"ok": ["train.total_steps=1"], "bad": ["env.kwargs.no_such_knob=1"]}
     grid_path, out = _grid_file(tmp_path, methods=methods, seeds=[0]), tmp_path / "s"

@@ -35,6 +35,7 @@ SEED_METRICS_DOC = {
     "succ_converged": "Succ.: mean of the seed's last evals",
     "succ_last": "the seed's last eval (end of RL)",
     "rl_gain": "last eval - first (start-of-RL) eval",
+    "score_last": "the seed's last eval's mean progress score, 0-100 (envs that keep one: ScienceWorld)",
     "entropy_var": "variance of the batch-mean entropy across RL steps",
     "entropy_mean": "mean entropy over RL steps",
     "frac_below": "mean fraction of tokens below the EPO band",
@@ -89,6 +90,9 @@ def seed_numbers(run: RunData, splits: list[str]) -> dict[str, float | None]:
         _, values = run.series(f"eval/{split}/success")
         out[f"{split}/succ_last"] = float(values[-1]) if len(values) else None
         out[f"{split}/rl_gain"] = float(values[-1] - values[0]) if len(values) >= 2 else None
+        _, scores = run.series(f"eval/{split}/score_mean")
+        if len(scores):  # only envs with a progress score: no empty column elsewhere
+            out[f"{split}/score_last"] = float(scores[-1])
     _, entropy = run.series("epo/entropy_mean")
     out["entropy_mean"] = float(entropy.mean()) if len(entropy) else None
     out["entropy_var"] = float(entropy.var()) if len(entropy) >= 2 else None
@@ -223,7 +227,8 @@ def render(agg: dict[str, Any], figures: list[str], pooled_lines: list[str] = ()
         lines.append(f"| {m} | {n} | " + " | ".join(cells) + " |")
     lines += ["", "## Entropy, RL gain and signal: mean [95% t-interval] over seeds", ""]
     lines += ["uniform_steps: " + SEED_METRICS_DOC["uniform_steps"] + ".", ""]
-    keys = [f"{s}/rl_gain" for s in splits] + ["entropy_mean", "entropy_var", "frac_below", "frac_above"]
+    scores = [f"{s}/score_last" for s in splits if any(row.get(f"{s}/score_last") for row in summary.values())]
+    keys = [f"{s}/rl_gain" for s in splits] + scores + ["entropy_mean", "entropy_var", "frac_below", "frac_above"]
     keys += ["uniform_steps"] + (["filter_rounds"] if any(row.get("filter_rounds") for row in summary.values()) else [])
     lines += ["| method | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
     for m, row in summary.items():
@@ -238,7 +243,7 @@ def render(agg: dict[str, Any], figures: list[str], pooled_lines: list[str] = ()
         "",
     ]
     keys = [f"{s}/{k}" for k in ("succ_max", "succ_converged", "succ_last") for s in splits]
-    keys += ["entropy_var", "uniform_steps"]
+    keys += [*scores, "entropy_var", "uniform_steps"]
     lines += ["| method | metric | n | test | diff [95% CI] | p (t) | p (perm) |", "|---|---|---|---|---|---|---|"]
     for m, by_key in agg["tests"].items():
         for k in keys:
