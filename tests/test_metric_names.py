@@ -118,6 +118,7 @@ def test_progress_score_is_logged_shown_and_documented_where_the_env_has_one():
     result = summarize("iid", trajs)
     assert result.metrics()["eval/iid/score_mean"] == 20.0 and result.episode_scores == [50.0, 10.0, 0.0]
     assert result.score_ci_low < 20.0 < result.score_ci_high  # Student-t over the 3 episodes
+    assert result.per_type["x"]["score"] == 20.0  # `epo eval`'s per-task-type table shows it too
     assert f"mean score 20.0 [95% CI {result.score_ci_low:.1f}-{result.score_ci_high:.1f}]" in result.line()
     no_score = [Trajectory(0, 0, "a", "x", length=3)]  # quest, ALFWorld: no metric, nothing said
     assert "rollout/score_mean" not in _rollout_metrics(SimpleNamespace(trajectories=no_score, samples=[]))

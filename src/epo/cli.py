@@ -235,10 +235,12 @@ def _refuse_flag_and_override(flag: str, value, key: str, overrides: list[str] |
 def _print_eval(results) -> None:
     for res in results.values():
         table = Table(title=res.line())  # the line names the split
-        for col in ("task type", "episodes", "success", "mean turns"):
+        scored = res.mean_score is not None  # ScienceWorld: the env's progress score per task type too
+        for col in ("task type", "episodes", "success", "mean turns", *(["mean score"] if scored else [])):
             table.add_column(col)
         for kind, row in res.per_type.items():
-            table.add_row(kind, f"{row['episodes']:.0f}", f"{100 * row['success']:.1f}%", f"{row['mean_turns']:.1f}")
+            cells = [kind, f"{row['episodes']:.0f}", f"{100 * row['success']:.1f}%", f"{row['mean_turns']:.1f}"]
+            table.add_row(*cells, *([f"{row['score']:.1f}"] if scored else []))
         console.print(table)
 
 

@@ -39,7 +39,8 @@ class EvalResult:
     episode_wins: list[int] = field(default_factory=list)  # 1 if that episode was won: pairs two evals task by task
     prompt_shortened_rate: float = 0.0  # share of turns whose prompt did not fit agent.max_prompt_tokens whole
     # the env's end-of-episode progress score (ScienceWorld's 0-100, failures 0), where it has one: mean with a 95%
-    # Student-t interval over the episodes, and each episode's (pairs two evals task by task); None / [] otherwise
+    # Student-t interval over the episodes (cut to 0-100), and each episode's (pairs two evals task by task); None / []
+    # otherwise
     mean_score: float | None = None
     score_ci_low: float | None = None
     score_ci_high: float | None = None
@@ -168,7 +169,12 @@ def summarize(split: str, trajs: list[Trajectory], transcripts: int = 0) -> Eval
         for k, v in sorted(by_type.items())
     }
     scores = episode_scores(trajs)
+    if scores:  # the env keeps a progress score: per task type too
+        for k, v in by_type.items():
+            per_type[k]["score"] = sum(episode_scores(v) or [0.0]) / len(v)
     mean, low, high = mean_interval(scores) if scores else (None, None, None)
+    if scores:  # the score is bounded: an interval past 0 or 100 (few episodes) says no more than the bound
+        low, high = max(0.0, low), min(100.0, high)
     return EvalResult(
         split=split,
         episodes=n,
