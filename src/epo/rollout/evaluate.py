@@ -169,12 +169,12 @@ def summarize(split: str, trajs: list[Trajectory], transcripts: int = 0) -> Eval
         for k, v in sorted(by_type.items())
     }
     scores = episode_scores(trajs)
-    if scores:  # the env keeps a progress score: per task type too
+    mean = low = high = None
+    if scores:  # the env keeps a progress score: its mean and interval, per task type too
         for k, v in by_type.items():
             per_type[k]["score"] = sum(episode_scores(v) or [0.0]) / len(v)
-    mean, low, high = mean_interval(scores) if scores else (None, None, None)
-    if scores:  # the score is bounded: an interval past 0 or 100 (few episodes) says no more than the bound
-        low, high = max(0.0, low), min(100.0, high)
+        mean, low, high = mean_interval(scores)
+        low, high = max(0.0, low), min(100.0, high)  # bounded: an interval past 0 or 100 says no more than the bound
     return EvalResult(
         split=split,
         episodes=n,
